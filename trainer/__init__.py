@@ -1,0 +1,1 @@
+"""The training engine: model, data, checkpoints and the training loop (torch only)."""

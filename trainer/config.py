@@ -1,0 +1,173 @@
+"""Internal configuration of the trainer: frozen dataclasses, no validation library.
+
+Settings are validated at the edge (``service.settings``, pydantic) and handed to the
+trainer as these plain, immutable objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PosEncoding = Literal["learned", "rope"]
+MlpType = Literal["gelu", "swiglu"]
+NormType = Literal["layernorm", "rmsnorm"]
+LrSchedule = Literal["constant", "cosine", "inverse_sqrt"]
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Architecture only: this is exactly what ``config.json`` holds for a lineage."""
+
+    n_layer: int
+    """Number of transformer blocks."""
+    n_head: int
+    """Attention heads per block; ``n_embd`` must divide evenly by it."""
+    n_embd: int
+    """Width of the residual stream."""
+    block_size: int
+    """Longest sequence (context length) the model sees, in tokens."""
+    vocab_size: int
+    """Rows of the token embedding; at least the tokenizer's vocabulary."""
+    dropout: float = 0.0
+    """Dropout probability on attention, MLP and embeddings (0 for none)."""
+    bias: bool = False
+    """Whether linear layers and norms carry a bias."""
+    pos_encoding: PosEncoding = "learned"
+    """``learned`` absolute position embeddings, or ``rope`` rotary embeddings."""
+    rope_theta: float = 10000.0
+    """Base of the rotary frequencies (used only with ``rope``)."""
+    mlp_type: MlpType = "gelu"
+    """``gelu`` (4x wide) or ``swiglu`` (gated, about 8/3x wide)."""
+    norm_type: NormType = "layernorm"
+    """``layernorm`` or ``rmsnorm``."""
+    logit_softcap: float | None = None
+    """If set, logits are squashed to ``softcap * tanh(logits / softcap)``."""
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("rope needs an even head size (n_embd / n_head)")
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"config.json has unknown architecture keys: {unknown}")
+        return cls(**data)
+
+    def shape_key(self) -> dict[str, Any]:
+        """The fields that decide parameter names and shapes (not dropout)."""
+        data = self.to_dict()
+        data.pop("dropout")
+        return data
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Hyper-parameters in force; stored in ``training_state.json`` with every checkpoint."""
+
+    micro_batch_size: int = 8
+    """Sequences per forward/backward pass."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step."""
+    epochs_per_file: float = 1.0
+    """Passes over each file; sets its budget of optimizer steps (design rule 1)."""
+    learning_rate: float = 3e-4
+    """Peak learning rate, reached after warm-up."""
+    min_lr_ratio: float = 0.1
+    """Floor of the cosine schedule as a fraction of ``learning_rate``."""
+    lr_schedule: LrSchedule = "constant"
+    """Shape after warm-up: ``constant`` (endless training), ``cosine``, ``inverse_sqrt``."""
+    lr_decay_steps: int = 100_000
+    """Length of the cosine decay, in global steps after warm-up."""
+    warmup_steps: int = 100
+    """Linear warm-up, in global steps (counted once per lineage, not per file)."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay (applied to matrices, not to norms and biases)."""
+    beta1: float = 0.9
+    """AdamW first-moment decay."""
+    beta2: float = 0.95
+    """AdamW second-moment decay."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables clipping)."""
+    seed: int = 1337
+    """Seed of the lineage: data order, dropout and initialisation derive from it."""
+    checkpoint_interval: int = 500
+    """Save every this many global steps (and always at the end of a file)."""
+    keep_checkpoints: int = 3
+    """Newest ``step-*`` checkpoints kept; gold and export are never rotated."""
+    device: str = "auto"
+    """``auto`` (CUDA if present), ``cpu``, ``cuda`` or ``cuda:N``."""
+    precision: Precision = "auto"
+    """``auto`` is bf16 autocast on CUDA and fp32 on CPU."""
+    log_interval: int = 10
+    """Console progress line every this many steps."""
+    nan_skip_limit: int = 3
+    """Non-finite steps within ``nan_window`` steps that trigger a rollback."""
+    nan_window: int = 100
+    """Window, in global steps, over which non-finite skips are counted."""
+    cuda_memory_fraction: float | None = None
+    """If set, ``torch.cuda.set_per_process_memory_fraction`` caps the worker's memory."""
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_size < 1 or self.grad_accum_steps < 1:
+            raise ValueError("micro_batch_size and grad_accum_steps must be at least 1")
+        if self.epochs_per_file <= 0:
+            raise ValueError("epochs_per_file must be positive")
+        if self.keep_checkpoints < 1:
+            raise ValueError("keep_checkpoints must be at least 1")
+        if self.checkpoint_interval < 1:
+            raise ValueError("checkpoint_interval must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunPaths:
+    """Where a lineage lives on disk."""
+
+    checkpoints: Any
+    """Folder holding ``step-*``, ``gold`` and ``export`` (a ``pathlib.Path``)."""
+    state: Any
+    """Folder for the event log and the tokenized cache (a ``pathlib.Path``)."""
+
+    @property
+    def events(self) -> Any:
+        return self.state / "events.jsonl"
+
+    @property
+    def cache(self) -> Any:
+        return self.state / "cache"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LineageSpec:
+    """How to build or find the model when no checkpoint exists yet."""
+
+    preset: str = "tiny"
+    """Named architecture preset (see ``trainer.presets``)."""
+    tokenizer: str = "bytes"
+    """``bytes`` (built-in byte-level) or a path to a Hugging Face ``tokenizer.json``."""
+    dropout: float = 0.0
+    """Dropout applied on top of the preset."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Architecture fields that replace the preset's (e.g. ``{"block_size": 512}``)."""
