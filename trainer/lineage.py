@@ -1,0 +1,271 @@
+"""Open a lineage: resume the newest valid checkpoint, or start one.
+
+The checkpoint is the truth of what was trained. Three ways in:
+
+* resume: weights, optimizer moments, step, data position and RNG from the newest
+  valid ``step-*`` folder (broken ones are skipped with a warning);
+* architecture changed since the checkpoint: keep every weight whose name and shape
+  still fit, start a fresh optimizer, and say so loudly (design rule 3);
+* new: from the preset (``--init-from`` takes another checkpoint's weights instead),
+  with a fresh optimizer at step 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.checkpoint import (
+    LoadedCheckpoint,
+    latest_checkpoint,
+    load_model_weights,
+    model_tensors_names,
+    resolve_checkpoint,
+    step_checkpoints,
+)
+from trainer.config import LineageSpec, ModelConfig, TrainConfig
+from trainer.model import GPT
+from trainer.optim import build_optimizer, optimizer_state_mismatch
+from trainer.presets import model_config_for
+from trainer.rng import restore_rng
+from trainer.state import TrainingState
+from trainer.tokenizer import Tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class LineageError(RuntimeError):
+    """The requested start is not possible (e.g. ``--init-from`` onto an existing lineage)."""
+
+
+@dataclass(kw_only=True)
+class Lineage:
+    """A model ready to train, with everything that came with it."""
+
+    model: GPT
+    """The bare model on its device."""
+    optimizer: torch.optim.AdamW
+    """The optimizer, with saved moments when they fit."""
+    tokenizer: Tokenizer
+    """The lineage's tokenizer (a checkpoint's wins over the settings)."""
+    model_config: ModelConfig
+    """Architecture in force."""
+    state: TrainingState
+    """Progress and data position."""
+    resumed_from: Path | None
+    """The checkpoint folder resumed, or None for a new lineage."""
+    notices: list[dict[str, Any]]
+    """Loud things to put in the event log (optimizer resets, dropped weights)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LineageError(f"train.device is {name!r} but no CUDA device is available")
+    return device
+
+
+def open_lineage(
+    checkpoints: Path,
+    *,
+    spec: LineageSpec,
+    train: TrainConfig,
+    device: torch.device,
+    init_from: Path | None = None,
+) -> Lineage:
+    if init_from is not None:
+        if step_checkpoints(checkpoints):
+            raise LineageError(
+                f"{checkpoints} already holds a lineage; --init-from starts a new one. "
+                "Point paths.checkpoints at an empty folder, or drop --init-from to resume."
+            )
+        return _start_from(resolve_checkpoint(init_from), spec=spec, train=train, device=device)
+    found = latest_checkpoint(checkpoints)
+    if found is None:
+        return _start_fresh(spec=spec, train=train, device=device)
+    return _resume(found, spec=spec, train=train, device=device)
+
+
+def _new_state(train: TrainConfig) -> TrainingState:
+    return TrainingState(
+        seed=train.seed,
+        micro_batch_size=train.micro_batch_size,
+        grad_accum_steps=train.grad_accum_steps,
+        configured_batch=(train.micro_batch_size, train.grad_accum_steps),
+        train_config=train.to_dict(),
+    )
+
+
+def _start_fresh(*, spec: LineageSpec, train: TrainConfig, device: torch.device) -> Lineage:
+    tokenizer = load_tokenizer(spec.tokenizer)
+    config = model_config_for(
+        spec.preset, vocab_size=tokenizer.vocab_size, dropout=spec.dropout, overrides=spec.overrides
+    )
+    torch.manual_seed(train.seed)
+    model = GPT(config).to(device)
+    log.info(
+        "new lineage: preset %s, %s parameters, tokenizer %s (vocab %d)",
+        spec.preset,
+        f"{model.num_params():,}",
+        spec.tokenizer,
+        tokenizer.vocab_size,
+    )
+    return Lineage(
+        model=model,
+        optimizer=build_optimizer(model, train),
+        tokenizer=tokenizer,
+        model_config=config,
+        state=_new_state(train),
+        resumed_from=None,
+        notices=[],
+    )
+
+
+def _start_from(
+    source: LoadedCheckpoint, *, spec: LineageSpec, train: TrainConfig, device: torch.device
+) -> Lineage:
+    config = ModelConfig.from_dict({**source.config, "dropout": spec.dropout})
+    torch.manual_seed(train.seed)
+    model = GPT(config)
+    load_model_weights(model, source.weights())
+    model.to(device)
+    state = _new_state(train)
+    state.init_from = {
+        "path": str(source.path),
+        "lineage_id": source.training_state.get("lineage_id"),
+        "global_step": source.step,
+    }
+    log.info(
+        "new lineage from the weights of %s (step %d), fresh optimizer at step 0",
+        source.path,
+        source.step,
+    )
+    return Lineage(
+        model=model,
+        optimizer=build_optimizer(model, train),
+        tokenizer=Tokenizer.from_json(source.tokenizer_json),
+        model_config=config,
+        state=state,
+        resumed_from=None,
+        notices=[],
+    )
+
+
+def _resume(
+    found: LoadedCheckpoint, *, spec: LineageSpec, train: TrainConfig, device: torch.device
+) -> Lineage:
+    tokenizer = Tokenizer.from_json(found.tokenizer_json)
+    saved_config = ModelConfig.from_dict(found.config)
+    wanted = model_config_for(
+        spec.preset, vocab_size=tokenizer.vocab_size, dropout=spec.dropout, overrides=spec.overrides
+    )
+    if spec.tokenizer == "bytes" and tokenizer.vocab_size != load_tokenizer("bytes").vocab_size:
+        log.warning(
+            "the lineage keeps the tokenizer saved in %s, not model.tokenizer", found.path.name
+        )
+    notices: list[dict[str, Any]] = []
+    state = TrainingState.from_dict(found.training_state)
+    torch.manual_seed(state.seed)
+    if wanted.shape_key() == saved_config.shape_key():
+        config = ModelConfig.from_dict({**found.config, "dropout": spec.dropout})
+        model = GPT(config)
+        load_model_weights(model, found.weights())
+        model.to(device)
+        optimizer = build_optimizer(model, train)
+        saved = found.optimizer_state(map_location=device)
+        problem = optimizer_state_mismatch(optimizer, saved)
+        if problem is None:
+            optimizer.load_state_dict(saved)
+        else:
+            notices.append(_reset_notice(found, problem))
+    else:
+        config = wanted
+        model = GPT(config)
+        kept, dropped = _load_fitting(model, found.weights())
+        model.to(device)
+        optimizer = build_optimizer(model, train)
+        changed = {
+            k: (v, wanted.to_dict()[k])
+            for k, v in saved_config.to_dict().items()
+            if wanted.to_dict()[k] != v
+        }
+        notices.append(
+            _reset_notice(
+                found,
+                f"architecture changed {changed}; kept {kept} tensors, re-initialised {dropped}",
+            )
+        )
+    for notice in notices:
+        log.warning("OPTIMIZER RESET: %s", notice["reason"])
+        state.optimizer_resets.append(notice)
+    _apply_batch_settings(state, train)
+    if train.seed != state.seed:
+        log.warning(
+            "train.seed is %d but this lineage was created with seed %d; the lineage keeps its "
+            "seed because its data order derives from it",
+            train.seed,
+            state.seed,
+        )
+    _log_changes(state.train_config, train)
+    restore_rng(state.rng)
+    log.info(
+        "resuming %s at global step %d (%d files done%s)",
+        found.path.name,
+        state.global_step,
+        len(state.files_completed),
+        f", {state.current_file.name} at step {state.global_step}/{state.current_file.target_step}"
+        if state.current_file
+        else "",
+    )
+    return Lineage(
+        model=model,
+        optimizer=optimizer,
+        tokenizer=tokenizer,
+        model_config=config,
+        state=state,
+        resumed_from=found.path,
+        notices=notices,
+    )
+
+
+def _reset_notice(found: LoadedCheckpoint, problem: str) -> dict[str, Any]:
+    return {
+        "checkpoint": found.path.name,
+        "global_step": found.step,
+        "reason": f"optimizer state in {found.path.name} cannot be used ({problem}); "
+        "weights kept, optimizer moments start fresh",
+    }
+
+
+def _load_fitting(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """Copy saved tensors whose name and shape still fit; return (kept, re-initialised)."""
+    own = model.state_dict()
+    names = model_tensors_names(model)
+    fitting = {k: v for k, v in saved.items() if k in names and own[k].shape == v.shape}
+    model.load_state_dict(fitting, strict=False)
+    return len(fitting), len(names) - len(fitting)
+
+
+def _apply_batch_settings(state: TrainingState, train: TrainConfig) -> None:
+    configured = (train.micro_batch_size, train.grad_accum_steps)
+    if tuple(state.configured_batch) == configured:
+        return  # keep the split in force, which may be an OOM-reduced one
+    log.info(
+        "batch settings changed from micro %d x accum %d to micro %d x accum %d",
+        *state.configured_batch,
+        *configured,
+    )
+    state.micro_batch_size, state.grad_accum_steps = configured
+    state.configured_batch = configured
+
+
+def _log_changes(saved: dict[str, Any], train: TrainConfig) -> None:
+    for key, value in train.to_dict().items():
+        if key in saved and saved[key] != value and key not in ("seed",):
+            log.info("train.%s changed since the checkpoint: %r -> %r", key, saved[key], value)

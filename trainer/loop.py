@@ -1,0 +1,530 @@
+"""The training loop: one file at a time, on one global step count that only grows.
+
+Design rules 1-9 live here. A file's budget of optimizer steps is fixed when it starts
+and kept in the checkpoint; the learning rate is a function of the global step only;
+each optimizer step's loss is the mean over all target tokens of all its micro-batches;
+non-finite steps are skipped and, past a limit, rolled back; CUDA OOM halves the
+micro-batch and doubles accumulation; checkpoints are taken only at optimizer-step
+boundaries and hold everything an exact resume needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainer.checkpoint import (
+    CheckpointContent,
+    latest_checkpoint,
+    load_model_weights,
+    recover_root,
+    rotate,
+    step_dir_name,
+    write_checkpoint,
+)
+from trainer.config import LineageSpec, RunPaths, TrainConfig
+from trainer.data import TokenizedFile, sequence_order, tokenize_file
+from trainer.events import EventLog, round_loss
+from trainer.faults import fault_point
+from trainer.lineage import Lineage, open_lineage, resolve_device
+from trainer.optim import optimizer_state_mismatch
+from trainer.progress import ProgressMeter
+from trainer.rng import capture_rng
+from trainer.schedule import lr_at
+from trainer.state import CompletedFile, FileProgress
+
+log = logging.getLogger(__name__)
+
+
+class FileOutcome(enum.Enum):
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+
+
+def steps_for_file(n_sequences: int, *, epochs: float, micro: int, accum: int, world: int) -> int:
+    """Design rule 1: the file's budget in optimizer steps (at least one)."""
+    return max(1, math.ceil(epochs * n_sequences / (micro * accum * world)))
+
+
+def merge_line_ranges(ranges: list[tuple[int, int]]) -> str:
+    merged: list[list[int]] = []
+    for first, last in sorted(ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], last)
+        else:
+            merged.append([first, last])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in merged)
+
+
+class Trainer:
+    """A resident model that trains files on one lineage. Not thread-safe."""
+
+    def __init__(
+        self,
+        lineage: Lineage,
+        *,
+        train: TrainConfig,
+        paths: RunPaths,
+        events: EventLog,
+        device: torch.device,
+    ) -> None:
+        self.lineage = lineage
+        self.model = lineage.model
+        self.optimizer = lineage.optimizer
+        self.tokenizer = lineage.tokenizer
+        self.state = lineage.state
+        self.train = train
+        self.paths = paths
+        self.events = events
+        self.device = device
+        self.world_size = 1
+        self._orders: dict[int, np.ndarray] = {}
+        self._last_saved_step = -1 if lineage.resumed_from is None else self.state.global_step
+        self._session_start = time.monotonic()
+        self._session_start_step = self.state.global_step
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        self._autocast = self._autocast_context()
+
+    # ----------------------------------------------------------------- opening
+    @classmethod
+    def open(
+        cls,
+        *,
+        spec: LineageSpec,
+        train: TrainConfig,
+        paths: RunPaths,
+        init_from: Path | None = None,
+        events: EventLog | None = None,
+    ) -> Trainer:
+        device = resolve_device(train.device)
+        if device.type == "cuda":
+            if train.cuda_memory_fraction is not None:
+                torch.cuda.set_per_process_memory_fraction(train.cuda_memory_fraction, device)
+            torch.backends.cuda.matmul.allow_tf32 = True
+        recover_root(paths.checkpoints)
+        events = events or EventLog(paths.events)
+        lineage = open_lineage(
+            paths.checkpoints, spec=spec, train=train, device=device, init_from=init_from
+        )
+        trainer = cls(lineage, train=train, paths=paths, events=events, device=device)
+        for notice in lineage.notices:
+            events.emit("optimizer_reset", **notice)
+        trainer._reconcile_file_complete()
+        events.emit(
+            "training_start",
+            global_step=trainer.state.global_step,
+            resumed_from=str(lineage.resumed_from) if lineage.resumed_from else None,
+            lineage_id=trainer.state.lineage_id,
+            device=str(device),
+            model={"parameters": trainer.model.num_params(), **lineage.model_config.to_dict()},
+            train_config=train.to_dict(),
+            files_completed=len(trainer.state.files_completed),
+            current_file=trainer.state.current_file.name if trainer.state.current_file else None,
+        )
+        if lineage.resumed_from is None:
+            trainer.save_checkpoint(reason="lineage_start")
+        return trainer
+
+    def _autocast_context(self) -> Callable[[], contextlib.AbstractContextManager]:
+        precision = self.train.precision
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        if precision == "bf16":
+            return lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext
+
+    def _reconcile_file_complete(self) -> None:
+        """Emit the ``file_complete`` a crash may have cut off after its checkpoint committed."""
+        if not self.state.files_completed:
+            return
+        last = self.state.files_completed[-1]
+        for record in self.events.read_backwards(event="file_complete"):
+            if record.get("sha256") == last.sha256 and record.get("end_step") == last.end_step:
+                return
+            if (record.get("end_step") or 0) < last.end_step:
+                break
+        log.info("recording the completion of %s that a crash cut off", last.name)
+        self._emit_file_complete(last)
+
+    # ------------------------------------------------------------- data
+    def prepare(self, path: Path, *, allow_invalid: bool = False) -> TokenizedFile:
+        """Validate and tokenize a file (cached by content hash and tokenizer)."""
+        return tokenize_file(
+            path,
+            tokenizer=self.tokenizer,
+            block_size=self.lineage.model_config.block_size,
+            cache_dir=self.paths.cache,
+            allow_invalid=allow_invalid,
+        )
+
+    def _order(self, data: TokenizedFile, epoch: int) -> np.ndarray:
+        order = self._orders.get(epoch)
+        if order is None:
+            order = sequence_order(
+                data.n_sequences, seed=self.state.seed, sha256=data.sha256, epoch=epoch
+            )
+            # A step straddles at most two epochs; keep no more than that in memory.
+            for old in sorted(self._orders)[:-1]:
+                del self._orders[old]
+            self._orders[epoch] = order
+        return order
+
+    def _step_indices(self, data: TokenizedFile, cursor: int, count: int) -> np.ndarray:
+        positions = np.arange(cursor, cursor + count)
+        epochs = positions // data.n_sequences
+        within = positions % data.n_sequences
+        if epochs[0] == epochs[-1]:
+            return self._order(data, int(epochs[0]))[within]
+        out = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            mask = epochs == epoch
+            out[mask] = self._order(data, int(epoch))[within[mask]]
+        return out
+
+    # ------------------------------------------------------------- training
+    def train_file(
+        self, data: TokenizedFile, *, name: str, should_stop: Callable[[], bool] = lambda: False
+    ) -> FileOutcome:
+        """Train ``data`` to its target step, or until ``should_stop`` (then checkpoint)."""
+        state = self.state
+        current = state.current_file
+        if current is not None and current.sha256 != data.sha256:
+            raise RuntimeError(f"{current.name} is in progress; finish it before starting {name}")
+        if current is None:
+            steps = steps_for_file(
+                data.n_sequences,
+                epochs=self.train.epochs_per_file,
+                micro=state.micro_batch_size,
+                accum=state.grad_accum_steps,
+                world=self.world_size,
+            )
+            current = FileProgress(
+                name=name,
+                sha256=data.sha256,
+                n_sequences=data.n_sequences,
+                steps_for_file=steps,
+                start_step=state.global_step,
+                target_step=state.global_step + steps,
+            )
+            state.current_file = current
+            self._orders = {}
+            self.events.emit(
+                "file_start",
+                file=name,
+                sha256=data.sha256,
+                start_step=current.start_step,
+                target_step=current.target_step,
+                steps=steps,
+                n_sequences=data.n_sequences,
+                n_tokens=data.n_tokens,
+                format=data.format,
+            )
+            log.info(
+                "%s: %d sequences, %d steps (global %d -> %d)",
+                name,
+                data.n_sequences,
+                steps,
+                current.start_step,
+                current.target_step,
+            )
+        else:
+            self._orders = {}
+            log.info(
+                "%s: resuming at step %d/%d (epoch %d, sequence %d)",
+                name,
+                state.global_step,
+                current.target_step,
+                current.epoch,
+                current.cursor,
+            )
+        meter = ProgressMeter(
+            file_name=name,
+            start_step=current.start_step,
+            target_step=current.target_step,
+            session_start_step=state.global_step,
+            prior_elapsed=current.elapsed_s,
+        )
+        while state.global_step < current.target_step:
+            if should_stop():
+                current.elapsed_s = meter.elapsed()
+                self.save_checkpoint(reason="stop")
+                return FileOutcome.STOPPED
+            loss, tokens = self._optimizer_step(data, current)
+            meter.add(tokens=tokens, loss=loss)
+            step = state.global_step
+            if step % self.train.log_interval == 0 or step == current.target_step:
+                log.info(meter.line(step=step, lr=lr_at(step - 1, self.train)))
+            if (
+                step % self.train.checkpoint_interval == 0
+                and step < current.target_step
+                and self._last_saved_step != step
+            ):
+                current.elapsed_s = meter.elapsed()
+                self.save_checkpoint(reason="interval")
+        current.elapsed_s = meter.elapsed()
+        done = CompletedFile(
+            name=current.name,
+            sha256=current.sha256,
+            start_step=current.start_step,
+            end_step=state.global_step,
+            n_sequences=current.n_sequences,
+            tokens=current.tokens,
+            mean_loss=round_loss(current.loss_sum / current.loss_steps)
+            if current.loss_steps
+            else None,
+            duration_s=round(current.elapsed_s, 3),
+        )
+        state.files_completed.append(done)
+        state.current_file = None
+        self.save_checkpoint(reason="file_end")
+        fault_point("loop:before_file_complete")
+        self._emit_file_complete(done)
+        return FileOutcome.COMPLETED
+
+    def _emit_file_complete(self, done: CompletedFile) -> None:
+        self.events.emit(
+            "file_complete",
+            file=done.name,
+            sha256=done.sha256,
+            start_step=done.start_step,
+            end_step=done.end_step,
+            tokens=done.tokens,
+            mean_loss=done.mean_loss,
+            duration_s=done.duration_s,
+        )
+
+    def _optimizer_step(
+        self, data: TokenizedFile, current: FileProgress
+    ) -> tuple[float | None, int]:
+        """One optimizer step over ``micro * accum`` sequences; returns (mean loss, tokens)."""
+        state = self.state
+        count = state.micro_batch_size * state.grad_accum_steps * self.world_size
+        indices = self._step_indices(data, current.cursor, count)
+        n_targets = data.targets_of(indices)
+        while True:
+            try:
+                loss_sum = self._accumulate(data, indices, n_targets)
+                break
+            except torch.OutOfMemoryError:
+                self._recover_oom(current)
+        fault_point("loop:mid_step")
+        if n_targets == 0:
+            # A whole step without targets has nothing to learn: no update (momentum and
+            # decay alone would move the weights), but the step and data still advance.
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = None
+        else:
+            loss = self._apply_update(loss_sum, n_targets, data, indices)
+        tokens = int(data.lengths[indices].sum()) - len(indices)
+        state.global_step += 1
+        state.tokens_processed += tokens
+        current.cursor += count
+        current.tokens += tokens
+        if loss is not None:
+            current.loss_sum += loss
+            current.loss_steps += 1
+        self._maybe_roll_back(data, indices)
+        return loss, tokens
+
+    def _accumulate(self, data: TokenizedFile, indices: np.ndarray, n_targets: int) -> torch.Tensor:
+        """Forward/backward every micro-batch; gradients end up as d(mean over targets)."""
+        micro = self.state.micro_batch_size
+        denom = float(max(n_targets, 1))
+        total = torch.zeros((), device=self.device)
+        for start in range(0, len(indices), micro):
+            x_np, y_np = data.batch(indices[start : start + micro])
+            x = torch.from_numpy(x_np).to(self.device, non_blocking=True)
+            y = torch.from_numpy(y_np).to(self.device, non_blocking=True)
+            with self._autocast():
+                logits = self.model(x)
+            # A sum over targets (not a mean per micro-batch) so micro 2 x accum 4 equals
+            # micro 8 x accum 1, and an all-ignored micro-batch is exactly 0, never NaN.
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)),
+                y.reshape(-1),
+                ignore_index=-1,
+                reduction="sum",
+            )
+            (loss / denom).backward()
+            total += loss.detach()
+        return total
+
+    def _apply_update(
+        self, loss_sum: torch.Tensor, n_targets: int, data: TokenizedFile, indices: np.ndarray
+    ) -> float | None:
+        if self.train.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self._params, self.train.grad_clip, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm(
+                [p.grad for p in self._params if p.grad is not None]
+            )
+        loss_value, norm_value = torch.stack(
+            [loss_sum / n_targets, norm.to(loss_sum.device)]
+        ).tolist()
+        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._record_skip(data, indices, loss_value, norm_value)
+            return None
+        lr = lr_at(self.state.global_step, self.train)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value
+
+    # ------------------------------------------------------------- trouble
+    def _record_skip(
+        self, data: TokenizedFile, indices: np.ndarray, loss: float, norm: float
+    ) -> None:
+        state = self.state
+        state.nan_skips_total += 1
+        state.nan_skip_steps.append(state.global_step)
+        lines = merge_line_ranges(data.lines_of(indices))
+        log.warning(
+            "step %d skipped: non-finite %s (loss %s, grad norm %s) in %s lines %s",
+            state.global_step,
+            "loss" if not math.isfinite(loss) else "gradients",
+            loss,
+            norm,
+            state.current_file.name,
+            lines,
+        )
+        self.events.emit(
+            "nan_skipped",
+            step=state.global_step,
+            file=state.current_file.name,
+            sha256=state.current_file.sha256,
+            lines=lines,
+            loss=loss,
+            grad_norm=norm,
+            skipped_total=state.nan_skips_total,
+        )
+
+    def _maybe_roll_back(self, data: TokenizedFile, indices: np.ndarray) -> None:
+        state = self.state
+        window_start = state.global_step - self.train.nan_window
+        state.nan_skip_steps = [s for s in state.nan_skip_steps if s >= window_start]
+        if len(state.nan_skip_steps) < self.train.nan_skip_limit:
+            return
+        good = latest_checkpoint(self.paths.checkpoints)
+        skipped = list(state.nan_skip_steps)
+        state.nan_skip_steps = []
+        if good is None:
+            log.error("%d non-finite steps but no checkpoint to roll back to", len(skipped))
+            return
+        load_model_weights(self.model, good.weights())
+        saved = good.optimizer_state(map_location=self.device)
+        if optimizer_state_mismatch(self.optimizer, saved) is None:
+            self.optimizer.load_state_dict(saved)
+        state.rollbacks += 1
+        log.error(
+            "ROLLBACK: %d non-finite steps within %d steps; weights and optimizer restored from %s "
+            "(step %d); training continues at step %d past the bad data",
+            len(skipped),
+            self.train.nan_window,
+            good.path.name,
+            good.step,
+            state.global_step,
+        )
+        self.events.emit(
+            "rollback",
+            step=state.global_step,
+            checkpoint=good.path.name,
+            checkpoint_step=good.step,
+            skipped_steps=skipped,
+            file=state.current_file.name if state.current_file else None,
+            lines=merge_line_ranges(data.lines_of(indices)),
+        )
+        # Make the rollback durable so a crash now cannot replay the bad stretch.
+        self.save_checkpoint(reason="rollback")
+
+    def _recover_oom(self, current: FileProgress) -> None:
+        state = self.state
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        old_micro, old_accum = state.micro_batch_size, state.grad_accum_steps
+        if old_micro == 1:
+            raise RuntimeError(
+                "out of memory at micro_batch_size 1: lower model.overrides.block_size, pick a "
+                "smaller preset or raise train.cuda_memory_fraction"
+            )
+        new_micro = next(d for d in range(old_micro // 2, 0, -1) if old_micro % d == 0)
+        state.micro_batch_size = new_micro
+        state.grad_accum_steps = old_accum * (old_micro // new_micro)
+        state.oom_recoveries += 1
+        log.warning(
+            "out of memory at step %d: micro-batch %d x accum %d -> %d x %d (same effective batch), "
+            "retrying the step",
+            state.global_step,
+            old_micro,
+            old_accum,
+            new_micro,
+            state.grad_accum_steps,
+        )
+        self.events.emit(
+            "oom_recovered",
+            step=state.global_step,
+            file=current.name,
+            micro_batch_size=new_micro,
+            grad_accum_steps=state.grad_accum_steps,
+            previous=[old_micro, old_accum],
+        )
+
+    # ------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, *, reason: str) -> Path | None:
+        """Commit the state at this optimizer-step boundary as ``step-NNNNNNNN``."""
+        state = self.state
+        started = time.monotonic()
+        state.rng = capture_rng()
+        state.train_config = self.train.to_dict()
+        state.accum_micro_step = 0
+        content = CheckpointContent(
+            model=self.model,
+            optimizer_state=self.optimizer.state_dict(),
+            config=self.lineage.model_config.to_dict(),
+            tokenizer_json=self.tokenizer.to_json(),
+            training_state=state.to_dict(),
+        )
+        path = write_checkpoint(self.paths.checkpoints, step_dir_name(state.global_step), content)
+        self._last_saved_step = state.global_step
+        removed = rotate(self.paths.checkpoints, keep=self.train.keep_checkpoints, protect=(path,))
+        duration = time.monotonic() - started
+        log.info("checkpoint %s saved (%s, %.2fs)", path.name, reason, duration)
+        self.events.emit(
+            "checkpoint_saved",
+            step=state.global_step,
+            path=str(path),
+            reason=reason,
+            duration_s=round(duration, 3),
+            rotated=[p.name for p in removed],
+        )
+        return path
+
+    @property
+    def unsaved_steps(self) -> int:
+        return self.state.global_step - self._last_saved_step
+
+    def finish(self) -> None:
+        """Record a clean end of the session (``training_complete``)."""
+        elapsed = time.monotonic() - self._session_start
+        steps = self.state.global_step - self._session_start_step
+        self.events.emit(
+            "training_complete",
+            global_step=self.state.global_step,
+            steps_this_session=steps,
+            duration_s=round(elapsed, 3),
+            steps_per_s=round(steps / elapsed, 3) if elapsed > 0 else None,
+            tokens_processed=self.state.tokens_processed,
+            files_completed=len(self.state.files_completed),
+            nan_skips_total=self.state.nan_skips_total,
+        )

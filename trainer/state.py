@@ -1,0 +1,148 @@
+"""The training state saved in every checkpoint as ``training_state.json``.
+
+It is the truth of what a lineage has trained: the global step, the file in progress
+with its fixed step budget and exact data position, the files completed with their step
+ranges, the accumulation split in force, the non-finite-step window and all RNG states.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainer.events import utc_now
+
+FORMAT_VERSION = 1
+
+
+@dataclass(kw_only=True)
+class FileProgress:
+    """The file being trained. Its budget is fixed when it starts (design rule 1)."""
+
+    name: str
+    """File name as given (a label; identity is ``sha256``)."""
+    sha256: str
+    """Content hash of the file."""
+    n_sequences: int
+    """Training sequences in the file (after packing)."""
+    steps_for_file: int
+    """``ceil(epochs_per_file * n_sequences / (micro * accum * world))``, fixed at start."""
+    start_step: int
+    """Global step when the file started."""
+    target_step: int
+    """``start_step + steps_for_file``; never recomputed on resume."""
+    cursor: int = 0
+    """Sequences of the file's (epoch-concatenated) order consumed so far."""
+    tokens: int = 0
+    """Input tokens processed in this file."""
+    loss_sum: float = 0.0
+    """Sum of per-step mean losses (for the file's mean loss)."""
+    loss_steps: int = 0
+    """Steps that contributed to ``loss_sum``."""
+    elapsed_s: float = 0.0
+    """Training seconds spent on the file, across restarts."""
+    started_at: str = field(default_factory=utc_now)
+    """When the file started (ISO time)."""
+
+    @property
+    def epoch(self) -> int:
+        return self.cursor // self.n_sequences
+
+
+@dataclass(kw_only=True)
+class CompletedFile:
+    """A file the lineage has finished, with the steps it occupied."""
+
+    name: str
+    """File name when it was trained."""
+    sha256: str
+    """Content hash."""
+    start_step: int
+    """Global step at the file's start."""
+    end_step: int
+    """Global step at the file's end (== its target step)."""
+    n_sequences: int
+    """Training sequences."""
+    tokens: int
+    """Input tokens processed."""
+    mean_loss: float | None
+    """Mean training loss over the file's steps."""
+    duration_s: float
+    """Training seconds."""
+    completed_at: str = field(default_factory=utc_now)
+    """When the file finished (ISO time)."""
+
+
+@dataclass(kw_only=True)
+class TrainingState:
+    """Everything but weights and optimizer moments needed to resume exactly."""
+
+    lineage_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """Identifies the lineage across its checkpoints."""
+    created_at: str = field(default_factory=utc_now)
+    """When the lineage started."""
+    seed: int = 0
+    """The lineage's seed; fixed at creation because the data order derives from it."""
+    global_step: int = 0
+    """Optimizer steps taken by the lineage; only ever grows."""
+    tokens_processed: int = 0
+    """Input tokens processed by the lineage."""
+    current_file: FileProgress | None = None
+    """The file in progress, if any."""
+    files_completed: list[CompletedFile] = field(default_factory=list)
+    """Finished files in order."""
+    micro_batch_size: int = 1
+    """Micro-batch in force (may be below the setting after OOM recovery)."""
+    grad_accum_steps: int = 1
+    """Accumulation in force; ``micro_batch_size * grad_accum_steps`` is the setting's product."""
+    configured_batch: tuple[int, int] = (1, 1)
+    """(micro, accum) as configured when the split in force was chosen."""
+    accum_micro_step: int = 0
+    """Micro-batches of the current optimizer step already accumulated (0: checkpoints
+    are only taken at optimizer-step boundaries, so no partial gradient is ever saved)."""
+    nan_skips_total: int = 0
+    """Optimizer steps skipped for non-finite loss or gradients."""
+    nan_skip_steps: list[int] = field(default_factory=list)
+    """Global steps of recent skips, for the rollback window."""
+    rollbacks: int = 0
+    """Times the lineage rolled back to a good checkpoint."""
+    oom_recoveries: int = 0
+    """Times the micro-batch was halved after running out of memory."""
+    optimizer_resets: list[dict[str, Any]] = field(default_factory=list)
+    """When and why the optimizer state had to start fresh (rule 3)."""
+    init_from: dict[str, Any] | None = None
+    """Where the starting weights came from (``--init-from``), if not initialised fresh."""
+    train_config: dict[str, Any] = field(default_factory=dict)
+    """Hyper-parameters in force at the last save."""
+    rng: dict[str, Any] = field(default_factory=dict)
+    """RNG states (torch CPU, CUDA, numpy, python), base64-encoded."""
+    format_version: int = FORMAT_VERSION
+    """Layout version of this file."""
+
+    def completed(self, sha256: str) -> CompletedFile | None:
+        return next((f for f in self.files_completed if f.sha256 == sha256), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["configured_batch"] = list(self.configured_batch)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingState:
+        data = dict(data)
+        version = data.get("format_version", 1)
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"training_state.json has format_version {version}; this traind reads up to "
+                f"{FORMAT_VERSION}: upgrade traind"
+            )
+        current = data.pop("current_file", None)
+        completed = data.pop("files_completed", [])
+        known = {f.name for f in dataclasses.fields(cls)}
+        state = cls(**{k: v for k, v in data.items() if k in known})
+        state.configured_batch = tuple(state.configured_batch)
+        state.current_file = FileProgress(**current) if current else None
+        state.files_completed = [CompletedFile(**f) for f in completed]
+        return state
