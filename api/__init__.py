@@ -1,0 +1,1 @@
+"""The interfaces of traind: the command line (and, later, the REST API)."""

@@ -1,0 +1,192 @@
+"""The ``traind`` command line.
+
+Run ``traind --help`` (the console script installed by ``pip install -e .``) or
+``python -m api.cli --help``.
+
+This module must never import torch or ``trainer``, not even inside a function (an
+import-linter contract checks it): commands that train import ``service.runner`` inside
+the command, so ``traind --help`` and ``traind init`` start fast on any machine.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from service.config_template import render_default_config
+from service.settings import DEFAULT_CONFIG_NAME, PathsSection, SettingsError, load_settings
+
+app = typer.Typer(
+    name="traind",
+    help="traind: a continuous-learning daemon for PyTorch language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Locals in tracebacks could print the API token or whole datasets.
+    pretty_exceptions_show_locals=False,
+)
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+@app.command()
+def init(
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder to set up; created if missing.",
+            metavar="DIR",
+            file_okay=False,
+            show_default="the current folder",
+        ),
+    ] = Path(),
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Overwrite an existing traind.toml with the defaults."),
+    ] = False,
+) -> None:
+    """Write a commented traind.toml with every default, and the runtime folders."""
+    config = directory / DEFAULT_CONFIG_NAME
+    existed = config.exists()
+    if existed and not force:
+        typer.echo(f"error: {config} already exists; use --force to overwrite it", err=True)
+        raise typer.Exit(1)
+    directory.mkdir(parents=True, exist_ok=True)
+    config.write_text(render_default_config(), encoding="utf-8")
+    typer.echo(f"{'overwrote' if existed else 'wrote'}  {config}")
+    # The folder names come from the defaults the file just written points at.
+    for field in PathsSection.model_fields.values():
+        folder = directory / field.default
+        if folder.is_dir():
+            typer.echo(f"exists   {folder}/")
+        else:
+            folder.mkdir(parents=True)
+            typer.echo(f"created  {folder}/")
+    config_arg = "" if directory.resolve() == Path.cwd() else f" --config {config}"
+    typer.echo(f"\nnext: traind train YOUR_DATA.jsonl{config_arg}")
+
+
+@app.command(
+    help="Train on FILE... in order, without the daemon, on one global step count.\n\n"
+    "Each file gets ceil(epochs_per_file * sequences / (micro_batch_size * grad_accum_steps"
+    " * world_size)) optimizer steps, counted from the step the file starts at.\n\n"
+    "Run the same command again after a crash to resume: files the lineage already"
+    " completed (same content) are skipped, the interrupted one continues at its exact"
+    " position."
+)
+def train(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="JSONL drops to train on, in the order given.",
+            metavar="FILE",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            show_default=False,
+        ),
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Settings file. Default: $TRAIND_CONFIG, else ./traind.toml if present, "
+            "else the built-in defaults. TRAIND_<SECTION>__<KEY> variables override it.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from",
+            help="Start a new lineage from the weights of this checkpoint folder "
+            "(e.g. another run's checkpoints/gold), with a fresh optimizer at step 0.",
+            exists=True,
+            file_okay=False,
+            metavar="DIR",
+            show_default=False,
+        ),
+    ] = None,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option("--log-level", help="Least severe log messages shown.", case_sensitive=False),
+    ] = LogLevel.INFO,
+) -> None:
+    """Train on FILE... in order (the help text is the decorator's, kept on single lines)."""
+    try:
+        settings = load_settings(config)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2) from None
+    _configure_logging(log_level.value)
+    # Imported here: it pulls in torch, which --help, init and version must not pay for.
+    from service.runner import train_files
+
+    raise typer.Exit(
+        train_files(
+            settings,
+            files,
+            init_from=init_from,
+        )
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the version of traind."""
+    typer.echo(f"traind {_version()}")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("traind")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _configure_logging(level: str) -> None:
+    console = Console(stderr=True)
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(
+            console=console,
+            show_time=True,
+            show_level=True,
+            show_path=False,
+            omit_repeated_times=False,
+            log_time_format="%H:%M:%S",
+            markup=False,
+            rich_tracebacks=True,
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        # Piped into a file, journald or CI: rich would wrap every record at 80 columns
+        # and pad it with spaces, so write the same fields as plain single lines.
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-8s %(message)s", datefmt="%H:%M:%S")
+        )
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def main() -> None:
+    """Entry point of the ``traind`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

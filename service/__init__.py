@@ -1,0 +1,1 @@
+"""The service layer: settings, ledger, inbox watcher, worker loop and supervisor."""

@@ -1,0 +1,164 @@
+"""``traind train FILE...``: train files in order without the daemon.
+
+Same checkpoints, lineage and event-log rules as the daemon's worker. Re-running the
+same command after a crash resumes: files the lineage has completed (by content hash)
+are skipped with a message, and the interrupted file continues at its exact position.
+
+Run it as ``traind train a.jsonl b.jsonl [--config traind.toml]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checks it at the next optimizer-step boundary."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def handle(self, signum: int, _frame: FrameType | None) -> None:
+        # Only set a flag: saving happens in the loop, at a step boundary.
+        if self.signum is None:
+            self.signum = signum
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self.handle)
+        signal.signal(signal.SIGTERM, self.handle)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlannedFile:
+    """One command-line file with its content hash."""
+
+    path: Path
+    """The file as given."""
+    sha256: str
+    """Its content hash (identity in the lineage)."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(4 * 2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def plan_files(files: list[Path]) -> list[PlannedFile]:
+    planned, seen = [], set()
+    for path in files:
+        sha = file_sha256(path)
+        if sha in seen:
+            log.warning("skipping %s: the same content appears earlier on the command line", path)
+            continue
+        seen.add(sha)
+        planned.append(PlannedFile(path=path, sha256=sha))
+    return planned
+
+
+def train_files(
+    settings: Settings,
+    files: list[Path],
+    *,
+    init_from: Path | None = None,
+    stop: StopFlag | None = None,
+) -> int:
+    """Train ``files`` in order on the configured lineage; returns a process exit code."""
+    from trainer.data import DataError
+    from trainer.lineage import LineageError
+    from trainer.loop import FileOutcome, Trainer
+
+    if stop is None:
+        stop = StopFlag()
+        stop.install()
+    planned = plan_files(files)
+    try:
+        trainer = Trainer.open(
+            spec=settings.lineage_spec(),
+            train=settings.train_config(),
+            paths=settings.run_paths(),
+            init_from=init_from,
+        )
+    except LineageError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    state = trainer.state
+    todo = []
+    for item in planned:
+        done = state.completed(item.sha256)
+        if done is not None:
+            log.info(
+                "skipping %s: already trained (as %s, steps %d-%d)",
+                item.path,
+                done.name,
+                done.start_step,
+                done.end_step,
+            )
+        else:
+            todo.append(item)
+    current = state.current_file
+    if current is not None:
+        match = next((item for item in todo if item.sha256 == current.sha256), None)
+        if match is None:
+            log.error(
+                "the lineage is in the middle of %s (sha256 %s…, step %d of %d-%d); pass that file "
+                "again to finish it first",
+                current.name,
+                current.sha256[:12],
+                state.global_step,
+                current.start_step,
+                current.target_step,
+            )
+            return EXIT_USAGE
+        todo.remove(match)
+        todo.insert(0, match)
+    rejected = []
+    for item in todo:
+        if stop():
+            break
+        try:
+            data = trainer.prepare(item.path)
+        except DataError as exc:
+            log.error("rejected %s: %s", item.path, exc)
+            trainer.events.emit(
+                "file_rejected", file=item.path.name, sha256=item.sha256, reason=str(exc)
+            )
+            rejected.append(item.path)
+            continue
+        outcome = trainer.train_file(data, name=item.path.name, should_stop=stop)
+        if outcome is FileOutcome.STOPPED:
+            log.warning(
+                "stopped at step %d (checkpoint saved); run the same command again to resume",
+                state.global_step,
+            )
+            return 128 + (stop.signum or signal.SIGTERM)
+    if stop() and trainer.unsaved_steps:
+        trainer.save_checkpoint(reason="stop")
+    trainer.finish()
+    if rejected:
+        log.error("%d file(s) rejected: %s", len(rejected), ", ".join(str(p) for p in rejected))
+        return EXIT_REJECTED
+    log.info(
+        "done: global step %d, %d files in the lineage",
+        state.global_step,
+        len(state.files_completed),
+    )
+    return 128 + stop.signum if stop() else EXIT_OK

@@ -1,0 +1,145 @@
+"""SIGKILL at any point, re-run the same command: nothing lost, nothing trained twice,
+and on CPU the final weights are bit-identical to an uninterrupted run (design rule 9)."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import REPO, read_events, run_traind, traind_env
+
+from trainer.checkpoint import latest_checkpoint
+
+
+def final_state(root):
+    found = latest_checkpoint(root / "checkpoints")
+    return found.step, found.weights(), found.optimizer_state(), found.training_state
+
+
+def assert_same_as_reference(root, reference, drops):
+    step, weights, optimizer, state = final_state(root)
+    ref_step, ref_weights, ref_optimizer, ref_state = reference
+    assert step == ref_step
+    assert weights.keys() == ref_weights.keys()
+    for key, value in weights.items():
+        assert torch.equal(value, ref_weights[key]), f"{key} differs from the uninterrupted run"
+    for index, moments in ref_optimizer["state"].items():
+        for name, value in moments.items():
+            assert torch.equal(optimizer["state"][index][name], value), f"optimizer {index}.{name}"
+    assert [(f["name"], f["start_step"], f["end_step"]) for f in state["files_completed"]] == [
+        (f["name"], f["start_step"], f["end_step"]) for f in ref_state["files_completed"]
+    ]
+    completes = [e for e in read_events(root) if e["event"] == "file_complete"]
+    assert sorted(e["file"] for e in completes) == sorted(p.name for p in drops), (
+        "each file_complete exactly once"
+    )
+    budgets = [e for e in read_events(root) if e["event"] == "file_start"]
+    assert step == sum(f["end_step"] - f["start_step"] for f in state["files_completed"])
+    assert {e["file"] for e in budgets} == {p.name for p in drops}
+
+
+@pytest.fixture
+def reference(tmp_path_factory, drops):
+    root = tmp_path_factory.mktemp("reference")
+    result = run_traind(["train", *map(str, drops)], env=traind_env(root), cwd=root)
+    assert result.returncode == 0, result.stderr
+    return final_state(root)
+
+
+KILL_POINTS = [
+    "loop:mid_step@7",
+    "checkpoint:after_weights@3",
+    "checkpoint:before_manifest@4",
+    "checkpoint:before_rename@2",
+    "checkpoint:after_rename@3",
+    "loop:before_file_complete@1",
+]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_sigkill_at_a_point_then_resume_is_bit_identical(tmp_path, drops, reference, point):
+    root = tmp_path / "run"
+    kills = 0
+    for _attempt in range(40):
+        result = run_traind(
+            ["train", *map(str, drops)], env=traind_env(root, TRAIND_FAULT=point), cwd=tmp_path
+        )
+        if result.returncode == 0:
+            break
+        assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+        kills += 1
+    else:
+        pytest.fail("never finished")
+    assert kills >= 1
+    assert_same_as_reference(root, reference, drops)
+    # Re-running once more trains nothing: every file is already in the lineage.
+    again = run_traind(["train", *map(str, drops)], env=traind_env(root), cwd=tmp_path)
+    assert again.returncode == 0
+    assert "already trained" in again.stderr
+    assert final_state(root)[0] == reference[0]
+
+
+def _kill_at_random_moments(root, drops, *, rounds, seed):
+    rng = random.Random(seed)
+    cmd = [sys.executable, "-m", "api.cli", "train", *map(str, drops)]
+    env = {**traind_env(root), "PYTHONPATH": str(REPO)}
+    kills = 0
+    for _ in range(rounds):
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=root.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        # Torch import takes ~1.5 s here; kill anywhere from start-up to well into training.
+        time.sleep(rng.uniform(0.5, 4.0))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    result = run_traind(["train", *map(str, drops)], env=traind_env(root), cwd=root.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return kills
+
+
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path, drops, reference):
+    root = tmp_path / "random"
+    _kill_at_random_moments(root, drops, rounds=4, seed=1)
+    assert_same_as_reference(root, reference, drops)
+
+
+@pytest.mark.slow
+def test_sigkill_soak(tmp_path, drops, reference):
+    root = tmp_path / "soak"
+    kills = _kill_at_random_moments(root, drops, rounds=25, seed=2)
+    assert kills >= 5
+    assert_same_as_reference(root, reference, drops)
+
+
+def test_sigterm_saves_at_the_next_step_and_resumes(tmp_path, drops, reference):
+    root = tmp_path / "term"
+    cmd = [sys.executable, "-m", "api.cli", "train", *map(str, drops)]
+    env = {**traind_env(root), "PYTHONPATH": str(REPO), "TRAIND_TRAIN__CHECKPOINT_INTERVAL": "1000"}
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while (
+        not (root / "state" / "events.jsonl").exists()
+        or "file_start" not in (root / "state" / "events.jsonl").read_text()
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "run the same command again to resume" in err
+    saved = [
+        e for e in read_events(root) if e["event"] == "checkpoint_saved" and e["reason"] == "stop"
+    ]
+    assert len(saved) == 1
+    interrupted = latest_checkpoint(root / "checkpoints")
+    assert interrupted.training_state["current_file"] is not None
+    result = run_traind(["train", *map(str, drops)], env=traind_env(root), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming at step" in result.stderr
+    assert_same_as_reference(root, reference, drops)
