@@ -104,7 +104,7 @@ def bare_side(corpus: Path, *, preset: str, config: TrainConfig, steps: int, cac
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
             (loss / accum).backward()
             tokens += x.numel()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return tokens / (time.perf_counter() - started)

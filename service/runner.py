@@ -9,7 +9,6 @@ Run it as ``traind train a.jsonl b.jsonl [--config traind.toml]``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import signal
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from service.settings import Settings
+from trainer.digest import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,6 @@ class PlannedFile:
     """Its content hash (identity in the lineage)."""
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(4 * 2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def plan_files(files: list[Path]) -> list[PlannedFile]:
     planned, seen = [], set()
     for path in files:
@@ -82,9 +74,11 @@ def train_files(
     stop: StopFlag | None = None,
 ) -> int:
     """Train ``files`` in order on the configured lineage; returns a process exit code."""
+    from trainer.checkpoint import CheckpointError
     from trainer.data import DataError
     from trainer.lineage import LineageError
     from trainer.loop import FileOutcome, Trainer
+    from trainer.tokenizer import TokenizerError
 
     if stop is None:
         stop = StopFlag()
@@ -97,7 +91,7 @@ def train_files(
             paths=settings.run_paths(),
             init_from=init_from,
         )
-    except LineageError as exc:
+    except (LineageError, CheckpointError, TokenizerError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
     state = trainer.state
@@ -135,7 +129,7 @@ def train_files(
         if stop():
             break
         try:
-            data = trainer.prepare(item.path)
+            data = trainer.prepare(item.path, sha256=item.sha256)
         except DataError as exc:
             log.error("rejected %s: %s", item.path, exc)
             trainer.events.emit(

@@ -18,11 +18,8 @@ Try it: ``python -c "from service.settings import load_settings; print(load_sett
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import re
 import tomllib
-import typing
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -30,23 +27,28 @@ from typing import Any
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
-    TypeAdapter,
     ValidationError,
-    field_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
+from service.sections import (
+    BYTES_TOKENIZER,
+    EvalSection,
+    GoldSection,
+    ModelSection,
+    PathsSection,
+    ServerSection,
+    TrainSection,
+    suggest,
+)
+
 # Only the pure-dataclass config module: the settings must stay importable without torch.
 from trainer.config import (
     LineageSpec,
-    LrSchedule,
-    ModelConfig,
-    Precision,
     RunPaths,
     TrainConfig,
 )
@@ -70,14 +72,6 @@ ENV_PREFIX = "TRAIND_"
 ENV_DELIMITER = "__"
 CONFIG_ENV = "TRAIND_CONFIG"
 DEFAULT_CONFIG_NAME = "traind.toml"
-BYTES_TOKENIZER = "bytes"
-
-# Architecture fields a user may override on top of a preset; dropout has its own key.
-_ARCH_TYPES = typing.get_type_hints(ModelConfig)
-OVERRIDABLE_ARCH_FIELDS = tuple(
-    f.name for f in dataclasses.fields(ModelConfig) if f.name != "dropout"
-)
-_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 class SettingsError(ValueError):
@@ -86,228 +80,6 @@ class SettingsError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = tuple(problems)
-
-
-def _existing_file(value: str | Path, *, what: str) -> Path:
-    path = Path(value).expanduser().resolve()
-    if not path.is_file():
-        raise ValueError(f"{what} {path} does not exist or is not a file")
-    return path
-
-
-class _Section(BaseModel):
-    # forbid: a typo in traind.toml must fail loudly, not silently keep the default.
-    # validate_default: defaults go through the same path resolution as given values.
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class PathsSection(_Section):
-    """Runtime folders (relative paths are relative to this file's folder)."""
-
-    inbox: Path = Field(Path("data_inbox"), description="Folder watched for new *.jsonl drops.")
-    checkpoints: Path = Field(
-        Path("checkpoints"), description="Folder of the step-*, gold and export checkpoints."
-    )
-    state: Path = Field(
-        Path("state"), description="Folder of the ledger database, the event log and the API token."
-    )
-
-    @field_validator("inbox", "checkpoints", "state")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
-
-
-class ServerSection(_Section):
-    """The REST control plane of `traind serve` (planned)."""
-
-    host: str = Field(
-        "127.0.0.1",
-        min_length=1,
-        description="Address the API binds to; keep 127.0.0.1 unless a proxy guards it.",
-    )
-    port: int = Field(8321, ge=1, le=65535, description="TCP port of the API.")
-    # repr=False: a token must not end up in logs that print the settings.
-    token: str | None = Field(
-        None,
-        min_length=1,
-        repr=False,
-        examples=["change-me"],
-        description="Bearer token the mutating API routes require (unset by default).",
-    )
-
-
-class ModelSection(_Section):
-    """The model a new lineage starts from."""
-
-    source: str = Field(
-        "builtin", description="Where the model comes from: builtin (traind's own transformer)."
-    )
-    preset: str = Field(
-        "tiny", min_length=1, description="Architecture preset of the builtin model."
-    )
-    tokenizer: str = Field(
-        BYTES_TOKENIZER,
-        min_length=1,
-        description='"bytes" (byte-level) or the path of a Hugging Face tokenizer.json.',
-    )
-    dropout: float = Field(
-        0.0, ge=0.0, lt=1.0, description="Dropout probability applied on top of the preset."
-    )
-    overrides: dict[str, Any] = Field(
-        default_factory=dict,
-        description=(
-            "Architecture fields that replace the preset's, e.g. { block_size = 512 }. Keys: "
-            + ", ".join(OVERRIDABLE_ARCH_FIELDS)
-            + "."
-        ),
-    )
-
-    @field_validator("source")
-    @classmethod
-    def _builtin_only(cls, value: str) -> str:
-        if value != "builtin":
-            raise ValueError(
-                f"{value!r} is not supported: only 'builtin' is supported in this version"
-            )
-        return value
-
-    @field_validator("tokenizer")
-    @classmethod
-    def _tokenizer_file(cls, value: str) -> str:
-        if value == BYTES_TOKENIZER:
-            return value
-        return str(_existing_file(value, what='tokenizer (use "bytes" or a tokenizer.json):'))
-
-    @field_validator("overrides")
-    @classmethod
-    def _architecture_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
-        checked: dict[str, Any] = {}
-        for key, raw in value.items():
-            if key == "dropout":
-                raise ValueError("set dropout with model.dropout, not in model.overrides")
-            if key not in OVERRIDABLE_ARCH_FIELDS:
-                raise ValueError(f"{key!r} is not an architecture field ({_suggest(key)})")
-            # Typed per field, so a string from an environment variable becomes an int.
-            try:
-                checked[key] = TypeAdapter(_ARCH_TYPES[key]).validate_python(raw)
-            except ValidationError as exc:
-                raise ValueError(f"{key}: {exc.errors()[0]['msg']}") from None
-        return checked
-
-
-class TrainSection(_Section):
-    """Training hyper-parameters (recorded with every checkpoint)."""
-
-    # Mirrors trainer.config.TrainConfig field for field, same defaults (a test keeps them in
-    # sync); the bounds here are the dataclass's checks plus the ones the trainer assumes.
-
-    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass.")
-    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    epochs_per_file: float = Field(
-        1.0, gt=0, description="Passes over each file; sets its budget of optimizer steps."
-    )
-    learning_rate: float = Field(
-        3e-4, gt=0, description="Peak learning rate, reached after warm-up."
-    )
-    min_lr_ratio: float = Field(
-        0.1, ge=0, le=1, description="Floor of the cosine schedule, as a fraction of learning_rate."
-    )
-    lr_schedule: LrSchedule = Field(
-        "constant",
-        description="Shape after warm-up: constant (endless training), cosine or inverse_sqrt.",
-    )
-    lr_decay_steps: int = Field(
-        100_000, ge=1, description="Length of the cosine decay, in global steps after warm-up."
-    )
-    warmup_steps: int = Field(
-        100, ge=0, description="Linear warm-up in global steps (once per lineage, not per file)."
-    )
-    weight_decay: float = Field(
-        0.1, ge=0, description="AdamW decoupled weight decay (matrices only, not norms or biases)."
-    )
-    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW first-moment decay.")
-    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW second-moment decay.")
-    grad_clip: float = Field(
-        1.0, ge=0, description="Clip the global gradient norm to this (0 disables clipping)."
-    )
-    seed: int = Field(
-        1337, ge=0, description="Seed of the lineage: data order, dropout and initialisation."
-    )
-    checkpoint_interval: int = Field(
-        500,
-        ge=1,
-        description="Save every this many global steps (and always at the end of a file).",
-    )
-    keep_checkpoints: int = Field(
-        3, ge=1, description="Newest step-* checkpoints kept; gold and export are never rotated."
-    )
-    device: str = Field("auto", description="auto (CUDA if present), cpu, cuda or cuda:N.")
-    precision: Precision = Field(
-        "auto", description="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16."
-    )
-    log_interval: int = Field(10, ge=1, description="Console progress line every this many steps.")
-    nan_skip_limit: int = Field(
-        3, ge=1, description="Non-finite steps within nan_window steps that trigger a rollback."
-    )
-    nan_window: int = Field(
-        100, ge=1, description="Window, in global steps, over which non-finite skips are counted."
-    )
-    cuda_memory_fraction: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        examples=[0.9],
-        description="Cap on the worker's share of GPU memory, in (0, 1] (unset: no cap).",
-    )
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, value: str) -> str:
-        if not _DEVICE_RE.fullmatch(value):
-            raise ValueError(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
-        return value
-
-
-class EvalSection(_Section):
-    """Evaluation: validation loss, named eval sets and sample prompts."""
-
-    interval: int = Field(500, ge=1, description="Evaluate every this many global steps.")
-    iters: int = Field(20, ge=1, description="Batches per evaluation.")
-    sets: dict[str, Path] = Field(
-        default_factory=dict,
-        description='Named eval sets, name = "path/to/set.jsonl"; each set\'s loss is tracked.',
-    )
-    holdout_fraction: float = Field(
-        0.0, ge=0, le=0.5, description="Fraction of each drop held out for validation (0 to 0.5)."
-    )
-    prompts: list[str] = Field(
-        default_factory=list, description="Prompts sampled at each evaluation to eyeball progress."
-    )
-
-    @field_validator("sets")
-    @classmethod
-    def _existing_sets(cls, value: dict[str, Path]) -> dict[str, Path]:
-        for name in value:
-            if not name.strip():
-                raise ValueError("an eval set needs a non-empty name")
-        return {
-            name: _existing_file(path, what=f"eval set {name!r}:") for name, path in value.items()
-        }
-
-
-class GoldSection(_Section):
-    """Guards on promoting the best checkpoint to gold."""
-
-    overfit_ratio: float = Field(
-        5.0, gt=0, description="No gold while validation loss / training loss is at or above this."
-    )
-    consecutive_rises: int = Field(
-        2, ge=1, description="No gold right after validation loss rose this many evals in a row."
-    )
-    regression_threshold: float = Field(
-        0.2, ge=0, description="No gold if a named eval set got worse by more than this fraction."
-    )
 
 
 # How load_settings hands the file it read to the TOML source below: the source is built by
@@ -470,7 +242,7 @@ def _describe(
     loc = tuple(error["loc"])
     key = ".".join(str(part) for part in loc) or "settings"
     if error["type"] == "extra_forbidden":
-        reason = f"unknown key ({_suggest(str(loc[-1]), _known_keys(loc[:-1]))})"
+        reason = f"unknown key ({suggest(str(loc[-1]), _known_keys(loc[:-1]))})"
     else:
         reason = str(error["msg"]).removeprefix("Value error, ")
     return f"{_origin(loc, raw=raw, shown=shown, overrides=overrides)}: {key}: {reason}"
@@ -523,10 +295,3 @@ def _known_keys(parent: tuple[Any, ...]) -> list[str]:
             return []
         model = annotation
     return list(model.model_fields)
-
-
-def _suggest(key: str, known: typing.Sequence[str] = OVERRIDABLE_ARCH_FIELDS) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    if close:
-        return f"did you mean {close[0]!r}?"
-    return "known keys: " + ", ".join(known) if known else "no keys allowed here"

@@ -10,7 +10,6 @@ previous checkpoint. Weights are safetensors; the optimizer is read back with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from trainer.digest import file_sha256
+from trainer.durable import fsync_dir, fsync_file
 from trainer.events import utc_now
 from trainer.faults import fault_point
 
@@ -92,30 +93,6 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(4 * 2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(
         json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8"
@@ -151,7 +128,7 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
         (staging / TOKENIZER).write_text(content.tokenizer_json, encoding="utf-8")
         _write_json(staging / STATE, content.training_state)
         for fname in FILES:
-            _fsync_file(staging / fname)
+            fsync_file(staging / fname)
         fault_point("checkpoint:before_manifest")
         manifest = {
             "format_version": content.training_state.get("format_version", 1),
@@ -160,13 +137,13 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
             "files": {
                 fname: {
                     "size": (staging / fname).stat().st_size,
-                    "sha256": sha256_of(staging / fname),
+                    "sha256": file_sha256(staging / fname),
                 }
                 for fname in FILES
             },
         }
         _write_json(staging / MANIFEST, manifest)
-        _fsync_file(staging / MANIFEST)
+        fsync_file(staging / MANIFEST)
         fsync_dir(staging)
         fault_point("checkpoint:before_rename")
         _install(staging, root / name)
@@ -237,7 +214,7 @@ def verify(path: Path, *, deep: bool = True) -> str | None:
             return (
                 f"{fname} has {fpath.stat().st_size} bytes, the manifest says {entry.get('size')}"
             )
-        if deep and sha256_of(fpath) != entry.get("sha256"):
+        if deep and file_sha256(fpath) != entry.get("sha256"):
             return f"{fname} does not match its sha256 in the manifest"
     return None
 

@@ -12,27 +12,25 @@ prediction targets. Text files are one packed stream cut into overlapping window
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain, islice
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
+from trainer.arrays import ARRAYS, ArrayWriters, token_dtype
+from trainer.durable import fsync_dir, write_durably
 from trainer.formats import (
     MAX_LINE_BYTES,
     DataError,
-    Example,
     ExampleStream,
     Format,
     LineError,
@@ -41,6 +39,7 @@ from trainer.formats import (
     invalid_lines_error,
     validate_file,
 )
+from trainer.packing import tokenize_stream
 from trainer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -48,8 +47,6 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 """Bump when the layout or the tokenization rules change: old entries are then ignored."""
 META = "meta.json"
-ARRAYS = ("tokens", "mask", "starts", "lengths", "target_counts", "lines")
-_ENCODE_BATCH = 2048
 _STAGING = ".staging-"
 
 
@@ -258,9 +255,9 @@ def _build_entry(
     staging.mkdir()
     try:
         stream = ExampleStream(path, max_line_bytes=max_line_bytes)
-        writers = _Writers(staging, vocab_size=tokenizer.vocab_size)
+        writers = ArrayWriters(staging, vocab_size=tokenizer.vocab_size)
         with writers:
-            counts = _tokenize_stream(stream, writers, tokenizer=tokenizer, block_size=block_size)
+            counts = tokenize_stream(stream, writers, tokenizer=tokenizer, block_size=block_size)
         report = stream.report()
         if not allow_invalid:
             # Strict mode rejects before committing: no entry is kept for a rejected file.
@@ -277,8 +274,8 @@ def _build_entry(
                 path=path,
             )
         meta = _meta(report, counts, key=key, tokenizer=tokenizer, block_size=block_size)
-        _write_durably(staging / META, json.dumps(meta, indent=1).encode())
-        _fsync_dir(staging)
+        write_durably(staging / META, json.dumps(meta, indent=1).encode())
+        fsync_dir(staging)
         try:
             staging.rename(entry)
         except OSError:
@@ -286,7 +283,7 @@ def _build_entry(
             if not (entry / META).exists():
                 raise
             log.info("cache entry %s was built concurrently; using that one", key)
-        _fsync_dir(entry.parent)
+        fsync_dir(entry.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     loaded = _load_entry(entry, path=path, key=key)
@@ -320,7 +317,7 @@ def _meta(
         "format": report.format,
         "tokenizer_fingerprint": tokenizer.fingerprint,
         "vocab_size": tokenizer.vocab_size,
-        "token_dtype": _token_dtype(tokenizer.vocab_size).name,
+        "token_dtype": token_dtype(tokenizer.vocab_size).name,
         "block_size": block_size,
         "eos_id": tokenizer.eos_id,
         "pad_id": tokenizer.pad_id,
@@ -332,261 +329,6 @@ def _meta(
         ],
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-
-
-def _token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16 if vocab_size < 2**16 else np.uint32)
-
-
-def _tokenize_stream(
-    stream: ExampleStream, writers: _Writers, *, tokenizer: Tokenizer, block_size: int
-) -> dict[str, int]:
-    examples = iter(stream)
-    counts = {"n_examples": 0, "n_truncated": 0, "n_no_target": 0}
-    packer: _TextPacker | None = None
-    for chunk in iter(lambda: list(islice(examples, _ENCODE_BATCH)), []):
-        counts["n_examples"] += len(chunk)
-        if stream.format == "text":
-            packer = packer or _TextPacker(writers, block_size)
-            packer.add([e.value for e in chunk], [e.line for e in chunk], tokenizer=tokenizer)
-        else:
-            render = _render_prompt if stream.format == "prompt_completion" else _render_chat
-            _add_sequences(writers, render(chunk, tokenizer, block_size + 1), counts)
-    if packer is not None:
-        packer.finish()
-    counts.update(writers.totals())
-    return counts
-
-
-class _TextPacker:
-    """Concatenates ``text + eos`` examples and cuts windows of ``block_size + 1`` tokens."""
-
-    def __init__(self, writers: _Writers, block_size: int) -> None:
-        self._w = writers
-        self._bs = block_size
-        self._n_tokens = 0
-        self._next = 0  # index of the next window to emit
-        # Start offset and line of the examples the next windows may still overlap.
-        self._ex_starts = np.zeros(0, dtype=np.int64)
-        self._ex_lines = np.zeros(0, dtype=np.int32)
-
-    def add(self, texts: list[str], lines: list[int], *, tokenizer: Tokenizer) -> None:
-        encoded = tokenizer.encode_batch(texts)
-        eos = [tokenizer.eos_id]
-        sizes = np.fromiter((len(ids) + 1 for ids in encoded), np.int64, len(encoded))
-        total = int(sizes.sum())
-        flat = np.fromiter(chain.from_iterable(ids + eos for ids in encoded), np.int64, total)
-        offsets = self._n_tokens + np.concatenate(([0], np.cumsum(sizes)[:-1]))
-        self._ex_starts = np.concatenate((self._ex_starts, offsets))
-        self._ex_lines = np.concatenate((self._ex_lines, np.asarray(lines, dtype=np.int32)))
-        self._w.append_tokens(flat, np.ones(total, dtype=np.uint8))
-        self._n_tokens += total
-        full = (self._n_tokens - 1) // self._bs if self._n_tokens > self._bs else 0
-        self._emit(np.arange(self._next, full, dtype=np.int64), self._bs + 1)
-
-    def finish(self) -> None:
-        # Window i exists while it holds at least 2 tokens: i * bs < n_tokens - 1.
-        count = -(-(self._n_tokens - 1) // self._bs) if self._n_tokens > 1 else 0
-        if count > self._next:
-            last = np.arange(self._next, count, dtype=np.int64)
-            self._emit(last, self._n_tokens - last * self._bs)
-
-    def _emit(self, windows: np.ndarray, lengths: np.ndarray | int) -> None:
-        if not len(windows):
-            return
-        starts = windows * self._bs
-        lengths = np.broadcast_to(np.asarray(lengths, dtype=np.int64), starts.shape)
-        first = np.searchsorted(self._ex_starts, starts, side="right") - 1
-        last = np.searchsorted(self._ex_starts, starts + lengths - 1, side="right") - 1
-        lines = np.stack((self._ex_lines[first], self._ex_lines[last]), axis=1)
-        self._w.append_sequences(starts, lengths, lengths - 1, lines)
-        self._next = int(windows[-1]) + 1
-        # Forget examples that end before the next window starts.
-        keep = max(int(np.searchsorted(self._ex_starts, self._next * self._bs, "right")) - 1, 0)
-        self._ex_starts, self._ex_lines = self._ex_starts[keep:], self._ex_lines[keep:]
-
-
-def _render_prompt(
-    chunk: list[Example], tokenizer: Tokenizer, cap: int
-) -> Iterator[tuple[list[int], list[int], int, bool]]:
-    """``prompt + completion + eos``, targets on completion and eos, trimmed to ``cap``."""
-    encoded = tokenizer.encode_batch([t for e in chunk for t in e.value])
-    eos = [tokenizer.eos_id]
-    for i, example in enumerate(chunk):
-        prompt, completion = encoded[2 * i], encoded[2 * i + 1]
-        truncated = len(prompt) + len(completion) + 1 > cap
-        if not truncated:
-            ids = prompt + completion + eos
-        elif len(completion) + 1 <= cap:
-            # Keep the end of the prompt: the part nearest the completion matters most.
-            prompt = prompt[len(prompt) - (cap - len(completion) - 1) :]
-            ids = prompt + completion + eos
-        else:
-            # The completion alone does not fit: no eos, the text did not end here.
-            prompt, ids = [], completion[:cap]
-        yield ids, [0] * len(prompt) + [1] * (len(ids) - len(prompt)), example.line, truncated
-
-
-def _render_chat(
-    chunk: list[Example], tokenizer: Tokenizer, cap: int
-) -> Iterator[tuple[list[int], list[int], int, bool]]:
-    """ChatML turns; targets on assistant content and its end marker; cut right at ``cap``."""
-    marks = tokenizer.chat_ids
-    end, newline = list(marks.end), list(marks.newline)
-    contents = iter(tokenizer.encode_batch([c for e in chunk for _, c in e.value]))
-    for example in chunk:
-        ids: list[int] = []
-        mask: list[int] = []
-        for role, _ in example.value:
-            header, content = list(marks.headers[role]), next(contents)
-            target = int(role == "assistant")
-            ids += header + content + end + newline
-            mask += [0] * len(header) + [target] * (len(content) + len(end)) + [0] * len(newline)
-        truncated = len(ids) > cap
-        yield ids[:cap], mask[:cap], example.line, truncated
-
-
-def _add_sequences(
-    writers: _Writers,
-    rendered: Iterator[tuple[list[int], list[int], int, bool]],
-    counts: dict[str, int],
-) -> None:
-    """Append one row per rendered example (rows under 2 tokens are dropped)."""
-    all_ids: list[int] = []
-    all_mask: list[int] = []
-    lengths: list[int] = []
-    targets: list[int] = []
-    lines: list[int] = []
-    for ids, mask, line, truncated in rendered:
-        counts["n_truncated"] += truncated
-        n_targets = sum(mask) - mask[0] if mask else 0
-        counts["n_no_target"] += n_targets == 0
-        if len(ids) < 2:
-            continue
-        all_ids += ids
-        all_mask += mask
-        lengths.append(len(ids))
-        targets.append(n_targets)
-        lines.append(line)
-    if not lengths:
-        return
-    sizes = np.asarray(lengths, dtype=np.int64)
-    starts = writers.n_tokens + np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    writers.append_tokens(np.asarray(all_ids, np.int64), np.asarray(all_mask, np.uint8))
-    line_pairs = np.repeat(np.asarray(lines, dtype=np.int32)[:, None], 2, axis=1)
-    writers.append_sequences(starts, sizes, np.asarray(targets), line_pairs)
-
-
-class _Writers:
-    """The entry's six arrays, written as .npy files while tokenization streams."""
-
-    def __init__(self, folder: Path, *, vocab_size: int) -> None:
-        dtypes = {
-            "tokens": _token_dtype(vocab_size),
-            "mask": np.uint8,
-            "starts": np.int64,
-            "lengths": np.int32,
-            "target_counts": np.int32,
-            "lines": np.int32,
-        }
-        self._npy = {
-            name: _NpyWriter(
-                folder / f"{name}.npy", np.dtype(dtypes[name]), (2,) * (name == "lines")
-            )
-            for name in ARRAYS
-        }
-        self._vocab_size = vocab_size
-        self.n_tokens = 0
-        self._n_sequences = 0
-        self._n_targets = 0
-
-    def append_tokens(self, ids: np.ndarray, mask: np.ndarray) -> None:
-        if len(ids) and (ids.min() < 0 or ids.max() >= self._vocab_size):
-            raise ValueError("the tokenizer produced an id outside its vocabulary")
-        self._npy["tokens"].append(ids)
-        self._npy["mask"].append(mask)
-        self.n_tokens += len(ids)
-
-    def append_sequences(
-        self, starts: np.ndarray, lengths: np.ndarray, targets: np.ndarray, lines: np.ndarray
-    ) -> None:
-        self._npy["starts"].append(starts)
-        self._npy["lengths"].append(lengths)
-        self._npy["target_counts"].append(targets)
-        self._npy["lines"].append(lines)
-        self._n_sequences += len(starts)
-        self._n_targets += int(np.sum(targets))
-
-    def totals(self) -> dict[str, int]:
-        return {
-            "n_sequences": self._n_sequences,
-            "n_tokens": self.n_tokens,
-            "n_targets": self._n_targets,
-        }
-
-    def __enter__(self) -> _Writers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for writer in self._npy.values():
-            writer.close()
-
-
-class _NpyWriter:
-    """Appends rows to a .npy file; the header is rewritten in place with the final shape."""
-
-    def __init__(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...]) -> None:
-        self._file: BinaryIO = path.open("wb")
-        self._dtype = dtype
-        self._row_shape = row_shape
-        self._rows = 0
-        # numpy pads headers so the first axis can grow in place; reserve that size now.
-        self._header_size = len(self._header(0))
-        self._file.write(self._header(0))
-
-    def _header(self, rows: int) -> bytes:
-        buffer = io.BytesIO()
-        header = {
-            "descr": np.lib.format.dtype_to_descr(self._dtype),
-            "fortran_order": False,
-            "shape": (rows, *self._row_shape),
-        }
-        np.lib.format.write_array_header_1_0(buffer, header)
-        return buffer.getvalue()
-
-    def append(self, rows: np.ndarray) -> None:
-        array = np.ascontiguousarray(rows, dtype=self._dtype)
-        if array.shape[1:] != self._row_shape:
-            raise ValueError(f"rows of shape {array.shape[1:]}, expected {self._row_shape}")
-        self._file.write(array.tobytes())
-        self._rows += len(array)
-
-    def close(self) -> None:
-        if self._file.closed:
-            return
-        with contextlib.closing(self._file):
-            header = self._header(self._rows)
-            if len(header) != self._header_size:
-                raise RuntimeError("numpy .npy header size changed; cannot finalize in place")
-            self._file.seek(0)
-            self._file.write(header)
-            self._file.flush()
-            os.fsync(self._file.fileno())
-
-
-def _write_durably(path: Path, content: bytes) -> None:
-    with path.open("wb") as file:
-        file.write(content)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = [

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NamedTuple
 
+from trainer.digest import file_sha256
+
 log = logging.getLogger(__name__)
 
 Format = Literal["text", "prompt_completion", "messages"]
@@ -127,15 +129,6 @@ class Example(NamedTuple):
 def is_data_file(path: Path | str) -> bool:
     """Whether the name is one drop files may have (``.jsonl`` or ``.jsonl.gz``)."""
     return Path(path).name.endswith(SUFFIXES)
-
-
-def file_sha256(path: Path | str) -> str:
-    """sha256 hex of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as file:
-        while chunk := file.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def validate_file(

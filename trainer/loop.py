@@ -10,17 +10,16 @@ boundaries and hold everything an exact resume needs.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from trainer.checkpoint import (
     CheckpointContent,
@@ -32,15 +31,19 @@ from trainer.checkpoint import (
     write_checkpoint,
 )
 from trainer.config import LineageSpec, RunPaths, TrainConfig
-from trainer.data import TokenizedFile, sequence_order, tokenize_file
+from trainer.data import TokenizedFile, tokenize_file
 from trainer.events import EventLog, round_loss
 from trainer.faults import fault_point
-from trainer.lineage import Lineage, open_lineage, resolve_device
+from trainer.lineage import Lineage, LineageError, open_lineage, resolve_device
+from trainer.memory import MemoryEstimate, estimate_training_memory
 from trainer.optim import optimizer_state_mismatch
 from trainer.progress import ProgressMeter
+from trainer.recovery import halve_micro_batch, merge_line_ranges
 from trainer.rng import capture_rng
+from trainer.sampler import FileSampler
 from trainer.schedule import lr_at
 from trainer.state import CompletedFile, FileProgress
+from trainer.step import StepRunner
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +56,6 @@ class FileOutcome(enum.Enum):
 def steps_for_file(n_sequences: int, *, epochs: float, micro: int, accum: int, world: int) -> int:
     """Design rule 1: the file's budget in optimizer steps (at least one)."""
     return max(1, math.ceil(epochs * n_sequences / (micro * accum * world)))
-
-
-def merge_line_ranges(ranges: list[tuple[int, int]]) -> str:
-    merged: list[list[int]] = []
-    for first, last in sorted(ranges):
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1][1] = max(merged[-1][1], last)
-        else:
-            merged.append([first, last])
-    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in merged)
 
 
 class Trainer:
@@ -87,12 +80,11 @@ class Trainer:
         self.events = events
         self.device = device
         self.world_size = 1
-        self._orders: dict[int, np.ndarray] = {}
+        self._sampler: FileSampler | None = None
         self._last_saved_step = -1 if lineage.resumed_from is None else self.state.global_step
         self._session_start = time.monotonic()
         self._session_start_step = self.state.global_step
-        self._params = [p for p in self.model.parameters() if p.requires_grad]
-        self._autocast = self._autocast_context()
+        self.steps = StepRunner(self.model, self.optimizer, train=train, device=device)
 
     # ----------------------------------------------------------------- opening
     @classmethod
@@ -105,6 +97,13 @@ class Trainer:
         init_from: Path | None = None,
         events: EventLog | None = None,
     ) -> Trainer:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size > 1:
+            # Every rank would train the whole file and write the same checkpoints.
+            raise LineageError(
+                f"WORLD_SIZE={world_size}: multi-process (torchrun) training is not supported by "
+                "this version; run a single process per lineage"
+            )
         device = resolve_device(train.device)
         if device.type == "cuda":
             if train.cuda_memory_fraction is not None:
@@ -116,6 +115,7 @@ class Trainer:
             paths.checkpoints, spec=spec, train=train, device=device, init_from=init_from
         )
         trainer = cls(lineage, train=train, paths=paths, events=events, device=device)
+        memory = trainer._check_memory()
         for notice in lineage.notices:
             events.emit("optimizer_reset", **notice)
         trainer._reconcile_file_complete()
@@ -127,6 +127,7 @@ class Trainer:
             device=str(device),
             model={"parameters": trainer.model.num_params(), **lineage.model_config.to_dict()},
             train_config=train.to_dict(),
+            memory_estimate_bytes=memory.total,
             files_completed=len(trainer.state.files_completed),
             current_file=trainer.state.current_file.name if trainer.state.current_file else None,
         )
@@ -134,13 +135,29 @@ class Trainer:
             trainer.save_checkpoint(reason="lineage_start")
         return trainer
 
-    def _autocast_context(self) -> Callable[[], contextlib.AbstractContextManager]:
-        precision = self.train.precision
-        if precision == "auto":
-            precision = "bf16" if self.device.type == "cuda" else "fp32"
-        if precision == "bf16":
-            return lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext
+    def _check_memory(self) -> MemoryEstimate:
+        """Log the training-memory estimate; warn when it will not fit under the CUDA cap."""
+        estimate = estimate_training_memory(
+            self.lineage.model_config,
+            n_params=self.model.num_params(),
+            micro_batch=self.state.micro_batch_size,
+            activation_bytes=2 if self.steps.half_precision else 4,
+        )
+        log.info(
+            "memory estimate at micro-batch %d: %s",
+            self.state.micro_batch_size,
+            estimate.describe(),
+        )
+        if self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            cap = total * (self.train.cuda_memory_fraction or 1.0)
+            if estimate.total > cap:
+                log.warning(
+                    "the estimate exceeds the %.1f GiB this process may use; expect OOM recovery "
+                    "to shrink the micro-batch, or lower train.micro_batch_size",
+                    cap / 2**30,
+                )
+        return estimate
 
     def _reconcile_file_complete(self) -> None:
         """Emit the ``file_complete`` a crash may have cut off after its checkpoint committed."""
@@ -156,39 +173,22 @@ class Trainer:
         self._emit_file_complete(last)
 
     # ------------------------------------------------------------- data
-    def prepare(self, path: Path, *, allow_invalid: bool = False) -> TokenizedFile:
-        """Validate and tokenize a file (cached by content hash and tokenizer)."""
+    def prepare(
+        self, path: Path, *, sha256: str | None = None, allow_invalid: bool = False
+    ) -> TokenizedFile:
+        """Validate and tokenize a file (cached by content hash and tokenizer).
+
+        ``sha256``, when the caller already hashed the file, saves reading it again on a
+        cache hit; a file that no longer matches it is rejected.
+        """
         return tokenize_file(
             path,
+            sha256=sha256,
             tokenizer=self.tokenizer,
             block_size=self.lineage.model_config.block_size,
             cache_dir=self.paths.cache,
             allow_invalid=allow_invalid,
         )
-
-    def _order(self, data: TokenizedFile, epoch: int) -> np.ndarray:
-        order = self._orders.get(epoch)
-        if order is None:
-            order = sequence_order(
-                data.n_sequences, seed=self.state.seed, sha256=data.sha256, epoch=epoch
-            )
-            # A step straddles at most two epochs; keep no more than that in memory.
-            for old in sorted(self._orders)[:-1]:
-                del self._orders[old]
-            self._orders[epoch] = order
-        return order
-
-    def _step_indices(self, data: TokenizedFile, cursor: int, count: int) -> np.ndarray:
-        positions = np.arange(cursor, cursor + count)
-        epochs = positions // data.n_sequences
-        within = positions % data.n_sequences
-        if epochs[0] == epochs[-1]:
-            return self._order(data, int(epochs[0]))[within]
-        out = np.empty(count, dtype=np.int64)
-        for epoch in np.unique(epochs):
-            mask = epochs == epoch
-            out[mask] = self._order(data, int(epoch))[within[mask]]
-        return out
 
     # ------------------------------------------------------------- training
     def train_file(
@@ -199,6 +199,7 @@ class Trainer:
         current = state.current_file
         if current is not None and current.sha256 != data.sha256:
             raise RuntimeError(f"{current.name} is in progress; finish it before starting {name}")
+        self._sampler = FileSampler(data, seed=state.seed)
         if current is None:
             steps = steps_for_file(
                 data.n_sequences,
@@ -216,7 +217,6 @@ class Trainer:
                 target_step=state.global_step + steps,
             )
             state.current_file = current
-            self._orders = {}
             self.events.emit(
                 "file_start",
                 file=name,
@@ -237,7 +237,6 @@ class Trainer:
                 current.target_step,
             )
         else:
-            self._orders = {}
             log.info(
                 "%s: resuming at step %d/%d (epoch %d, sequence %d)",
                 name,
@@ -308,22 +307,30 @@ class Trainer:
         """One optimizer step over ``micro * accum`` sequences; returns (mean loss, tokens)."""
         state = self.state
         count = state.micro_batch_size * state.grad_accum_steps * self.world_size
-        indices = self._step_indices(data, current.cursor, count)
+        indices = self._sampler.indices(current.cursor, count)
         n_targets = data.targets_of(indices)
         while True:
             try:
-                loss_sum = self._accumulate(data, indices, n_targets)
+                loss_sum = self.steps.accumulate(
+                    data, indices, micro=state.micro_batch_size, n_targets=n_targets
+                )
                 break
             except torch.OutOfMemoryError:
                 self._recover_oom(current)
         fault_point("loop:mid_step")
+        loss = None
         if n_targets == 0:
             # A whole step without targets has nothing to learn: no update (momentum and
             # decay alone would move the weights), but the step and data still advance.
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = None
+            self.steps.discard()
         else:
-            loss = self._apply_update(loss_sum, n_targets, data, indices)
+            result = self.steps.update(
+                loss_sum, n_targets=n_targets, lr=lr_at(state.global_step, self.train)
+            )
+            if result.applied:
+                loss = result.loss
+            else:
+                self._record_skip(data, indices, result.loss, result.grad_norm)
         tokens = int(data.lengths[indices].sum()) - len(indices)
         state.global_step += 1
         state.tokens_processed += tokens
@@ -334,52 +341,6 @@ class Trainer:
             current.loss_steps += 1
         self._maybe_roll_back(data, indices)
         return loss, tokens
-
-    def _accumulate(self, data: TokenizedFile, indices: np.ndarray, n_targets: int) -> torch.Tensor:
-        """Forward/backward every micro-batch; gradients end up as d(mean over targets)."""
-        micro = self.state.micro_batch_size
-        denom = float(max(n_targets, 1))
-        total = torch.zeros((), device=self.device)
-        for start in range(0, len(indices), micro):
-            x_np, y_np = data.batch(indices[start : start + micro])
-            x = torch.from_numpy(x_np).to(self.device, non_blocking=True)
-            y = torch.from_numpy(y_np).to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = self.model(x)
-            # A sum over targets (not a mean per micro-batch) so micro 2 x accum 4 equals
-            # micro 8 x accum 1, and an all-ignored micro-batch is exactly 0, never NaN.
-            loss = F.cross_entropy(
-                logits.float().reshape(-1, logits.size(-1)),
-                y.reshape(-1),
-                ignore_index=-1,
-                reduction="sum",
-            )
-            (loss / denom).backward()
-            total += loss.detach()
-        return total
-
-    def _apply_update(
-        self, loss_sum: torch.Tensor, n_targets: int, data: TokenizedFile, indices: np.ndarray
-    ) -> float | None:
-        if self.train.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self._params, self.train.grad_clip, foreach=True)
-        else:
-            norm = torch.nn.utils.get_total_norm(
-                [p.grad for p in self._params if p.grad is not None]
-            )
-        loss_value, norm_value = torch.stack(
-            [loss_sum / n_targets, norm.to(loss_sum.device)]
-        ).tolist()
-        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-            self.optimizer.zero_grad(set_to_none=True)
-            self._record_skip(data, indices, loss_value, norm_value)
-            return None
-        lr = lr_at(self.state.global_step, self.train)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss_value
 
     # ------------------------------------------------------------- trouble
     def _record_skip(
@@ -449,7 +410,7 @@ class Trainer:
 
     def _recover_oom(self, current: FileProgress) -> None:
         state = self.state
-        self.optimizer.zero_grad(set_to_none=True)
+        self.steps.discard()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         old_micro, old_accum = state.micro_batch_size, state.grad_accum_steps
@@ -458,9 +419,8 @@ class Trainer:
                 "out of memory at micro_batch_size 1: lower model.overrides.block_size, pick a "
                 "smaller preset or raise train.cuda_memory_fraction"
             )
-        new_micro = next(d for d in range(old_micro // 2, 0, -1) if old_micro % d == 0)
-        state.micro_batch_size = new_micro
-        state.grad_accum_steps = old_accum * (old_micro // new_micro)
+        state.micro_batch_size, state.grad_accum_steps = halve_micro_batch(old_micro, old_accum)
+        new_micro = state.micro_batch_size
         state.oom_recoveries += 1
         log.warning(
             "out of memory at step %d: micro-batch %d x accum %d -> %d x %d (same effective batch), "

@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import (
-    OVERRIDABLE_ARCH_FIELDS,
-    Settings,
-    SettingsError,
-    TrainSection,
-    load_settings,
-)
+from service.sections import OVERRIDABLE_ARCH_FIELDS, TrainSection
+from service.settings import Settings, SettingsError, load_settings
 from trainer.config import LineageSpec, ModelConfig, RunPaths, TrainConfig
 
 

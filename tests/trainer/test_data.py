@@ -619,7 +619,7 @@ def test_crash_mid_write_leaves_no_entry(tmp_path: Path, monkeypatch: pytest.Mon
     def crash(*_: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(data, "_write_durably", crash)
+    monkeypatch.setattr(data, "write_durably", crash)
     with pytest.raises(OSError, match="disk full"):
         tokenize(path, tmp_path)
     assert list((tmp_path / "cache").iterdir()) == []

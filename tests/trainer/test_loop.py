@@ -145,7 +145,7 @@ def test_no_target_micro_batch_gives_zero_loss_and_no_nan(tmp_path, open_trainer
     data = trainer.prepare(path)
     assert data.n_targets == 0
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    loss = trainer._accumulate(data, np.arange(4), n_targets=0)
+    loss = trainer.steps.accumulate(data, np.arange(4), micro=4, n_targets=0)
     assert loss.item() == 0.0
     for p in trainer.model.parameters():
         assert p.grad is not None and torch.count_nonzero(p.grad) == 0
@@ -167,10 +167,10 @@ def test_mixed_micro_batches_ignore_the_empty_one(tmp_path, open_trainer):
     trainer = open_trainer(micro_batch_size=2, grad_accum_steps=2)
     data = trainer.prepare(path)
     n = data.targets_of(np.arange(4))
-    trainer._accumulate(data, np.array([0, 1, 2, 3]), n_targets=n)
+    trainer.steps.accumulate(data, np.array([0, 1, 2, 3]), micro=2, n_targets=n)
     both = [p.grad.clone() for p in trainer.model.parameters()]
     trainer.optimizer.zero_grad(set_to_none=True)
-    trainer._accumulate(data, np.array([2, 3]), n_targets=n)
+    trainer.steps.accumulate(data, np.array([2, 3]), micro=2, n_targets=n)
     alone = [p.grad.clone() for p in trainer.model.parameters()]
     for a, b in zip(both, alone, strict=True):
         torch.testing.assert_close(a, b)
@@ -197,17 +197,17 @@ def test_injected_nan_is_skipped_and_never_reaches_the_weights(tmp_path, open_tr
     data = trainer.prepare(path)
     snapshots = {}
 
-    original = trainer._apply_update
+    original = trainer.steps.update
 
-    def spy(loss_sum, n_targets, data_, indices):
+    def spy(loss_sum, *, n_targets, lr):
         step = trainer.state.global_step
         snapshots[step] = (
             {k: v.clone() for k, v in trainer.model.state_dict().items()},
             {i: {k: t.clone() for k, t in s.items()} for i, s in trainer.optimizer.state.items()},
         )
-        return original(loss_sum, n_targets, data_, indices)
+        return original(loss_sum, n_targets=n_targets, lr=lr)
 
-    trainer._apply_update = spy
+    trainer.steps.update = spy
     # Forward call 7 is micro-batch 1 of step 3 (2 micro-batches per step).
     trainer.model.register_forward_hook(NaNAt({7}))
     trainer.train_file(data, name="a.jsonl")

@@ -1,0 +1,115 @@
+"""The numerics of one optimizer step (design rules 4-6).
+
+The loss of a step is the mean over all target tokens of all its micro-batches: each
+micro-batch backpropagates its summed loss divided by the step's target count, which
+the data cache knows before the first forward. So micro 2 x accum 4 gives the same
+update as micro 8 x accum 1, and a micro-batch without targets adds exactly zero.
+Before the update, loss and gradient norm must be finite; otherwise nothing moves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainer.config import TrainConfig
+from trainer.data import TokenizedFile
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpdateResult:
+    """What happened to one optimizer step."""
+
+    loss: float
+    """Mean loss over the step's target tokens (may be NaN or inf)."""
+    grad_norm: float
+    """Global gradient norm before clipping (may be NaN or inf)."""
+    applied: bool
+    """False when the step was skipped for non-finite loss or gradients."""
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """bf16 autocast on CUDA by default, fp32 on CPU unless bf16 is asked for."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast_for(
+    device: torch.device, precision: str
+) -> Callable[[], contextlib.AbstractContextManager]:
+    if resolve_precision(device, precision) == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+class StepRunner:
+    """Forward/backward over micro-batches, then a guarded optimizer update."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        train: TrainConfig,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.train = train
+        self.device = device
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.half_precision = resolve_precision(device, train.precision) == "bf16"
+        self.autocast = autocast_for(device, train.precision)
+
+    def accumulate(
+        self, data: TokenizedFile, indices: np.ndarray, *, micro: int, n_targets: int
+    ) -> torch.Tensor:
+        """Backpropagate every micro-batch of the step; returns the summed loss (on device)."""
+        denom = float(max(n_targets, 1))
+        total = torch.zeros((), device=self.device)
+        for start in range(0, len(indices), micro):
+            x_np, y_np = data.batch(indices[start : start + micro])
+            x = torch.from_numpy(x_np).to(self.device, non_blocking=True)
+            y = torch.from_numpy(y_np).to(self.device, non_blocking=True)
+            with self.autocast():
+                logits = self.model(x)
+            # A sum over targets, not a mean per micro-batch: an all-ignored micro-batch
+            # is exactly 0 (a mean would be 0/0 = NaN).
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)),
+                y.reshape(-1),
+                ignore_index=-1,
+                reduction="sum",
+            )
+            (loss / denom).backward()
+            total += loss.detach()
+        return total
+
+    def update(self, loss_sum: torch.Tensor, *, n_targets: int, lr: float) -> UpdateResult:
+        """Clip, check, step. A non-finite loss or gradient never reaches the weights."""
+        if self.train.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.train.grad_clip, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm(
+                [p.grad for p in self.params if p.grad is not None]
+            )
+        # One device sync for both numbers.
+        loss, grad_norm = torch.stack([loss_sum / n_targets, norm.to(loss_sum.device)]).tolist()
+        applied = math.isfinite(loss) and math.isfinite(grad_norm)
+        if applied:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return UpdateResult(loss=loss, grad_norm=grad_norm, applied=applied)
+
+    def discard(self) -> None:
+        """Drop accumulated gradients (a step with nothing to learn, or an OOM retry)."""
+        self.optimizer.zero_grad(set_to_none=True)
