@@ -1,6 +1,19 @@
-"""Suite-wide: tests marked ``gpu`` run only where CUDA is available."""
+"""Suite-wide fixtures, and tests marked ``gpu`` run only where CUDA is available."""
+
+import os
+from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No TRAIND_* variable from the caller's shell; the working folder is ``tmp_path``."""
+    for name in list(os.environ):
+        if name.upper().startswith("TRAIND_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 def pytest_collection_modifyitems(config, items):

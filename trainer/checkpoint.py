@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from trainer.digest import file_sha256
-from trainer.durable import fsync_dir, fsync_file
+from trainer.durable import fsync_path
 from trainer.events import utc_now
 from trainer.faults import fault_point
 
@@ -128,7 +128,7 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
         (staging / TOKENIZER).write_text(content.tokenizer_json, encoding="utf-8")
         _write_json(staging / STATE, content.training_state)
         for fname in FILES:
-            fsync_file(staging / fname)
+            fsync_path(staging / fname)
         fault_point("checkpoint:before_manifest")
         manifest = {
             "format_version": content.training_state.get("format_version", 1),
@@ -143,12 +143,12 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
             },
         }
         _write_json(staging / MANIFEST, manifest)
-        fsync_file(staging / MANIFEST)
-        fsync_dir(staging)
+        fsync_path(staging / MANIFEST)
+        fsync_path(staging)
         fault_point("checkpoint:before_rename")
         _install(staging, root / name)
         fault_point("checkpoint:after_rename")
-        fsync_dir(root)
+        fsync_path(root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -187,7 +187,7 @@ def recover_root(root: Path) -> None:
             os.rename(entry, original)
         else:
             shutil.rmtree(entry, ignore_errors=True)
-    fsync_dir(root)
+    fsync_path(root)
 
 
 def verify(path: Path, *, deep: bool = True) -> str | None:
@@ -321,5 +321,5 @@ def rotate(root: Path, *, keep: int, protect: tuple[Path, ...] = ()) -> list[Pat
             removed.append(path)
             log.debug("rotated out %s in %.2fs", path.name, time.monotonic() - started)
     if removed:
-        fsync_dir(root)
+        fsync_path(root)
     return removed

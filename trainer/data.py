@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from trainer.arrays import ARRAYS, ArrayWriters, token_dtype
-from trainer.durable import fsync_dir, write_durably
+from trainer.durable import fsync_path, write_durably
 from trainer.formats import (
     MAX_LINE_BYTES,
     DataError,
@@ -275,7 +275,7 @@ def _build_entry(
             )
         meta = _meta(report, counts, key=key, tokenizer=tokenizer, block_size=block_size)
         write_durably(staging / META, json.dumps(meta, indent=1).encode())
-        fsync_dir(staging)
+        fsync_path(staging)
         try:
             staging.rename(entry)
         except OSError:
@@ -283,7 +283,7 @@ def _build_entry(
             if not (entry / META).exists():
                 raise
             log.info("cache entry %s was built concurrently; using that one", key)
-        fsync_dir(entry.parent)
+        fsync_path(entry.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     loaded = _load_entry(entry, path=path, key=key)

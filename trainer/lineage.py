@@ -92,8 +92,15 @@ def open_lineage(
     return _resume(found, spec=spec, train=train, device=device)
 
 
-def _new_state(train: TrainConfig) -> TrainingState:
+def spec_record(spec: LineageSpec) -> dict[str, Any]:
+    """What the settings said about the model when the lineage was opened (not dropout,
+    which may change freely)."""
+    return {"preset": spec.preset, "tokenizer": spec.tokenizer, "overrides": dict(spec.overrides)}
+
+
+def _new_state(train: TrainConfig, spec: LineageSpec) -> TrainingState:
     return TrainingState(
+        model_spec=spec_record(spec),
         seed=train.seed,
         micro_batch_size=train.micro_batch_size,
         grad_accum_steps=train.grad_accum_steps,
@@ -121,7 +128,7 @@ def _start_fresh(*, spec: LineageSpec, train: TrainConfig, device: torch.device)
         optimizer=build_optimizer(model, train),
         tokenizer=tokenizer,
         model_config=config,
-        state=_new_state(train),
+        state=_new_state(train, spec),
         resumed_from=None,
         notices=[],
     )
@@ -135,7 +142,7 @@ def _start_from(
     model = GPT(config)
     load_model_weights(model, source.weights())
     model.to(device)
-    state = _new_state(train)
+    state = _new_state(train, spec)
     state.init_from = {
         "path": str(source.path),
         "lineage_id": source.training_state.get("lineage_id"),
@@ -162,19 +169,12 @@ def _resume(
 ) -> Lineage:
     tokenizer = Tokenizer.from_json(found.tokenizer_json)
     saved_config = ModelConfig.from_dict(found.config)
-    wanted = model_config_for(
-        spec.preset, vocab_size=tokenizer.vocab_size, dropout=spec.dropout, overrides=spec.overrides
-    )
-    if spec.tokenizer == "bytes" and tokenizer.vocab_size != load_tokenizer("bytes").vocab_size:
-        log.warning(
-            "the lineage keeps the tokenizer saved in %s, not model.tokenizer", found.path.name
-        )
-    notices: list[dict[str, Any]] = []
     state = TrainingState.from_dict(found.training_state)
     torch.manual_seed(state.seed)
+    wanted = _wanted_config(state, spec, saved=saved_config, tokenizer=tokenizer, found=found)
+    notices: list[dict[str, Any]] = []
+    model = GPT(wanted)
     if wanted.shape_key() == saved_config.shape_key():
-        config = ModelConfig.from_dict({**found.config, "dropout": spec.dropout})
-        model = GPT(config)
         load_model_weights(model, found.weights())
         model.to(device)
         optimizer = build_optimizer(model, train)
@@ -185,14 +185,12 @@ def _resume(
         else:
             notices.append(_reset_notice(found, problem))
     else:
-        config = wanted
-        model = GPT(config)
         kept, dropped = _load_fitting(model, found.weights())
         model.to(device)
         optimizer = build_optimizer(model, train)
         changed = {
             k: (v, wanted.to_dict()[k])
-            for k, v in saved_config.to_dict().items()
+            for k, v in saved_config.shape_key().items()
             if wanted.to_dict()[k] != v
         }
         notices.append(
@@ -201,6 +199,7 @@ def _resume(
                 f"architecture changed {changed}; kept {kept} tensors, re-initialised {dropped}",
             )
         )
+    config = wanted
     for notice in notices:
         log.warning("OPTIMIZER RESET: %s", notice["reason"])
         state.optimizer_resets.append(notice)
@@ -231,6 +230,38 @@ def _resume(
         state=state,
         resumed_from=found.path,
         notices=notices,
+    )
+
+
+def _wanted_config(
+    state: TrainingState,
+    spec: LineageSpec,
+    *,
+    saved: ModelConfig,
+    tokenizer: Tokenizer,
+    found: LoadedCheckpoint,
+) -> ModelConfig:
+    """The checkpoint's architecture, unless the model settings changed since the lineage
+    last opened: only then is the preset (with its overrides) an intended change. So a
+    lineage started from another checkpoint (``--init-from``) keeps that architecture."""
+    keep = ModelConfig.from_dict({**saved.to_dict(), "dropout": spec.dropout})
+    recorded, now = state.model_spec, spec_record(spec)
+    if recorded.get("tokenizer", now["tokenizer"]) != now["tokenizer"]:
+        log.warning(
+            "model.tokenizer is %r but the lineage was started with %r; it keeps the tokenizer "
+            "saved in %s (start a new lineage with --init-from to change it)",
+            now["tokenizer"],
+            recorded["tokenizer"],
+            found.path.name,
+        )
+    same = {k: v for k, v in recorded.items() if k != "tokenizer"} == {
+        k: v for k, v in now.items() if k != "tokenizer"
+    }
+    if recorded and same:
+        return keep
+    state.model_spec = {**now, "tokenizer": recorded.get("tokenizer", now["tokenizer"])}
+    return model_config_for(
+        spec.preset, vocab_size=tokenizer.vocab_size, dropout=spec.dropout, overrides=spec.overrides
     )
 
 

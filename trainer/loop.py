@@ -10,6 +10,7 @@ boundaries and hold everything an exact resume needs.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import math
@@ -290,16 +291,8 @@ class Trainer:
         return FileOutcome.COMPLETED
 
     def _emit_file_complete(self, done: CompletedFile) -> None:
-        self.events.emit(
-            "file_complete",
-            file=done.name,
-            sha256=done.sha256,
-            start_step=done.start_step,
-            end_step=done.end_step,
-            tokens=done.tokens,
-            mean_loss=done.mean_loss,
-            duration_s=done.duration_s,
-        )
+        fields = dataclasses.asdict(done)
+        self.events.emit("file_complete", file=fields.pop("name"), **fields)
 
     def _optimizer_step(
         self, data: TokenizedFile, current: FileProgress

@@ -83,6 +83,9 @@ class TrainingState:
     """Identifies the lineage across its checkpoints."""
     created_at: str = field(default_factory=utc_now)
     """When the lineage started."""
+    model_spec: dict[str, Any] = field(default_factory=dict)
+    """Model settings (preset, tokenizer, overrides) the lineage was last opened with; a
+    change of them, not a difference from the preset, is an intended architecture change."""
     seed: int = 0
     """The lineage's seed; fixed at creation because the data order derives from it."""
     global_step: int = 0
@@ -127,6 +130,9 @@ class TrainingState:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["configured_batch"] = list(self.configured_batch)
+        if self.current_file is not None:
+            # Written for people reading the file; the cursor alone is the truth.
+            data["current_file"]["epoch"] = self.current_file.epoch
         return data
 
     @classmethod
@@ -143,6 +149,8 @@ class TrainingState:
         known = {f.name for f in dataclasses.fields(cls)}
         state = cls(**{k: v for k, v in data.items() if k in known})
         state.configured_batch = tuple(state.configured_batch)
+        if current:
+            current = {k: v for k, v in current.items() if k != "epoch"}
         state.current_file = FileProgress(**current) if current else None
         state.files_completed = [CompletedFile(**f) for f in completed]
         return state

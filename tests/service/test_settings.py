@@ -15,14 +15,11 @@ from trainer.config import LineageSpec, ModelConfig, RunPaths, TrainConfig
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No TRAIND_* variable from the caller's shell, and a working dir without traind.toml."""
-    for name in list(os.environ):
-        if name.upper().startswith("TRAIND_"):
-            monkeypatch.delenv(name)
-    work = tmp_path / "cwd"
+def clean_env(clean_env: Path) -> Path:
+    """As the suite's, but working in a folder of its own, so no traind.toml is found."""
+    work = clean_env / "cwd"
     work.mkdir()
-    monkeypatch.chdir(work)
+    os.chdir(work)  # the suite fixture's monkeypatch.chdir restores the folder afterwards
     return work
 
 

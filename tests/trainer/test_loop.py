@@ -369,3 +369,58 @@ def test_init_from_starts_a_new_lineage_at_step_zero(tmp_path, open_trainer, run
             paths=new_paths,
             init_from=run_paths.checkpoints,
         )
+
+
+def test_checkpoint_records_the_data_position(tmp_path, open_trainer, run_paths):
+    path = write_jsonl(tmp_path / "a.jsonl", text_rows(60))
+    trainer = open_trainer(epochs_per_file=3.0)
+    data = trainer.prepare(path)
+    calls = iter(range(1000))
+    per_epoch = math.ceil(data.n_sequences / 8)
+    trainer.train_file(data, name="a.jsonl", should_stop=lambda: next(calls) >= per_epoch + 1)
+    saved = latest_checkpoint(run_paths.checkpoints).training_state["current_file"]
+    assert saved["name"] == "a.jsonl" and saved["sha256"] == data.sha256
+    assert saved["cursor"] == (per_epoch + 1) * 8
+    assert saved["epoch"] == saved["cursor"] // data.n_sequences >= 1
+    assert saved["target_step"] - saved["start_step"] == saved["steps_for_file"]
+    resumed = open_trainer(epochs_per_file=3.0)
+    assert resumed.state.current_file.cursor == saved["cursor"]
+
+
+def test_init_from_lineage_keeps_the_source_architecture_on_resume(tmp_path, open_trainer, caplog):
+    """The settings' preset describes new lineages; it must not 'change' an --init-from one."""
+    from trainer.config import RunPaths
+
+    path = write_jsonl(tmp_path / "a.jsonl", text_rows(60))
+    source = open_trainer(spec=LineageSpec(preset="test", overrides={"n_layer": 3}))
+    source.train_file(source.prepare(path), name="a.jsonl")
+    new_paths = RunPaths(checkpoints=tmp_path / "new" / "ck", state=tmp_path / "new" / "st")
+    from conftest import TEST_TRAIN
+
+    from trainer.config import TrainConfig
+    from trainer.loop import Trainer
+
+    def open_new(spec):
+        return Trainer.open(
+            spec=spec, train=TrainConfig(**TEST_TRAIN), paths=new_paths, init_from=None
+        )
+
+    first = Trainer.open(
+        spec=LineageSpec(preset="test"),
+        train=TrainConfig(**TEST_TRAIN),
+        paths=new_paths,
+        init_from=source.paths.checkpoints,
+    )
+    assert first.lineage.model_config.n_layer == 3
+    first.train_file(first.prepare(write_jsonl(tmp_path / "b.jsonl", qa_rows(20))), name="b.jsonl")
+    moments = len(first.optimizer.state)
+    resumed = open_new(LineageSpec(preset="test"))  # same settings as at the start: no change
+    assert resumed.lineage.model_config.n_layer == 3
+    assert len(resumed.optimizer.state) == moments and not resumed.state.optimizer_resets
+    assert "OPTIMIZER RESET" not in caplog.text
+    # Changing the model settings is an intended change, applied once and recorded.
+    changed = open_new(LineageSpec(preset="test", overrides={"n_layer": 4}))
+    assert changed.lineage.model_config.n_layer == 4 and "OPTIMIZER RESET" in caplog.text
+    changed.save_checkpoint(reason="test")
+    again = open_new(LineageSpec(preset="test", overrides={"n_layer": 4}))
+    assert again.lineage.model_config.n_layer == 4 and len(again.state.optimizer_resets) == 1
