@@ -19,13 +19,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from trainer.checkpoint import (
     CheckpointContent,
-    latest_checkpoint,
-    load_model_weights,
     recover_root,
     rotate,
     step_dir_name,
@@ -35,11 +32,11 @@ from trainer.config import LineageSpec, RunPaths, TrainConfig
 from trainer.data import TokenizedFile, tokenize_file
 from trainer.events import EventLog, round_loss
 from trainer.faults import fault_point
+from trainer.guard import record_skip, recover_from_oom, roll_back_if_needed
 from trainer.lineage import Lineage, LineageError, open_lineage, resolve_device
+from trainer.lock import LineageLock
 from trainer.memory import MemoryEstimate, estimate_training_memory
-from trainer.optim import optimizer_state_mismatch
 from trainer.progress import ProgressMeter
-from trainer.recovery import halve_micro_batch, merge_line_ranges
 from trainer.rng import capture_rng
 from trainer.sampler import FileSampler
 from trainer.schedule import lr_at
@@ -57,6 +54,24 @@ class FileOutcome(enum.Enum):
 def steps_for_file(n_sequences: int, *, epochs: float, micro: int, accum: int, world: int) -> int:
     """Design rule 1: the file's budget in optimizer steps (at least one)."""
     return max(1, math.ceil(epochs * n_sequences / (micro * accum * world)))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepReport:
+    """The latest optimizer step, for heartbeats and progress displays."""
+
+    step: int
+    """Global step reached."""
+    target_step: int
+    """The current file's target."""
+    loss: float | None
+    """Mean loss of the step (None if skipped or without targets)."""
+    lr: float
+    """Learning rate the step used."""
+    tokens_per_s: float
+    """Throughput over the recent steps."""
+    eta_s: float
+    """Seconds to the file's target at the recent pace."""
 
 
 class Trainer:
@@ -83,6 +98,8 @@ class Trainer:
         self.world_size = 1
         self._sampler: FileSampler | None = None
         self._last_saved_step = -1 if lineage.resumed_from is None else self.state.global_step
+        self._lock: LineageLock | None = None
+        self.last_report: StepReport | None = None
         self._session_start = time.monotonic()
         self._session_start_step = self.state.global_step
         self.steps = StepRunner(self.model, self.optimizer, train=train, device=device)
@@ -97,6 +114,7 @@ class Trainer:
         paths: RunPaths,
         init_from: Path | None = None,
         events: EventLog | None = None,
+        lock_wait_s: float = 0.0,
     ) -> Trainer:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size > 1:
@@ -110,12 +128,19 @@ class Trainer:
             if train.cuda_memory_fraction is not None:
                 torch.cuda.set_per_process_memory_fraction(train.cuda_memory_fraction, device)
             torch.backends.cuda.matmul.allow_tf32 = True
-        recover_root(paths.checkpoints)
-        events = events or EventLog(paths.events)
-        lineage = open_lineage(
-            paths.checkpoints, spec=spec, train=train, device=device, init_from=init_from
-        )
+        lock = LineageLock(paths.checkpoints)
+        lock.acquire(wait_s=lock_wait_s)
+        try:
+            recover_root(paths.checkpoints)
+            events = events or EventLog(paths.events)
+            lineage = open_lineage(
+                paths.checkpoints, spec=spec, train=train, device=device, init_from=init_from
+            )
+        except BaseException:
+            lock.release()
+            raise
         trainer = cls(lineage, train=train, paths=paths, events=events, device=device)
+        trainer._lock = lock
         memory = trainer._check_memory()
         for notice in lineage.notices:
             events.emit("optimizer_reset", **notice)
@@ -193,9 +218,17 @@ class Trainer:
 
     # ------------------------------------------------------------- training
     def train_file(
-        self, data: TokenizedFile, *, name: str, should_stop: Callable[[], bool] = lambda: False
+        self,
+        data: TokenizedFile,
+        *,
+        name: str,
+        should_stop: Callable[[], bool | str] = lambda: False,
     ) -> FileOutcome:
-        """Train ``data`` to its target step, or until ``should_stop`` (then checkpoint)."""
+        """Train ``data`` to its target step, or until ``should_stop`` (then checkpoint).
+
+        ``should_stop`` is asked before every optimizer step; a string answer is the reason
+        recorded with the checkpoint (``pause``, ``stop``...).
+        """
         state = self.state
         current = state.current_file
         if current is not None and current.sha256 != data.sha256:
@@ -254,13 +287,18 @@ class Trainer:
             prior_elapsed=current.elapsed_s,
         )
         while state.global_step < current.target_step:
-            if should_stop():
+            stop = should_stop()
+            if stop:
                 current.elapsed_s = meter.elapsed()
-                self.save_checkpoint(reason="stop")
+                self.save_checkpoint(reason=stop if isinstance(stop, str) else "stop")
                 return FileOutcome.STOPPED
+            started = time.monotonic()
             loss, tokens = self._optimizer_step(data, current)
             meter.add(tokens=tokens, loss=loss)
             step = state.global_step
+            self._report(
+                step, current, loss=loss, tokens=tokens, seconds=time.monotonic() - started
+            )
             if step % self.train.log_interval == 0 or step == current.target_step:
                 log.info(meter.line(step=step, lr=lr_at(step - 1, self.train)))
             if (
@@ -290,6 +328,42 @@ class Trainer:
         self._emit_file_complete(done)
         return FileOutcome.COMPLETED
 
+    def _report(
+        self, step: int, current: FileProgress, *, loss: float | None, tokens: int, seconds: float
+    ) -> None:
+        # Exponential average over ~10 steps: steady enough for an ETA, quick to follow.
+        rate = tokens / max(seconds, 1e-9)
+        if self.last_report is not None and self.last_report.target_step == current.target_step:
+            rate = 0.9 * self.last_report.tokens_per_s + 0.1 * rate
+        step_s = tokens / rate if rate > 0 else seconds
+        self.last_report = StepReport(
+            step=step,
+            target_step=current.target_step,
+            loss=loss,
+            lr=lr_at(step - 1, self.train),
+            tokens_per_s=rate,
+            eta_s=step_s * (current.target_step - step),
+        )
+
+    def abandon_current(self, *, reason: str) -> None:
+        """Drop the file in progress (what it taught stays in the weights; its steps stay
+        counted); for content that is no longer to be trained, e.g. cancelled."""
+        current = self.state.current_file
+        if current is None:
+            return
+        self.state.current_file = None
+        log.warning("abandoning %s at step %d: %s", current.name, self.state.global_step, reason)
+        self.events.emit(
+            "file_abandoned",
+            file=current.name,
+            sha256=current.sha256,
+            start_step=current.start_step,
+            target_step=current.target_step,
+            step=self.state.global_step,
+            reason=reason,
+        )
+        self.save_checkpoint(reason="abandon")
+
     def _emit_file_complete(self, done: CompletedFile) -> None:
         fields = dataclasses.asdict(done)
         self.events.emit("file_complete", file=fields.pop("name"), **fields)
@@ -309,7 +383,7 @@ class Trainer:
                 )
                 break
             except torch.OutOfMemoryError:
-                self._recover_oom(current)
+                recover_from_oom(self, current)
         fault_point("loop:mid_step")
         loss = None
         if n_targets == 0:
@@ -323,7 +397,7 @@ class Trainer:
             if result.applied:
                 loss = result.loss
             else:
-                self._record_skip(data, indices, result.loss, result.grad_norm)
+                record_skip(self, data, indices, loss=result.loss, norm=result.grad_norm)
         tokens = int(data.lengths[indices].sum()) - len(indices)
         state.global_step += 1
         state.tokens_processed += tokens
@@ -332,106 +406,8 @@ class Trainer:
         if loss is not None:
             current.loss_sum += loss
             current.loss_steps += 1
-        self._maybe_roll_back(data, indices)
+        roll_back_if_needed(self, data, indices)
         return loss, tokens
-
-    # ------------------------------------------------------------- trouble
-    def _record_skip(
-        self, data: TokenizedFile, indices: np.ndarray, loss: float, norm: float
-    ) -> None:
-        state = self.state
-        state.nan_skips_total += 1
-        state.nan_skip_steps.append(state.global_step)
-        lines = merge_line_ranges(data.lines_of(indices))
-        log.warning(
-            "step %d skipped: non-finite %s (loss %s, grad norm %s) in %s lines %s",
-            state.global_step,
-            "loss" if not math.isfinite(loss) else "gradients",
-            loss,
-            norm,
-            state.current_file.name,
-            lines,
-        )
-        self.events.emit(
-            "nan_skipped",
-            step=state.global_step,
-            file=state.current_file.name,
-            sha256=state.current_file.sha256,
-            lines=lines,
-            loss=loss,
-            grad_norm=norm,
-            skipped_total=state.nan_skips_total,
-        )
-
-    def _maybe_roll_back(self, data: TokenizedFile, indices: np.ndarray) -> None:
-        state = self.state
-        window_start = state.global_step - self.train.nan_window
-        state.nan_skip_steps = [s for s in state.nan_skip_steps if s >= window_start]
-        if len(state.nan_skip_steps) < self.train.nan_skip_limit:
-            return
-        good = latest_checkpoint(self.paths.checkpoints)
-        skipped = list(state.nan_skip_steps)
-        state.nan_skip_steps = []
-        if good is None:
-            log.error("%d non-finite steps but no checkpoint to roll back to", len(skipped))
-            return
-        load_model_weights(self.model, good.weights())
-        saved = good.optimizer_state(map_location=self.device)
-        if optimizer_state_mismatch(self.optimizer, saved) is None:
-            self.optimizer.load_state_dict(saved)
-        state.rollbacks += 1
-        log.error(
-            "ROLLBACK: %d non-finite steps within %d steps; weights and optimizer restored from %s "
-            "(step %d); training continues at step %d past the bad data",
-            len(skipped),
-            self.train.nan_window,
-            good.path.name,
-            good.step,
-            state.global_step,
-        )
-        self.events.emit(
-            "rollback",
-            step=state.global_step,
-            checkpoint=good.path.name,
-            checkpoint_step=good.step,
-            skipped_steps=skipped,
-            file=state.current_file.name if state.current_file else None,
-            lines=merge_line_ranges(data.lines_of(indices)),
-        )
-        # Make the rollback durable so a crash now cannot replay the bad stretch.
-        self.save_checkpoint(reason="rollback")
-
-    def _recover_oom(self, current: FileProgress) -> None:
-        state = self.state
-        self.steps.discard()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        old_micro, old_accum = state.micro_batch_size, state.grad_accum_steps
-        if old_micro == 1:
-            raise RuntimeError(
-                "out of memory at micro_batch_size 1: lower model.overrides.block_size, pick a "
-                "smaller preset or raise train.cuda_memory_fraction"
-            )
-        state.micro_batch_size, state.grad_accum_steps = halve_micro_batch(old_micro, old_accum)
-        new_micro = state.micro_batch_size
-        state.oom_recoveries += 1
-        log.warning(
-            "out of memory at step %d: micro-batch %d x accum %d -> %d x %d (same effective batch), "
-            "retrying the step",
-            state.global_step,
-            old_micro,
-            old_accum,
-            new_micro,
-            state.grad_accum_steps,
-        )
-        self.events.emit(
-            "oom_recovered",
-            step=state.global_step,
-            file=current.name,
-            micro_batch_size=new_micro,
-            grad_accum_steps=state.grad_accum_steps,
-            previous=[old_micro, old_accum],
-        )
 
     # ------------------------------------------------------------- checkpoints
     def save_checkpoint(self, *, reason: str) -> Path | None:
@@ -467,8 +443,14 @@ class Trainer:
     def unsaved_steps(self) -> int:
         return self.state.global_step - self._last_saved_step
 
+    def close(self) -> None:
+        """Let go of the lineage (another process may then open it)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     def finish(self) -> None:
-        """Record a clean end of the session (``training_complete``)."""
+        """Record a clean end of the session (``training_complete``) and close."""
         elapsed = time.monotonic() - self._session_start
         steps = self.state.global_step - self._session_start_step
         self.events.emit(
@@ -481,3 +463,4 @@ class Trainer:
             files_completed=len(self.state.files_completed),
             nan_skips_total=self.state.nan_skips_total,
         )
+        self.close()

@@ -52,13 +52,30 @@ def run_paths(tmp_path) -> RunPaths:
 
 @pytest.fixture
 def open_trainer(run_paths):
+    """Opens a Trainer; opening again on the same paths first closes the earlier one there,
+    as the end of a process would (a lineage admits one open Trainer at a time)."""
+    opened: list[Trainer] = []
+
     def _open(
-        *, spec: LineageSpec | None = None, paths: RunPaths | None = None, **train
+        *,
+        spec: LineageSpec | None = None,
+        paths: RunPaths | None = None,
+        init_from=None,
+        **train,
     ) -> Trainer:
-        return Trainer.open(
+        paths = paths or run_paths
+        for earlier in opened:
+            if earlier.paths.checkpoints == paths.checkpoints:
+                earlier.close()
+        trainer = Trainer.open(
             spec=spec or LineageSpec(preset="test"),
             train=TrainConfig(**{**TEST_TRAIN, **train}),
-            paths=paths or run_paths,
+            paths=paths,
+            init_from=init_from,
         )
+        opened.append(trainer)
+        return trainer
 
-    return _open
+    yield _open
+    for trainer in opened:
+        trainer.close()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -335,11 +336,9 @@ def test_unusable_optimizer_state_falls_back_to_fresh(tmp_path, open_trainer, ru
 
 
 def test_init_from_starts_a_new_lineage_at_step_zero(tmp_path, open_trainer, run_paths):
-    from conftest import TEST_TRAIN
 
-    from trainer.config import RunPaths, TrainConfig
+    from trainer.config import RunPaths
     from trainer.lineage import LineageError
-    from trainer.loop import Trainer
 
     path = write_jsonl(tmp_path / "a.jsonl", text_rows(100))
     trainer = open_trainer()
@@ -347,12 +346,7 @@ def test_init_from_starts_a_new_lineage_at_step_zero(tmp_path, open_trainer, run
     weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     source_step = trainer.state.global_step
     new_paths = RunPaths(checkpoints=tmp_path / "new" / "ck", state=tmp_path / "new" / "st")
-    fresh = Trainer.open(
-        spec=LineageSpec(preset="test"),
-        train=TrainConfig(**TEST_TRAIN),
-        paths=new_paths,
-        init_from=run_paths.checkpoints,
-    )
+    fresh = open_trainer(paths=new_paths, init_from=run_paths.checkpoints)
     assert fresh.state.global_step == 0 and not fresh.state.files_completed
     assert fresh.state.init_from["global_step"] == source_step
     assert not fresh.optimizer.state
@@ -363,12 +357,28 @@ def test_init_from_starts_a_new_lineage_at_step_zero(tmp_path, open_trainer, run
     fresh.train_file(fresh.prepare(path), name="a.jsonl")
     assert fresh.state.global_step == source_step
     with pytest.raises(LineageError, match="already holds a lineage"):
-        Trainer.open(
-            spec=LineageSpec(preset="test"),
-            train=TrainConfig(**TEST_TRAIN),
-            paths=new_paths,
-            init_from=run_paths.checkpoints,
+        open_trainer(paths=new_paths, init_from=run_paths.checkpoints)
+
+
+def test_one_trainer_per_lineage(tmp_path, run_paths):
+    """An orphaned worker and its replacement must never train the same lineage."""
+    from conftest import TEST_TRAIN
+
+    from trainer.config import TrainConfig
+    from trainer.lock import LineageLockedError
+    from trainer.loop import Trainer
+
+    def open_():
+        return Trainer.open(
+            spec=LineageSpec(preset="test"), train=TrainConfig(**TEST_TRAIN), paths=run_paths
         )
+
+    first = open_()
+    with pytest.raises(LineageLockedError, match=f"pid {os.getpid()}"):
+        open_()
+    first.close()
+    second = open_()
+    second.close()
 
 
 def test_checkpoint_records_the_data_position(tmp_path, open_trainer, run_paths):
@@ -395,21 +405,12 @@ def test_init_from_lineage_keeps_the_source_architecture_on_resume(tmp_path, ope
     source = open_trainer(spec=LineageSpec(preset="test", overrides={"n_layer": 3}))
     source.train_file(source.prepare(path), name="a.jsonl")
     new_paths = RunPaths(checkpoints=tmp_path / "new" / "ck", state=tmp_path / "new" / "st")
-    from conftest import TEST_TRAIN
-
-    from trainer.config import TrainConfig
-    from trainer.loop import Trainer
 
     def open_new(spec):
-        return Trainer.open(
-            spec=spec, train=TrainConfig(**TEST_TRAIN), paths=new_paths, init_from=None
-        )
+        return open_trainer(spec=spec, paths=new_paths)
 
-    first = Trainer.open(
-        spec=LineageSpec(preset="test"),
-        train=TrainConfig(**TEST_TRAIN),
-        paths=new_paths,
-        init_from=source.paths.checkpoints,
+    first = open_trainer(
+        spec=LineageSpec(preset="test"), paths=new_paths, init_from=source.paths.checkpoints
     )
     assert first.lineage.model_config.n_layer == 3
     first.train_file(first.prepare(write_jsonl(tmp_path / "b.jsonl", qa_rows(20))), name="b.jsonl")

@@ -1,6 +1,6 @@
 import pytest
 
-from trainer.recovery import halve_micro_batch, merge_line_ranges
+from trainer.guard import halve_micro_batch, merge_line_ranges
 
 
 @pytest.mark.parametrize(
