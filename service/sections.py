@@ -58,7 +58,7 @@ class PathsSection(_Section):
 
 
 class ServerSection(_Section):
-    """The REST control plane of `traind serve` (planned)."""
+    """The REST control plane of `traind serve`."""
 
     host: str = Field(
         "127.0.0.1",
@@ -73,6 +73,73 @@ class ServerSection(_Section):
         repr=False,
         examples=["change-me"],
         description="Bearer token the mutating API routes require (unset by default).",
+    )
+
+
+class LedgerSection(_Section):
+    """The job ledger: a SQLite file in the state folder unless a database URL is given."""
+
+    url: str | None = Field(
+        None,
+        min_length=1,
+        examples=["postgresql+psycopg://traind@localhost/traind"],
+        description="SQLAlchemy database URL; unset means sqlite in <paths.state>/ledger.db.",
+    )
+    lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a worker's claim on a file lasts without renewal before the "
+        "reaper returns the file to the queue.",
+    )
+    busy_timeout_ms: int = Field(
+        10_000, ge=0, description="How long SQLite waits on a locked database before failing."
+    )
+
+
+class WatcherSection(_Section):
+    """How the inbox is watched."""
+
+    polling: bool = Field(
+        False,
+        description="Poll the inbox instead of inotify (for network and container mounts, "
+        "where inotify events do not arrive).",
+    )
+    settle_s: float = Field(
+        2.0,
+        ge=0,
+        description="A file written in place is taken once closed and unchanged this long.",
+    )
+    rescan_interval_s: float = Field(
+        30.0, gt=0, description="Seconds between full rescans that catch missed events."
+    )
+    max_file_bytes: int = Field(
+        16 * 2**30, ge=1, description="Larger drops are rejected (bytes on disk)."
+    )
+    max_line_bytes: int = Field(
+        8 * 2**20, ge=1, description="A longer line makes the drop invalid (bytes)."
+    )
+
+
+class WorkerSection(_Section):
+    """The training worker process that `traind serve` supervises."""
+
+    restart_backoff_s: float = Field(
+        1.0, gt=0, description="First wait before restarting a worker that died; doubles."
+    )
+    restart_backoff_max_s: float = Field(
+        60.0, gt=0, description="Longest wait between worker restarts."
+    )
+    stop_grace_s: float = Field(
+        120.0,
+        gt=0,
+        description="On shutdown, how long the worker may take to checkpoint before it is "
+        "killed; set above your slowest checkpoint write.",
+    )
+    heartbeat_s: float = Field(
+        1.0, gt=0, description="Seconds between the worker's progress reports to the ledger."
+    )
+    poll_s: float = Field(
+        0.5, gt=0, description="How often an idle or paused worker looks at the ledger."
     )
 
 

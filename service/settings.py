@@ -39,10 +39,13 @@ from service.sections import (
     BYTES_TOKENIZER,
     EvalSection,
     GoldSection,
+    LedgerSection,
     ModelSection,
     PathsSection,
     ServerSection,
     TrainSection,
+    WatcherSection,
+    WorkerSection,
     suggest,
 )
 
@@ -122,6 +125,9 @@ class Settings(BaseSettings):
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     gold: GoldSection = Field(default_factory=GoldSection)
+    ledger: LedgerSection = Field(default_factory=LedgerSection)
+    watcher: WatcherSection = Field(default_factory=WatcherSection)
+    worker: WorkerSection = Field(default_factory=WorkerSection)
 
     _config_file: Path | None = PrivateAttr(default=None)
 
@@ -159,6 +165,10 @@ class Settings(BaseSettings):
 
     def run_paths(self) -> RunPaths:
         return RunPaths(checkpoints=self.paths.checkpoints, state=self.paths.state)
+
+    def database_url(self) -> str:
+        """``ledger.url``, or a SQLite file in the state folder."""
+        return self.ledger.url or f"sqlite:///{self.paths.state / 'ledger.db'}"
 
 
 def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:

@@ -1,0 +1,1 @@
+"""Ledger revisions, oldest first: ``NNNN_name.py`` with revision id ``NNNN_name``."""

@@ -1,0 +1,269 @@
+"""Ledger queries about drops: recording them, finding them, listing the queue, and the
+operator's cancel and retry.
+
+Part of ``Ledger``; see ``service.ledger.ledger``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from service.ledger.errors import LedgerError
+from service.ledger.models import FileRow
+from service.ledger.records import ACTIVE_STATES, FileRecord, FileState, LineProblem
+from service.ledger.store import Store, utcnow
+
+log = logging.getLogger(__name__)
+
+# How a duplicate's error describes the file it duplicates, by that file's state.
+_TWIN_STATUS = {
+    FileState.QUEUED: "still queued",
+    FileState.TRAINING: "training now",
+    FileState.DONE: "already done",
+}
+
+
+class FileQueries(Store):
+    """Recording, finding and listing drops; cancel and retry."""
+
+    def record_file(
+        self,
+        *,
+        name: str,
+        path: str,
+        sha256: str,
+        size: int,
+        format: str | None,
+        n_examples: int,
+        n_invalid: int = 0,
+        invalid_lines: Iterable[LineProblem] = (),
+        priority: int = 0,
+    ) -> FileRecord:
+        """Record a valid drop: ``queued``, or ``duplicate`` if its content is already
+        queued, training or done (decided atomically with the insert)."""
+        now = utcnow()
+        row = FileRow(
+            name=name,
+            path=path,
+            sha256=sha256,
+            size=size,
+            format=format,
+            n_examples=n_examples,
+            n_invalid=n_invalid,
+            invalid_lines=_problems(invalid_lines),
+            state=FileState.QUEUED.value,
+            priority=priority,
+            attempts=0,
+            created_at=now,
+            updated_at=now,
+        )
+        with self._writing() as session:
+            self._lock_content(session, sha256)
+            twin = _active_twin(session, sha256)
+            if twin is not None:
+                row.state = FileState.DUPLICATE.value
+                row.duplicate_of = twin.id
+                row.error = (
+                    f"same content as file #{twin.id} ({twin.name}), "
+                    f"{_TWIN_STATUS[FileState(twin.state)]}"
+                )
+                row.finished_at = now
+            session.add(row)
+            session.flush()
+            record = row.record()
+        if record.state is FileState.DUPLICATE:
+            log.info("file #%d (%s) is a duplicate: %s", record.id, name, record.error)
+        else:
+            log.info("file #%d (%s) queued, %d examples", record.id, name, n_examples)
+        return record
+
+    def record_rejected(
+        self,
+        *,
+        name: str,
+        path: str,
+        reason: str,
+        sha256: str | None = None,
+        size: int = 0,
+        format: str | None = None,
+        n_examples: int = 0,
+        n_invalid: int = 0,
+        invalid_lines: Iterable[LineProblem] = (),
+    ) -> FileRecord:
+        """Record a drop that will not train, with the reason a person can act on."""
+        now = utcnow()
+        row = FileRow(
+            name=name,
+            path=path,
+            sha256=sha256,
+            size=size,
+            format=format,
+            n_examples=n_examples,
+            n_invalid=n_invalid,
+            invalid_lines=_problems(invalid_lines),
+            state=FileState.REJECTED.value,
+            priority=0,
+            error=reason,
+            attempts=0,
+            created_at=now,
+            finished_at=now,
+            updated_at=now,
+        )
+        with self._writing() as session:
+            session.add(row)
+            session.flush()
+            record = row.record()
+        log.info("file #%d (%s) rejected: %s", record.id, name, reason)
+        return record
+
+    def set_path(self, file_id: int, path: str) -> None:
+        """Note where the file is now (the watcher moves drops out of the inbox)."""
+        with self._writing() as session:
+            row = self._locked_file(session, file_id)
+            row.path = path
+            row.updated_at = utcnow()
+
+    def get_file(self, file_id: int) -> FileRecord | None:
+        """The file with that id, or None."""
+        with self._reading() as session:
+            row = session.get(FileRow, file_id)
+            return row.record() if row else None
+
+    def find_by_path(self, path: str) -> FileRecord | None:
+        """The newest record of the file at ``path``, or None."""
+        query = select(FileRow).where(FileRow.path == path).order_by(FileRow.id.desc()).limit(1)
+        with self._reading() as session:
+            row = session.scalars(query).first()
+            return row.record() if row else None
+
+    def find_by_sha(self, sha256: str) -> list[FileRecord]:
+        """Every record with that content, oldest first."""
+        query = select(FileRow).where(FileRow.sha256 == sha256).order_by(FileRow.id)
+        with self._reading() as session:
+            return [row.record() for row in session.scalars(query)]
+
+    def list_files(
+        self,
+        *,
+        states: Collection[FileState] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[FileRecord], int]:
+        """A page of files by id (optionally only some states), and how many match in all."""
+        query = select(FileRow)
+        counting = select(func.count()).select_from(FileRow)
+        if states is not None:
+            wanted = [FileState(state).value for state in states]
+            query = query.where(FileRow.state.in_(wanted))
+            counting = counting.where(FileRow.state.in_(wanted))
+        query = query.order_by(FileRow.id).limit(limit).offset(offset)
+        with self._reading() as session:
+            total = session.scalar(counting) or 0
+            return [row.record() for row in session.scalars(query)], total
+
+    def counts_by_state(self) -> dict[FileState, int]:
+        """How many files are in each state (every state present, 0 if none)."""
+        counts = dict.fromkeys(FileState, 0)
+        query = select(FileRow.state, func.count()).group_by(FileRow.state)
+        with self._reading() as session:
+            for state, count in session.execute(query):
+                counts[FileState(state)] = count
+        return counts
+
+    def queue_order(self) -> list[FileRecord]:
+        """Queued and training files in the order they will train: training first, then
+        by priority (highest first), then by arrival."""
+        training_first = case((FileRow.state == FileState.TRAINING.value, 0), else_=1)
+        query = (
+            select(FileRow)
+            .where(FileRow.state.in_([FileState.QUEUED.value, FileState.TRAINING.value]))
+            .order_by(training_first, FileRow.priority.desc(), FileRow.id)
+        )
+        with self._reading() as session:
+            return [row.record() for row in session.scalars(query)]
+
+    def cancel(self, file_id: int) -> FileRecord:
+        """Cancel a queued file; LedgerError saying why if it is not queued."""
+        with self._writing() as session:
+            row = self._locked_file(session, file_id)
+            state = FileState(row.state)
+            if state is FileState.TRAINING:
+                raise LedgerError(f"file #{file_id} is training; cancel it through the worker")
+            if state is FileState.CANCELLED:
+                raise LedgerError(f"file #{file_id} is already cancelled")
+            if state is not FileState.QUEUED:
+                raise LedgerError(f"file #{file_id} is {state}; only queued files can be cancelled")
+            now = utcnow()
+            row.state = FileState.CANCELLED.value
+            row.error = "cancelled on request"
+            row.finished_at = now
+            row.updated_at = now
+            record = row.record()
+        log.info("file #%d (%s) cancelled", file_id, record.name)
+        return record
+
+    def retry(self, file_id: int) -> FileRecord:
+        """Queue a failed or cancelled file again; LedgerError saying why if it cannot be.
+
+        Its recorded steps are kept: if a checkpoint holds part of it, the worker resumes
+        there; otherwise it records fresh ones with ``set_steps`` when it starts the file.
+        """
+        with self._writing() as session:
+            row = self._locked_file(session, file_id)
+            _check_retryable(row)
+            self._lock_content(session, row.sha256)
+            twin = _active_twin(session, row.sha256) if row.sha256 else None
+            if twin is not None:
+                raise LedgerError(
+                    f"file #{file_id} has the same content as file #{twin.id} ({twin.name}), "
+                    f"which is {twin.state}; there is nothing to retry"
+                )
+            row.state = FileState.QUEUED.value
+            row.error = None
+            row.end_step = None
+            row.lease_owner = None
+            row.lease_expires_at = None
+            row.finished_at = None
+            row.updated_at = utcnow()
+            record = row.record()
+        log.info("file #%d (%s) queued again on request", file_id, record.name)
+        return record
+
+
+def _check_retryable(row: FileRow) -> None:
+    state = FileState(row.state)
+    if state in (FileState.FAILED, FileState.CANCELLED):
+        return
+    if state is FileState.REJECTED:
+        raise LedgerError(
+            f"file #{row.id} was rejected ({row.error}); fix the file and drop it again"
+        )
+    if state is FileState.DUPLICATE:
+        raise LedgerError(
+            f"file #{row.id} is a duplicate of file #{row.duplicate_of}; there is nothing to retry"
+        )
+    if state is FileState.DONE:
+        raise LedgerError(f"file #{row.id} is already done; there is nothing to retry")
+    raise LedgerError(f"file #{row.id} is already {state}")
+
+
+def _active_twin(session: Session, sha256: str | None) -> FileRow | None:
+    """The oldest queued, training or done file with this content."""
+    if not sha256:
+        return None
+    query = (
+        select(FileRow)
+        .where(FileRow.sha256 == sha256)
+        .where(FileRow.state.in_([state.value for state in ACTIVE_STATES]))
+        .order_by(FileRow.id)
+        .limit(1)
+    )
+    return session.scalars(query).first()
+
+
+def _problems(problems: Iterable[LineProblem]) -> list[dict[str, object]]:
+    return [{"line": problem.line, "reason": problem.reason} for problem in problems]
