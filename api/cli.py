@@ -21,7 +21,13 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from service.config_template import render_default_config
-from service.settings import DEFAULT_CONFIG_NAME, PathsSection, SettingsError, load_settings
+from service.settings import (
+    DEFAULT_CONFIG_NAME,
+    PathsSection,
+    Settings,
+    SettingsError,
+    load_settings,
+)
 
 app = typer.Typer(
     name="traind",
@@ -126,12 +132,7 @@ def train(
     ] = LogLevel.INFO,
 ) -> None:
     """Train on FILE... in order (the help text is the decorator's, kept on single lines)."""
-    try:
-        settings = load_settings(config)
-    except SettingsError as exc:
-        for problem in exc.problems:
-            typer.echo(f"error: {problem}", err=True)
-        raise typer.Exit(2) from None
+    settings = _settings_or_exit(config)
     _configure_logging(log_level.value)
     # Imported here: it pulls in torch, which --help, init and version must not pay for.
     from service.runner import train_files
@@ -143,6 +144,83 @@ def train(
             init_from=init_from,
         )
     )
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Settings file. Default: $TRAIND_CONFIG, else ./traind.toml if present, "
+            "else the built-in defaults. TRAIND_<SECTION>__<KEY> variables override it.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option("--log-level", help="Least severe log messages shown.", case_sensitive=False),
+    ] = LogLevel.INFO,
+) -> None:
+    """Run the daemon: the inbox watcher, the training worker and the REST API.
+
+    Drop *.jsonl files into paths.inbox: each is checked, recorded in the ledger and
+    trained in turn on one global step count. SIGTERM or Ctrl-C checkpoints at the next
+    optimizer step and exits 0.
+    """
+    settings = _settings_or_exit(config)
+    _configure_logging(log_level.value)
+    from api.server import run_server
+
+    raise typer.Exit(run_server(settings))
+
+
+@app.command()
+def migrate(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Settings file (for ledger.url and paths.state).",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Upgrade the ledger database to the newest schema (serve also does this at start)."""
+    settings = _settings_or_exit(config)
+    from service.migrate import current_revision, head_revision, upgrade
+
+    url = settings.database_url()
+    shown = _redacted(url)
+    before = current_revision(url)
+    upgrade(url)
+    after = current_revision(url)
+    if before == after:
+        typer.echo(f"ledger {shown} is at the newest schema ({after})")
+    else:
+        typer.echo(
+            f"ledger {url} upgraded from {before or 'empty'} to {after} (head {head_revision()})"
+        )
+
+
+def _redacted(url: str) -> str:
+    """The database URL without its password (it may end up in logs and terminals)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _settings_or_exit(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -13,9 +13,9 @@ import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 from service.settings import Settings
+from service.signals import StopFlag
 from trainer.digest import file_sha256
 
 log = logging.getLogger(__name__)
@@ -23,25 +23,6 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop checks it at the next optimizer-step boundary."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def __call__(self) -> bool:
-        return self.signum is not None
-
-    def handle(self, signum: int, _frame: FrameType | None) -> None:
-        # Only set a flag: saving happens in the loop, at a step boundary.
-        if self.signum is None:
-            self.signum = signum
-
-    def install(self) -> None:
-        signal.signal(signal.SIGINT, self.handle)
-        signal.signal(signal.SIGTERM, self.handle)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,9 +56,9 @@ def train_files(
 ) -> int:
     """Train ``files`` in order on the configured lineage; returns a process exit code."""
     from trainer.checkpoint import CheckpointError
-    from trainer.data import DataError
     from trainer.lineage import LineageError
-    from trainer.loop import FileOutcome, Trainer
+    from trainer.lock import LineageLockedError
+    from trainer.loop import Trainer
     from trainer.tokenizer import TokenizerError
 
     if stop is None:
@@ -91,9 +72,19 @@ def train_files(
             paths=settings.run_paths(),
             init_from=init_from,
         )
-    except (LineageError, CheckpointError, TokenizerError) as exc:
+    except (LineageError, LineageLockedError, CheckpointError, TokenizerError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
+    try:
+        return _train_planned(trainer, planned, stop=stop)
+    finally:
+        trainer.close()
+
+
+def _train_planned(trainer, planned: list[PlannedFile], *, stop: StopFlag) -> int:
+    from trainer.data import DataError
+    from trainer.loop import FileOutcome
+
     state = trainer.state
     todo = []
     for item in planned:

@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
-from service.runner import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, StopFlag, train_files
+from service.runner import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, train_files
 from service.settings import load_settings
+from service.signals import StopFlag
 from trainer.checkpoint import latest_checkpoint
 
 

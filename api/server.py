@@ -1,0 +1,60 @@
+"""``traind serve``: the API (uvicorn) with the watcher and supervised worker behind it.
+
+Run: ``traind serve [--config traind.toml]``. SIGTERM or Ctrl-C stops it cleanly: the
+worker checkpoints at its next optimizer step (within ``worker.stop_grace_s``), then the
+process exits 0. It exits non-zero only on a real failure (bad settings, a port in use,
+a worker that refuses its settings).
+"""
+
+from __future__ import annotations
+
+import logging
+from types import FrameType
+
+import uvicorn
+
+from api.app import create_app
+from service.daemon import Daemon
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's graceful shutdown, without re-raising the signal afterwards.
+
+    uvicorn ends by raising the captured SIGTERM again, so the process dies "killed by
+    SIGTERM". A daemon's exit status must say whether it stopped cleanly (systemd and
+    docker read it), so a clean stop exits 0.
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+
+def run_server(settings: Settings) -> int:
+    daemon = Daemon(settings)
+    app = create_app(settings, daemon=daemon)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,  # keep traind's logging setup
+        access_log=False,
+        lifespan="on",
+    )
+    server = _Server(config)
+
+    def fatal(reason: str) -> None:
+        log.error("shutting down: %s", reason)
+        server.should_exit = True
+
+    daemon.on_fatal = fatal
+    server.run()
+    if daemon.fatal:
+        return 1
+    if not server.started:
+        log.error("the API did not start (is port %d in use?)", settings.server.port)
+        return 1
+    return 0

@@ -1,0 +1,237 @@
+"""Ingest latency of traind: drop -> queued for a burst, and drop -> first training step.
+
+Run: ``.venv/bin/python bench/ingest.py [--files 1000] [--trials 5]`` (``make bench`` runs it).
+
+1. A burst of small files renamed into a watched inbox at once (the recommended way to
+   drop). For each file: the time from its rename to its ``queued`` record in the
+   ledger. The reference, measured in the same run on the same folder, is the bare
+   notification: a watchdog observer that only notes when each rename event arrives.
+   The ratio says how much later than the OS notification traind has checked, hashed,
+   recorded and moved the file.
+2. A real ``traind serve`` on a free port with an idle, resident worker (tiny preset):
+   the time from renaming one file into the inbox to its ``file_start`` event (the
+   worker claimed it, tokenized it and fixed its budget) and to the first heartbeat that
+   shows training progress. The reference is ``worker.poll_s``, the idle worker's
+   polling interval, which bounds the pickup delay from below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
+
+from service.ledger import FileState, Ledger
+from service.sections import WatcherSection
+from service.watcher import InboxWatcher
+from trainer.events import EventLog
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def write_sources(folder: Path, count: int) -> list[Path]:
+    folder.mkdir(parents=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"drop-{i:05d}.jsonl"
+        path.write_text(json.dumps({"text": f"If X={i} and Y={i + 1}, X+Y = {2 * i + 1}."}) + "\n")
+        paths.append(path)
+    return paths
+
+
+class _Arrivals(FileSystemEventHandler):
+    def __init__(self) -> None:
+        self.seen: dict[str, float] = {}
+
+    # A rename from outside the watched folder arrives as a creation (IN_MOVED_TO alone).
+    def on_created(self, event) -> None:
+        self.seen.setdefault(Path(event.src_path).name, time.monotonic())
+
+    def on_moved(self, event) -> None:
+        self.seen.setdefault(Path(event.dest_path).name, time.monotonic())
+
+
+def bare_notification(root: Path, count: int) -> list[float]:
+    inbox = root / "bare-inbox"
+    inbox.mkdir()
+    sources = write_sources(root / "bare-src", count)
+    handler = _Arrivals()
+    observer = Observer()
+    observer.schedule(handler, str(inbox), recursive=False)
+    observer.start()
+    dropped = {}
+    for source in sources:
+        dropped[source.name] = time.monotonic()
+        source.replace(inbox / source.name)
+    deadline = time.monotonic() + 60
+    while len(handler.seen) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    observer.stop()
+    observer.join()
+    return [handler.seen[name] - dropped[name] for name in dropped if name in handler.seen]
+
+
+def traind_burst(root: Path, count: int) -> list[float]:
+    inbox = root / "inbox"
+    ledger = Ledger.open(f"sqlite:///{root / 'ledger.db'}")
+    watcher = InboxWatcher(
+        inbox,
+        ledger=ledger,
+        settings=WatcherSection(settle_s=0.5),
+        events=EventLog(root / "events.jsonl"),
+    )
+    watcher.start()
+    sources = write_sources(root / "src", count)
+    dropped = {}
+    for source in sources:
+        dropped[source.name] = time.monotonic()
+        source.replace(inbox / source.name)
+    queued: dict[str, float] = {}
+    deadline = time.monotonic() + 300
+    while len(queued) < count and time.monotonic() < deadline:
+        for record in ledger.list_files(states=[FileState.QUEUED], limit=count + 10)[0]:
+            queued.setdefault(record.name, time.monotonic())
+        time.sleep(0.005)
+    watcher.stop()
+    ledger.close()
+    return [queued[name] - dropped[name] for name in dropped if name in queued]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def first_step(root: Path, trials: int) -> tuple[list[float], list[float], float]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIND_")}
+    poll_s = 0.5
+    env.update(
+        TRAIND_PATHS__INBOX=str(root / "inbox"),
+        TRAIND_PATHS__CHECKPOINTS=str(root / "checkpoints"),
+        TRAIND_PATHS__STATE=str(root / "state"),
+        TRAIND_SERVER__PORT=str(port),
+        TRAIND_MODEL__PRESET="tiny",
+        TRAIND_WORKER__POLL_S=str(poll_s),
+        TRAIND_WORKER__HEARTBEAT_S="0.05",
+        TRAIND_TRAIN__DEVICE="cpu",
+        PYTHONPATH=str(REPO),
+    )
+    log = (root / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--log-level", "WARNING"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    to_start, to_step = [], []
+    try:
+        url = f"http://127.0.0.1:{port}/v1/status"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url, timeout=2).json()["worker"]["model_loaded"]:
+                    break
+            except (httpx.HTTPError, KeyError, TypeError):
+                pass
+            time.sleep(0.1)
+        events = root / "state" / "events.jsonl"
+        for trial in range(trials):
+            time.sleep(2 * poll_s)  # let the worker go idle again
+            step_before = httpx.get(url, timeout=2).json()["global_step"] or 0
+            source = root / f"trial-{trial}.jsonl"
+            source.write_text(
+                "".join(
+                    json.dumps({"text": f"trial {trial} line {i}: 7*{i} = {7 * i}."}) + "\n"
+                    for i in range(400)
+                )
+            )
+            wall_drop = time.time()
+            dropped = time.monotonic()
+            source.replace(root / "inbox" / source.name)
+            stepped = None
+            while time.monotonic() - dropped < 60:
+                status = httpx.get(url, timeout=2).json()
+                if (status["global_step"] or 0) > step_before:
+                    stepped = time.monotonic() - dropped
+                    break
+                time.sleep(0.01)
+            starts = [json.loads(line) for line in events.read_text().splitlines()]
+            start = next(
+                e for e in starts if e["event"] == "file_start" and e["file"] == source.name
+            )
+            started = datetime.fromisoformat(start["timestamp"].replace("Z", "+00:00")).timestamp()
+            to_start.append(started - wall_drop)
+            if stepped is not None:
+                to_step.append(stepped)
+            # Wait for the file to finish so the next trial starts from an idle worker.
+            while httpx.get(url, timeout=2).json()["state"] != "idle":
+                time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+        log.close()
+    return to_start, to_step, poll_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--trials", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        bare = bare_notification(root, args.files)
+        (root / "traind").mkdir()
+        ours = traind_burst(root / "traind", args.files)
+        print(f"burst of {args.files} renamed-in files (ms)   median    p99    max")
+        print(
+            f"  bare watchdog notification          {statistics.median(bare) * 1e3:7.1f} "
+            f"{percentile(bare, 0.99) * 1e3:6.1f} {max(bare) * 1e3:6.1f}"
+        )
+        print(
+            f"  traind drop -> queued               {statistics.median(ours) * 1e3:7.1f} "
+            f"{percentile(ours, 0.99) * 1e3:6.1f} {max(ours) * 1e3:6.1f}"
+        )
+        print(
+            f"  ratio (median)                      {statistics.median(ours) / statistics.median(bare):7.1f}x"
+            f"  ({len(ours)}/{args.files} queued)"
+        )
+        (root / "serve").mkdir()
+        to_start, to_step, poll_s = first_step(root / "serve", args.trials)
+        print(f"idle resident worker, {args.trials} trials (s)      median    max")
+        print(
+            f"  drop -> file_start                  {statistics.median(to_start):7.2f} {max(to_start):6.2f}"
+        )
+        if to_step:
+            print(
+                f"  drop -> first training step         {statistics.median(to_step):7.2f} {max(to_step):6.2f}"
+            )
+        print(
+            f"  reference: worker.poll_s            {poll_s:7.2f}  ratio (first step / poll_s) "
+            f"{statistics.median(to_step or to_start) / poll_s:.1f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The parts of ``traind serve`` that run in its main process, composed.
+
+The main process never imports torch: it runs the inbox watcher and the supervisor
+(which starts the worker as a child process), and the API reads the ledger. The API's
+lifespan calls :meth:`Daemon.start` and :meth:`Daemon.stop`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from service.ledger import Ledger
+from service.settings import Settings
+from service.supervisor import Supervisor
+from service.watcher import InboxWatcher
+from trainer.events import EventLog
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """Ledger, watcher and supervisor with one start and one stop."""
+
+    def __init__(self, settings: Settings, *, start_worker: bool = True) -> None:
+        self.settings = settings
+        self.ledger = Ledger.open(
+            settings.database_url(), busy_timeout_ms=settings.ledger.busy_timeout_ms
+        )
+        self.events = EventLog(settings.run_paths().events)
+        self.watcher = InboxWatcher(
+            settings.paths.inbox, ledger=self.ledger, settings=settings.watcher, events=self.events
+        )
+        self.supervisor = (
+            Supervisor(settings, ledger=self.ledger, on_fatal=self._fatal) if start_worker else None
+        )
+        self.stopping = threading.Event()
+        self.fatal: str | None = None
+        self.on_fatal = None
+
+    def start(self) -> None:
+        self.settings.paths.checkpoints.mkdir(parents=True, exist_ok=True)
+        self.watcher.start()
+        if self.supervisor is not None:
+            self.supervisor.start()
+        log.info(
+            "traind is watching %s; checkpoints in %s; ledger %s",
+            self.settings.paths.inbox,
+            self.settings.paths.checkpoints,
+            self.settings.database_url(),
+        )
+
+    def stop(self) -> None:
+        """Stop the worker first (it checkpoints), then the watcher; idempotent."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        if self.supervisor is not None:
+            code = self.supervisor.stop()
+            log.info("worker stopped with status %s", code)
+        self.watcher.stop()
+        self.ledger.close()
+
+    def _fatal(self, reason: str) -> None:
+        self.fatal = reason
+        if self.on_fatal is not None:
+            self.on_fatal(reason)

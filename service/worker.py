@@ -1,0 +1,312 @@
+"""The training worker: a resident model that trains queued files, forever.
+
+Run by the supervisor of ``traind serve`` as ``python -m service.worker [--config F]``
+(settings also from ``TRAIND_*`` variables, like every traind command). It loads the
+model once and keeps it in memory between files and while paused. It shares only the
+ledger, the checkpoints and the event log with the other processes: control (pause,
+resume) arrives through the ledger, progress leaves through heartbeats.
+
+At start the checkpoint is the truth of what was trained: files it finished are marked
+done in the ledger, and the file it was in the middle of is claimed first and resumes at
+its exact position. SIGTERM checkpoints at the next step boundary, releases the claim
+and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from service.ledger import DesiredState, FileRecord, FileState, Ledger, WorkerState
+from service.settings import Settings, SettingsError, load_settings
+from service.signals import StopFlag
+from trainer.data import DataError
+from trainer.loop import FileOutcome, Trainer
+
+log = logging.getLogger(__name__)
+
+
+class StepHook:
+    """Called by the trainer before every optimizer step: stop, pause, lease, heartbeat."""
+
+    def __init__(self, worker: Worker, record: FileRecord) -> None:
+        self.worker = worker
+        self.record = record
+        self.reason: str | None = None
+        self._next_poll = 0.0
+        self._next_beat = 0.0
+        self._steps_recorded = record.start_step is not None
+
+    def __call__(self) -> str | None:
+        worker = self.worker
+        if worker.stop():
+            self.reason = "stop"
+            return self.reason
+        now = time.monotonic()
+        if not self._steps_recorded and worker.trainer.state.current_file is not None:
+            current = worker.trainer.state.current_file
+            worker.ledger.set_steps(
+                self.record.id, start_step=current.start_step, target_step=current.target_step
+            )
+            self._steps_recorded = True
+        if now >= self._next_poll:
+            self._next_poll = now + worker.settings.worker.poll_s
+            if worker.ledger.get_control().desired_state is DesiredState.PAUSED:
+                self.reason = "pause"
+                return self.reason
+        if now >= self._next_beat:
+            self._next_beat = now + worker.settings.worker.heartbeat_s
+            lease_s = worker.settings.ledger.lease_s
+            if not worker.ledger.renew_lease(self.record.id, worker_id=worker.id, lease_s=lease_s):
+                self.reason = "lease_lost"
+                return self.reason
+            worker.beat(WorkerState.TRAINING, file=self.record)
+        return None
+
+
+class Worker:
+    """Owns the model and the lineage for the life of the process."""
+
+    def __init__(self, settings: Settings, *, stop: StopFlag) -> None:
+        self.settings = settings
+        self.stop = stop
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.started_at = datetime.now(UTC)
+        self.ledger = Ledger.open(
+            settings.database_url(), busy_timeout_ms=settings.ledger.busy_timeout_ms
+        )
+        self.trainer: Trainer | None = None
+
+    def beat(self, state: WorkerState, *, file: FileRecord | None = None, message=None) -> None:
+        trainer = self.trainer
+        report = trainer.last_report if trainer else None
+        current = trainer.state.current_file if trainer else None
+        self.ledger.heartbeat(
+            worker_id=self.id,
+            pid=os.getpid(),
+            state=state,
+            model_loaded=trainer is not None,
+            started_at=self.started_at,
+            global_step=trainer.state.global_step if trainer else None,
+            file_id=file.id if file else None,
+            start_step=current.start_step if current else None,
+            target_step=current.target_step if current else None,
+            loss=report.loss if report else None,
+            lr=report.lr if report else None,
+            tokens_per_s=report.tokens_per_s if report and file else None,
+            eta_s=report.eta_s if report and file else None,
+            message=message,
+        )
+
+    # ----------------------------------------------------------------- life
+    def run(self) -> int:
+        self.beat(WorkerState.STARTING)
+        self.trainer = Trainer.open(
+            spec=self.settings.lineage_spec(),
+            train=self.settings.train_config(),
+            paths=self.settings.run_paths(),
+            # A replaced worker may still be shutting down: wait for its lineage lock.
+            lock_wait_s=self.settings.worker.stop_grace_s,
+        )
+        try:
+            first = self.reconcile()
+            self.beat(WorkerState.IDLE)
+            log.info("worker %s ready at global step %d", self.id, self.trainer.state.global_step)
+            self.loop(first)
+        finally:
+            self.beat(WorkerState.STOPPING)
+            self.trainer.finish()
+        return 0
+
+    def reconcile(self) -> FileRecord | None:
+        """Bring the ledger in line with the checkpoint; return the file to resume first."""
+        state = self.trainer.state
+        # The lineage lock makes this the only worker: claims of earlier ones are void.
+        for record in self.ledger.list_files(states=[FileState.TRAINING], limit=10_000)[0]:
+            self.ledger.release(record.id, worker_id=record.lease_owner)
+        for record in self.ledger.queue_order():
+            done = state.completed(record.sha256)
+            if done is not None:
+                log.info(
+                    "file #%d %s was already trained (steps %d-%d)",
+                    record.id,
+                    record.name,
+                    done.start_step,
+                    done.end_step,
+                )
+                self.ledger.mark_done_from_checkpoint(
+                    record.sha256, start_step=done.start_step, end_step=done.end_step
+                )
+        current = state.current_file
+        if current is None:
+            return None
+        waiting = [
+            r for r in self.ledger.find_by_sha(current.sha256) if r.state is FileState.QUEUED
+        ]
+        if waiting:
+            return waiting[0]
+        self.trainer.abandon_current(
+            reason="the ledger has no queued file with this content (cancelled or removed)"
+        )
+        return None
+
+    def loop(self, first: FileRecord | None) -> None:
+        poll_s = self.settings.worker.poll_s
+        lease_s = self.settings.ledger.lease_s
+        pending = first
+        last_beat = 0.0
+        while not self.stop():
+            if self.ledger.get_control().desired_state is DesiredState.PAUSED:
+                self.hold_paused(file=None)
+                continue
+            if pending is not None:
+                record = self.ledger.claim(pending.id, worker_id=self.id, lease_s=lease_s)
+                pending = None
+                if record is None:
+                    self.trainer.abandon_current(
+                        reason="its ledger record can no longer be claimed"
+                    )
+                    continue
+            else:
+                self.ledger.reap_expired()
+                record = self.ledger.claim_next(worker_id=self.id, lease_s=lease_s)
+            if record is None:
+                if time.monotonic() - last_beat >= self.settings.worker.heartbeat_s:
+                    self.beat(WorkerState.IDLE)
+                    last_beat = time.monotonic()
+                time.sleep(poll_s)
+                continue
+            self.train(record)
+
+    def train(self, record: FileRecord) -> None:
+        trainer = self.trainer
+        done = trainer.state.completed(record.sha256)
+        if done is not None:
+            self.ledger.complete(record.id, start_step=done.start_step, end_step=done.end_step)
+            return
+        current = trainer.state.current_file
+        if current is not None and current.sha256 != record.sha256:
+            # Only possible if the ledger changed under us; finish the lineage's file first.
+            self.ledger.release(record.id, worker_id=self.id)
+            return
+        record = self.settled(record)
+        try:
+            data = trainer.prepare(Path(record.path), sha256=record.sha256)
+        except (DataError, OSError) as exc:
+            reason = f"{record.name}: {exc}" if isinstance(exc, OSError) else str(exc)
+            log.error("file #%d failed: %s", record.id, reason)
+            self.ledger.fail(record.id, error=reason)
+            trainer.events.emit("file_failed", id=record.id, file=record.name, reason=reason)
+            return
+        hook = StepHook(self, record)
+        while True:
+            hook.reason = None
+            outcome = trainer.train_file(data, name=record.name, should_stop=hook)
+            if outcome is FileOutcome.COMPLETED:
+                finished = trainer.state.files_completed[-1]
+                self.ledger.complete(
+                    record.id, start_step=finished.start_step, end_step=finished.end_step
+                )
+                self.beat(WorkerState.IDLE)
+                return
+            if hook.reason == "pause":
+                self.hold_paused(file=record)
+                if self.stop():
+                    self.ledger.release(record.id, worker_id=self.id)
+                    return
+                continue  # resume the same file, same step, same resident model
+            if hook.reason == "lease_lost":
+                # A step outlasted the lease and the reaper requeued the file; this worker
+                # holds the lineage lock, so it is still the one to train it.
+                again = self.ledger.claim(
+                    record.id, worker_id=self.id, lease_s=self.settings.ledger.lease_s
+                )
+                if again is not None:
+                    log.warning(
+                        "claim on file #%d lapsed during a step; claimed it again", record.id
+                    )
+                    continue
+                trainer.abandon_current(reason=f"file #{record.id} was taken out of the queue")
+                return
+            self.ledger.release(record.id, worker_id=self.id)
+            return
+
+    def settled(self, record: FileRecord, *, wait_s: float = 5.0) -> FileRecord:
+        """The record once its file is where the ledger says.
+
+        The watcher records a drop before moving it out of the inbox's top level (so a
+        crash cannot lose a moved file); a claim in between sees the old path for a moment.
+        """
+        deadline = time.monotonic() + wait_s
+        while not Path(record.path).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+            record = self.ledger.get_file(record.id) or record
+        return record
+
+    def hold_paused(self, *, file: FileRecord | None) -> None:
+        """Hold the model (already checkpointed at a step boundary) until resumed or stopped."""
+        trainer = self.trainer
+        step = trainer.state.global_step
+        if trainer.unsaved_steps:
+            trainer.save_checkpoint(reason="pause")
+        trainer.events.emit("paused", step=step, file=file.name if file else None)
+        log.info("paused at step %d", step)
+        lease_s = self.settings.ledger.lease_s
+        while not self.stop():
+            if file is not None:
+                self.ledger.renew_lease(file.id, worker_id=self.id, lease_s=lease_s)
+            self.beat(WorkerState.PAUSED, file=file)
+            if self.ledger.get_control().desired_state is DesiredState.RUNNING:
+                trainer.events.emit("resumed", step=trainer.state.global_step)
+                log.info("resumed at step %d", trainer.state.global_step)
+                return
+            time.sleep(self.settings.worker.poll_s)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM us if the supervisor dies, so no worker outlives its service."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the lineage lock still keeps a second worker out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m service.worker", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--config", type=Path, default=None, help="traind.toml (or $TRAIND_CONFIG)")
+    parser.add_argument("--log-level", default=os.environ.get("TRAIND_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s worker: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    parent = os.getppid()
+    die_with_parent()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        return 1
+    stop = StopFlag()
+    stop.install()
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            log.error("%s", problem)
+        return 2
+    return Worker(settings, stop=stop).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

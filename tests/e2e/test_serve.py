@@ -1,0 +1,172 @@
+"""A real ``traind serve``: drops trained in order on exact cumulative steps, duplicates,
+pause/resume with a resident model, SIGTERM, and a worker that dies."""
+
+import math
+import os
+import signal
+import time
+
+from conftest import wait_for
+
+from service.ledger import DesiredState, FileState
+from tests.corpus import make_drops
+from trainer.checkpoint import latest_checkpoint
+
+
+def budget(n_sequences: int) -> int:
+    # The e2e settings: micro 4 x accum 2, epochs 1.5, one process.
+    return math.ceil(1.5 * n_sequences / 8)
+
+
+def test_drops_train_in_order_on_exact_cumulative_steps(tmp_path, service_factory):
+    drops = make_drops(tmp_path / "drops")
+    service = service_factory().start()
+    # Renamed in, the recommended way, one after the other.
+    service.drop(drops[0])
+    wait_for(lambda: len(service.files()) == 1, timeout=20, what="the first drop recorded")
+    service.drop(drops[1])
+    # Written in place by a writer that cannot rename: taken once closed and settled.
+    with (service.inbox / "c.jsonl").open("w") as out:
+        content = drops[2].read_text()
+        out.write(content[: len(content) // 2])
+        out.flush()
+        time.sleep(1.0)  # longer than the settle time, but still open: not taken
+        assert all(f.name != "c.jsonl" for f in service.files())
+        out.write(content[len(content) // 2 :])
+    done = service.wait_done(3)
+    by_id = sorted(done, key=lambda f: f.id)
+    assert [f.name for f in by_id] == ["a.jsonl", "b.jsonl", "c.jsonl"]
+    starts = {e["file"]: e for e in service.events("file_start")}
+    step = 0
+    for record in by_id:
+        start = starts[record.name]
+        assert record.start_step == step == start["start_step"]
+        assert record.end_step == record.target_step == start["target_step"]
+        assert record.end_step - record.start_step == budget(start["n_sequences"])
+        step = record.end_step
+    assert latest_checkpoint(service.root / "checkpoints").step == step
+    completes = service.events("file_complete")
+    assert [e["file"] for e in completes] == ["a.jsonl", "b.jsonl", "c.jsonl"]
+    # Accepted files left the inbox's top level; nothing was deleted.
+    assert sorted(p.name for p in (service.inbox / "accepted").iterdir()) == sorted(
+        f"{f.id:06d}-{f.name}" for f in by_id
+    )
+    assert not [p for p in service.inbox.iterdir() if p.is_file()]
+    status = service.status()
+    assert status["global_step"] == step and status["queue"]["done"] == 3
+    assert service.terminate() == 0
+
+
+def test_same_content_twice_is_one_duplicate(tmp_path, service_factory):
+    drops = make_drops(tmp_path / "drops")
+    service = service_factory().start()
+    service.drop(drops[0])
+    service.wait_done(1)
+    service.drop(drops[0], name="renamed-copy.jsonl")
+    dup = wait_for(
+        lambda: [f for f in service.files() if f.state is FileState.DUPLICATE],
+        timeout=20,
+        what="the duplicate",
+    )
+    assert len(dup) == 1 and dup[0].name == "renamed-copy.jsonl"
+    assert "same content as file #1" in dup[0].error
+    time.sleep(1.0)
+    assert len(service.events("file_complete")) == 1  # never trained twice
+    assert (service.inbox / "duplicates").exists()
+    assert service.terminate() == 0
+
+
+def test_pause_and_resume_keep_the_model_resident(tmp_path, service_factory):
+    drops = make_drops(tmp_path / "drops")
+    big = tmp_path / "big.jsonl"
+    big.write_text(drops[0].read_text() * 8)
+    service = service_factory(TRAIND_TRAIN__EPOCHS_PER_FILE="4").start()
+    worker_pid = service.status()["worker"]["pid"]
+    service.drop(big)
+    wait_for(
+        lambda: (service.status() or {}).get("state") == "training", timeout=30, what="training"
+    )
+    ledger = service.ledger()
+    ledger.set_desired_state(DesiredState.PAUSED)
+    paused_at = time.monotonic()
+    status = wait_for(
+        lambda: (
+            (s := service.status())
+            and s["state"] == "paused"
+            and s["worker"]["state"] == "paused"
+            and s
+        ),
+        timeout=10,
+        what="paused",
+    )
+    assert time.monotonic() - paused_at < 3.0
+    step = status["global_step"]
+    time.sleep(1.0)
+    assert service.status()["global_step"] == step  # nothing moves while paused
+    pause_events = service.events("paused")
+    assert pause_events and pause_events[-1]["step"] == step
+    saved = [e for e in service.events("checkpoint_saved") if e["reason"] == "pause"]
+    assert saved and saved[-1]["step"] == step  # checkpointed at the step boundary
+    ledger.set_desired_state(DesiredState.RUNNING)
+    wait_for(lambda: service.status()["global_step"] > step, timeout=20, what="training again")
+    assert service.events("resumed")[-1]["step"] == step
+    done = service.wait_done(1)
+    assert service.status()["worker"]["pid"] == worker_pid
+    assert len(service.events("training_start")) == 1  # the model was never reloaded
+    assert done[0].end_step - done[0].start_step == math.ceil(
+        4 * service.events("file_start")[0]["n_sequences"] / 8
+    )
+    ledger.close()
+    assert service.terminate() == 0
+
+
+def test_sigterm_checkpoints_releases_and_resumes(tmp_path, service_factory):
+    drops = make_drops(tmp_path / "drops")
+    big = tmp_path / "big.jsonl"
+    big.write_text(drops[0].read_text() * 8)
+    service = service_factory(
+        TRAIND_TRAIN__EPOCHS_PER_FILE="4", TRAIND_TRAIN__CHECKPOINT_INTERVAL="1000"
+    )
+    service.start()
+    service.drop(big)
+    wait_for(
+        lambda: (service.status() or {}).get("global_step", 0) >= 3, timeout=30, what="a few steps"
+    )
+    assert service.terminate(timeout=60) == 0
+    stop_saves = [e for e in service.events("checkpoint_saved") if e["reason"] == "stop"]
+    assert len(stop_saves) == 1
+    record = service.files()[0]
+    assert record.state is FileState.QUEUED and record.lease_owner is None  # claim released
+    assert record.start_step == 0 and record.target_step is not None  # budget kept
+    interrupted = latest_checkpoint(service.root / "checkpoints")
+    assert interrupted.step == stop_saves[0]["step"]
+    service.start()
+    done = service.wait_done(1)
+    assert done[0].target_step == record.target_step == done[0].end_step
+    assert service.terminate() == 0
+
+
+def test_a_dead_worker_is_restarted_and_training_goes_on(tmp_path, service_factory):
+    drops = make_drops(tmp_path / "drops")
+    service = service_factory().start()
+    first_pid = service.status()["worker"]["pid"]
+    for drop in drops:
+        service.drop(drop)
+    wait_for(
+        lambda: (service.status() or {}).get("state") == "training", timeout=30, what="training"
+    )
+    os.kill(first_pid, signal.SIGKILL)
+    wait_for(
+        lambda: (
+            (s := service.status())
+            and s["worker"]["pid"] not in (None, first_pid)
+            and s["worker"]["model_loaded"]
+        ),
+        timeout=60,
+        what="a new worker",
+    )
+    done = service.wait_done(3)
+    assert sum(f.end_step - f.start_step for f in done) == max(f.end_step for f in done)
+    assert len(service.events("file_complete")) == 3
+    assert service.proc.poll() is None  # the service itself never went down
+    assert service.terminate() == 0
