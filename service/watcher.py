@@ -30,7 +30,7 @@ from typing import Any
 
 from watchdog.observers.api import BaseObserver
 
-from service.arrivals import Arrival, Arrivals, signature
+from service.arrivals import Arrival, Arrivals, Origin, signature
 from service.inbox import InboxLayout, is_ignored
 from service.intake import FileChangedError, Intake, Verdict
 from service.ledger.records import FileRecord
@@ -205,7 +205,10 @@ class InboxWatcher:
     def _take(self, arrival: Arrival, path: Path, now: float) -> FileRecord | None:
         name = arrival.name
         try:
-            record = self.intake.finish_interrupted(path)
+            # Only a file found by a rescan can be a move a crash interrupted; one that a
+            # live event announced is new (this skips a ledger query per file in a burst).
+            interrupted = arrival.origin is Origin.FOUND
+            record = self.intake.finish_interrupted(path) if interrupted else None
             if record is None:
                 verdict = self._inspect(name, path)
                 if verdict is _RETRY_LATER:
