@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Setup re-runs only when this stamp is older than pyproject.toml, so `make` is fast.
 STAMP := $(VENV)/.traind-setup.stamp
 
-.PHONY: setup demo demo-clean lint test test-slow bench
+.PHONY: setup demo demo-train demo-clean lint test test-slow bench
 
 setup: $(STAMP)
 
@@ -22,7 +22,16 @@ $(STAMP): pyproject.toml
 	$(PIP) install -e ".[dev]"
 	touch $@
 
+# The daemon on the tiny model: the example drops go into its inbox once (a marker file
+# keeps a second `make demo` from dropping them again), then it trains them and waits
+# for more. Ctrl-C checkpoints and stops it.
 demo: setup
+	mkdir -p demo/data_inbox
+	test -e demo/.examples-dropped || { cp examples/drops/*.jsonl demo/data_inbox/ && touch demo/.examples-dropped; }
+	$(BIN)/traind serve --config examples/demo.toml
+
+# The same training without the daemon: traind train on the example drops.
+demo-train: setup
 	$(BIN)/traind train examples/drops/*.jsonl --config examples/demo.toml
 
 demo-clean:
@@ -41,3 +50,4 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/ingest.py
