@@ -46,6 +46,23 @@ class LogLevel(enum.StrEnum):
     ERROR = "ERROR"
 
 
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Settings file. Default: $TRAIND_CONFIG, else ./traind.toml if present, "
+        "else the built-in defaults. TRAIND_<SECTION>__<KEY> variables override it.",
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+LogLevelOption = Annotated[
+    LogLevel,
+    typer.Option("--log-level", help="Least severe log messages shown.", case_sensitive=False),
+]
+
+
 @app.command()
 def init(
     directory: Annotated[
@@ -103,17 +120,7 @@ def train(
             show_default=False,
         ),
     ],
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            help="Settings file. Default: $TRAIND_CONFIG, else ./traind.toml if present, "
-            "else the built-in defaults. TRAIND_<SECTION>__<KEY> variables override it.",
-            dir_okay=False,
-            show_default=False,
-        ),
-    ] = None,
+    config: ConfigOption = None,
     init_from: Annotated[
         Path | None,
         typer.Option(
@@ -126,10 +133,7 @@ def train(
             show_default=False,
         ),
     ] = None,
-    log_level: Annotated[
-        LogLevel,
-        typer.Option("--log-level", help="Least severe log messages shown.", case_sensitive=False),
-    ] = LogLevel.INFO,
+    log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
     """Train on FILE... in order (the help text is the decorator's, kept on single lines)."""
     settings = _settings_or_exit(config)
@@ -148,21 +152,8 @@ def train(
 
 @app.command()
 def serve(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            help="Settings file. Default: $TRAIND_CONFIG, else ./traind.toml if present, "
-            "else the built-in defaults. TRAIND_<SECTION>__<KEY> variables override it.",
-            dir_okay=False,
-            show_default=False,
-        ),
-    ] = None,
-    log_level: Annotated[
-        LogLevel,
-        typer.Option("--log-level", help="Least severe log messages shown.", case_sensitive=False),
-    ] = LogLevel.INFO,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
     """Run the daemon: the inbox watcher, the training worker and the REST API.
 
@@ -179,16 +170,7 @@ def serve(
 
 @app.command()
 def migrate(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            help="Settings file (for ledger.url and paths.state).",
-            dir_okay=False,
-            show_default=False,
-        ),
-    ] = None,
+    config: ConfigOption = None,
 ) -> None:
     """Upgrade the ledger database to the newest schema (serve also does this at start)."""
     settings = _settings_or_exit(config)

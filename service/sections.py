@@ -141,6 +141,12 @@ class WorkerSection(_Section):
     poll_s: float = Field(
         0.5, gt=0, description="How often an idle or paused worker looks at the ledger."
     )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="A file whose training crashed the worker this many times is marked "
+        "failed (with the error) instead of being retried forever.",
+    )
 
 
 class ModelSection(_Section):

@@ -29,6 +29,7 @@ from pathlib import Path
 from service.ledger import DesiredState, FileRecord, FileState, Ledger, WorkerState
 from service.settings import Settings, SettingsError, load_settings
 from service.signals import StopFlag
+from trainer.checkpoint import step_checkpoints
 from trainer.data import DataError
 from trainer.loop import FileOutcome, Trainer
 
@@ -117,6 +118,7 @@ class Worker:
             # A replaced worker may still be shutting down: wait for its lineage lock.
             lock_wait_s=self.settings.worker.stop_grace_s,
         )
+        self.trainer.on_checkpoint = self.record_checkpoint
         try:
             first = self.reconcile()
             self.beat(WorkerState.IDLE)
@@ -127,9 +129,21 @@ class Worker:
             self.trainer.finish()
         return 0
 
+    def record_checkpoint(self, path: Path, step: int, removed: list[Path]) -> None:
+        """Keep the ledger's list of checkpoints in step with the folder."""
+        self.ledger.record_checkpoint(name=path.name, kind="step", step=step, path=str(path))
+        self.ledger.forget_checkpoints(p.name for p in removed)
+
     def reconcile(self) -> FileRecord | None:
         """Bring the ledger in line with the checkpoint; return the file to resume first."""
         state = self.trainer.state
+        on_disk = step_checkpoints(self.settings.paths.checkpoints)
+        for step, path in on_disk:
+            self.ledger.record_checkpoint(name=path.name, kind="step", step=step, path=str(path))
+        names = {path.name for _, path in on_disk}
+        self.ledger.forget_checkpoints(
+            c["name"] for c in self.ledger.list_checkpoints(kind="step") if c["name"] not in names
+        )
         # The lineage lock makes this the only worker: claims of earlier ones are void.
         for record in self.ledger.list_files(states=[FileState.TRAINING], limit=10_000)[0]:
             self.ledger.release(record.id, worker_id=record.lease_owner)
@@ -146,14 +160,17 @@ class Worker:
                 self.ledger.mark_done_from_checkpoint(
                     record.sha256, start_step=done.start_step, end_step=done.end_step
                 )
-        current = state.current_file
+        return self.resume_target()
+
+    def resume_target(self) -> FileRecord | None:
+        """The queued record of the file the lineage is in the middle of, if any; a lineage
+        whose file has no such record any more (cancelled, removed) abandons it."""
+        current = self.trainer.state.current_file
         if current is None:
             return None
-        waiting = [
-            r for r in self.ledger.find_by_sha(current.sha256) if r.state is FileState.QUEUED
-        ]
-        if waiting:
-            return waiting[0]
+        for record in self.ledger.find_by_sha(current.sha256):
+            if record.state in (FileState.QUEUED, FileState.TRAINING):
+                return record
         self.trainer.abandon_current(
             reason="the ledger has no queued file with this content (cancelled or removed)"
         )
@@ -168,6 +185,7 @@ class Worker:
             if self.ledger.get_control().desired_state is DesiredState.PAUSED:
                 self.hold_paused(file=None)
                 continue
+            pending = pending or self.resume_target()
             if pending is not None:
                 record = self.ledger.claim(pending.id, worker_id=self.id, lease_s=lease_s)
                 pending = None
@@ -195,8 +213,20 @@ class Worker:
             return
         current = trainer.state.current_file
         if current is not None and current.sha256 != record.sha256:
-            # Only possible if the ledger changed under us; finish the lineage's file first.
+            # The loop claims the lineage's own file first; this is a ledger changed under us.
             self.ledger.release(record.id, worker_id=self.id)
+            return
+        limit = self.settings.worker.max_attempts
+        if record.attempts > limit:
+            reason = (
+                f"{record.name}: training crashed the worker {record.attempts - 1} times "
+                f"(worker.max_attempts = {limit}); the worker log has the errors"
+            )
+            log.error("file #%d failed: %s", record.id, reason)
+            self.ledger.fail(record.id, error=reason)
+            trainer.events.emit("file_failed", id=record.id, file=record.name, reason=reason)
+            if current is not None:
+                trainer.abandon_current(reason=reason)
             return
         record = self.settled(record)
         try:
@@ -210,7 +240,14 @@ class Worker:
         hook = StepHook(self, record)
         while True:
             hook.reason = None
-            outcome = trainer.train_file(data, name=record.name, should_stop=hook)
+            try:
+                outcome = trainer.train_file(data, name=record.name, should_stop=hook)
+            except Exception as exc:
+                # Crash the worker (the supervisor restarts it and the file is retried, up to
+                # worker.max_attempts), but leave the reason where the API can show it.
+                log.exception("training file #%d failed", record.id)
+                self.beat(WorkerState.ERROR, file=record, message=f"{type(exc).__name__}: {exc}")
+                raise
             if outcome is FileOutcome.COMPLETED:
                 finished = trainer.state.files_completed[-1]
                 self.ledger.complete(

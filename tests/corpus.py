@@ -1,6 +1,7 @@
 """Small drops shared by the service and end-to-end suites."""
 
 import json
+import os
 from pathlib import Path
 
 
@@ -28,3 +29,29 @@ def make_drops(folder: Path) -> list[Path]:
         path.write_text("".join(json.dumps(r) + "\n" for r in items))
         paths.append(path)
     return paths
+
+
+def traind_env(root: Path, **extra: str) -> dict[str, str]:
+    """The environment of a traind subprocess: a small lineage under ``root``, on CPU.
+
+    The caller's TRAIND_* variables are dropped so nothing leaks in from the shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIND_")}
+    env.update(
+        TRAIND_PATHS__CHECKPOINTS=str(root / "checkpoints"),
+        TRAIND_PATHS__STATE=str(root / "state"),
+        TRAIND_PATHS__INBOX=str(root / "inbox"),
+        TRAIND_MODEL__PRESET="test",
+        TRAIND_MODEL__DROPOUT="0.1",  # dropout makes the RNG state matter for exact resume
+        TRAIND_TRAIN__MICRO_BATCH_SIZE="4",
+        TRAIND_TRAIN__GRAD_ACCUM_STEPS="2",
+        TRAIND_TRAIN__EPOCHS_PER_FILE="1.5",
+        TRAIND_TRAIN__CHECKPOINT_INTERVAL="4",
+        TRAIND_TRAIN__WARMUP_STEPS="5",
+        TRAIND_TRAIN__LEARNING_RATE="0.003",
+        TRAIND_TRAIN__LOG_INTERVAL="5",
+        TRAIND_TRAIN__DEVICE="cpu",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env

@@ -100,6 +100,8 @@ class Trainer:
         self._last_saved_step = -1 if lineage.resumed_from is None else self.state.global_step
         self._lock: LineageLock | None = None
         self.last_report: StepReport | None = None
+        self.on_checkpoint: Callable[[Path, int, list[Path]], None] | None = None
+        """Called after each committed checkpoint with (folder, step, folders rotated out)."""
         self._session_start = time.monotonic()
         self._session_start_step = self.state.global_step
         self.steps = StepRunner(self.model, self.optimizer, train=train, device=device)
@@ -427,6 +429,8 @@ class Trainer:
         path = write_checkpoint(self.paths.checkpoints, step_dir_name(state.global_step), content)
         self._last_saved_step = state.global_step
         removed = rotate(self.paths.checkpoints, keep=self.train.keep_checkpoints, protect=(path,))
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(path, state.global_step, removed)
         duration = time.monotonic() - started
         log.info("checkpoint %s saved (%s, %.2fs)", path.name, reason, duration)
         self.events.emit(

@@ -10,6 +10,8 @@ two, and never hits the "deferred transaction cannot upgrade its lock" deadlock.
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,29 @@ def create_ledger_engine(url: str, *, busy_timeout_ms: int = 10_000) -> Engine:
     return engine
 
 
+def _use_wal(cursor: Any, *, busy_timeout_ms: int) -> None:
+    """Switch the database to WAL unless it is already (the mode is stored in the file).
+
+    Switching takes an exclusive lock, and SQLite answers "database is locked" at once,
+    without waiting out busy_timeout, when another process is opening the same new
+    ledger at that moment (the daemon and its worker can start together), so retry
+    within the busy timeout.
+    """
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+        return
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -56,7 +81,7 @@ def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int) -> None:
             # busy_timeout first: switching to WAL itself may have to wait for a lock.
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             # WAL: readers (the API) never block the writer (the worker) and vice versa.
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _use_wal(cursor, busy_timeout_ms=busy_timeout_ms)
             # FULL rather than WAL's usual NORMAL: the ledger writes a few rows a minute, so
             # the extra fsync per commit costs nothing, and it makes every committed record
             # survive a power cut. That matters: the watcher moves a drop out of the inbox

@@ -7,6 +7,7 @@ Part of ``Ledger``; see ``service.ledger.ledger``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -112,6 +113,15 @@ class StatusQueries(Store):
         values = {"name": name, "kind": kind, "step": step, "path": path, "created_at": utcnow()}
         with self._writing() as session:
             self._upsert(session, CheckpointRow, values=values, keys=("name", "step"))
+
+    def forget_checkpoints(self, names: Iterable[str]) -> int:
+        """Drop the records of checkpoint folders that rotation deleted; returns how many."""
+        names = list(names)
+        if not names:
+            return 0
+        with self._writing() as session:
+            result = session.execute(delete(CheckpointRow).where(CheckpointRow.name.in_(names)))
+            return result.rowcount or 0
 
     def list_checkpoints(self, *, kind: str | None = None) -> list[dict[str, Any]]:
         """Recorded checkpoints by step (then by recording order), optionally of one kind:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from service.ledger import FileState, Ledger
+from tests.corpus import traind_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,21 +39,10 @@ def wait_for(predicate: Callable[[], object], *, timeout: float, what: str, ever
 
 
 def service_env(root: Path, *, port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIND_")}
-    env.update(
-        TRAIND_PATHS__INBOX=str(root / "inbox"),
-        TRAIND_PATHS__CHECKPOINTS=str(root / "checkpoints"),
-        TRAIND_PATHS__STATE=str(root / "state"),
+    """``traind_env`` plus what a daemon needs: a port and quick watcher and worker loops."""
+    return traind_env(
+        root,
         TRAIND_SERVER__PORT=str(port),
-        TRAIND_MODEL__PRESET="test",
-        TRAIND_MODEL__DROPOUT="0.1",
-        TRAIND_TRAIN__MICRO_BATCH_SIZE="4",
-        TRAIND_TRAIN__GRAD_ACCUM_STEPS="2",
-        TRAIND_TRAIN__EPOCHS_PER_FILE="1.5",
-        TRAIND_TRAIN__CHECKPOINT_INTERVAL="4",
-        TRAIND_TRAIN__WARMUP_STEPS="5",
-        TRAIND_TRAIN__LEARNING_RATE="0.003",
-        TRAIND_TRAIN__DEVICE="cpu",
         TRAIND_WATCHER__SETTLE_S="0.3",
         TRAIND_WATCHER__RESCAN_INTERVAL_S="2",
         TRAIND_WORKER__POLL_S="0.1",
@@ -60,12 +50,9 @@ def service_env(root: Path, *, port: int, **extra: str) -> dict[str, str]:
         TRAIND_WORKER__RESTART_BACKOFF_S="0.2",
         TRAIND_WORKER__STOP_GRACE_S="30",
         TRAIND_LEDGER__LEASE_S="5",
-        OMP_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
         PYTHONPATH=str(REPO),
+        **extra,
     )
-    env.update(extra)
-    return env
 
 
 class Service:

@@ -5,6 +5,7 @@ import math
 import os
 import signal
 import time
+from pathlib import Path
 
 from conftest import wait_for
 
@@ -54,7 +55,26 @@ def test_drops_train_in_order_on_exact_cumulative_steps(tmp_path, service_factor
     assert not [p for p in service.inbox.iterdir() if p.is_file()]
     status = service.status()
     assert status["global_step"] == step and status["queue"]["done"] == 3
+    ledger = service.ledger()
+    recorded = sorted(c["name"] for c in ledger.list_checkpoints(kind="step"))
+    ledger.close()
+    on_disk = sorted(p.name for p in (service.root / "checkpoints").glob("step-*"))
+    assert recorded == on_disk and len(on_disk) == 3  # rotation is mirrored in the ledger
+    # The main process (API, watcher, supervisor) never loads torch; the worker does.
+    main_maps = Path(f"/proc/{service.proc.pid}/maps").read_text()
+    worker_maps = Path(f"/proc/{status['worker']['pid']}/maps").read_text()
+    assert "libtorch" not in main_maps and "libtorch" in worker_maps
     assert service.terminate() == 0
+
+
+def test_a_busy_port_is_a_real_failure(tmp_path, service_factory):
+    first = service_factory("first").start()
+    second = service_factory("second")
+    second.port, second.url = first.port, first.url
+    second.env["TRAIND_SERVER__PORT"] = str(first.port)
+    second.start(wait_ready=False)
+    assert second.proc.wait(timeout=60) != 0
+    assert first.terminate() == 0
 
 
 def test_same_content_twice_is_one_duplicate(tmp_path, service_factory):
@@ -169,4 +189,28 @@ def test_a_dead_worker_is_restarted_and_training_goes_on(tmp_path, service_facto
     assert sum(f.end_step - f.start_step for f in done) == max(f.end_step for f in done)
     assert len(service.events("file_complete")) == 3
     assert service.proc.poll() is None  # the service itself never went down
+    assert service.terminate() == 0
+
+
+def test_a_file_that_keeps_crashing_the_worker_is_failed_not_retried_forever(
+    tmp_path, service_factory
+):
+    drops = make_drops(tmp_path / "drops")
+    # Every worker process dies (SIGKILL) at its first optimizer step.
+    service = service_factory(TRAIND_FAULT="loop:mid_step@1", TRAIND_WORKER__MAX_ATTEMPTS="2")
+    service.start()
+    service.drop(drops[0])
+    failed = wait_for(
+        lambda: [f for f in service.files() if f.state is FileState.FAILED],
+        timeout=120,
+        what="the file to be failed",
+        every=0.3,
+    )
+    assert "crashed the worker 2 times" in failed[0].error
+    assert failed[0].attempts == 3
+    assert [e["reason"] for e in service.events("file_failed")] == [failed[0].error]
+    status = wait_for(
+        lambda: (s := service.status()) and s["state"] == "idle" and s, timeout=30, what="idle"
+    )
+    assert status["queue"]["failed"] == 1 and service.proc.poll() is None
     assert service.terminate() == 0

@@ -10,8 +10,9 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, read_events, run_traind, traind_env
+from conftest import REPO, read_events, run_traind
 
+from tests.corpus import traind_env
 from trainer.checkpoint import latest_checkpoint
 
 
