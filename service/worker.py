@@ -29,6 +29,7 @@ from pathlib import Path
 from service.ledger import DesiredState, FileRecord, FileState, Ledger, WorkerState
 from service.settings import Settings, SettingsError, load_settings
 from service.signals import StopFlag
+from service.steptimes import StepTimes
 from trainer.checkpoint import step_checkpoints
 from trainer.data import DataError
 from trainer.loop import FileOutcome, Trainer
@@ -59,11 +60,19 @@ class StepHook:
                 self.record.id, start_step=current.start_step, target_step=current.target_step
             )
             self._steps_recorded = True
+        report = worker.trainer.last_report
+        if report is not None:
+            worker.step_times.observe(report.step, report.seconds)
         if now >= self._next_poll:
             self._next_poll = now + worker.settings.worker.poll_s
-            if worker.ledger.get_control().desired_state is DesiredState.PAUSED:
+            control = worker.ledger.get_control()
+            if control.desired_state is DesiredState.PAUSED:
                 self.reason = "pause"
                 return self.reason
+            if worker.cancel_requested(self.record):
+                self.reason = "cancel"
+                return self.reason
+            worker.save_if_requested(control)
         if now >= self._next_beat:
             self._next_beat = now + worker.settings.worker.heartbeat_s
             lease_s = worker.settings.ledger.lease_s
@@ -86,6 +95,8 @@ class Worker:
             settings.database_url(), busy_timeout_ms=settings.ledger.busy_timeout_ms
         )
         self.trainer: Trainer | None = None
+        self.step_times = StepTimes()
+        self.handled_checkpoint_request: datetime | None = None
 
     def beat(self, state: WorkerState, *, file: FileRecord | None = None, message=None) -> None:
         trainer = self.trainer
@@ -106,7 +117,28 @@ class Worker:
             tokens_per_s=report.tokens_per_s if report and file else None,
             eta_s=report.eta_s if report and file else None,
             message=message,
+            extra=self.extra() if trainer else None,
         )
+
+    def extra(self) -> dict:
+        """Counters for /metrics: they live in the worker, so they travel in the heartbeat."""
+        state = self.trainer.state
+        return {
+            "tokens_processed": state.tokens_processed,
+            "nan_skips_total": state.nan_skips_total,
+            "rollbacks": state.rollbacks,
+            "oom_recoveries": state.oom_recoveries,
+            **self.step_times.export(),
+        }
+
+    def save_if_requested(self, control) -> None:
+        """Honour POST /v1/checkpoints: save at this step boundary, once per request."""
+        requested = control.checkpoint_requested_at
+        if requested is None or requested == self.handled_checkpoint_request:
+            return
+        self.handled_checkpoint_request = requested
+        if self.trainer.unsaved_steps:
+            self.trainer.save_checkpoint(reason="requested")
 
     # ----------------------------------------------------------------- life
     def run(self) -> int:
@@ -119,6 +151,8 @@ class Worker:
             lock_wait_s=self.settings.worker.stop_grace_s,
         )
         self.trainer.on_checkpoint = self.record_checkpoint
+        # A request older than this start is covered by the checkpoint just resumed.
+        self.handled_checkpoint_request = self.ledger.get_control().checkpoint_requested_at
         try:
             first = self.reconcile()
             self.beat(WorkerState.IDLE)
@@ -170,6 +204,10 @@ class Worker:
             return None
         for record in self.ledger.find_by_sha(current.sha256):
             if record.state in (FileState.QUEUED, FileState.TRAINING):
+                if record.cancel_requested_at is not None:
+                    # Cancelled while training, and a crash came before the worker acted.
+                    self.finish_cancel(record)
+                    return None
                 return record
         self.trainer.abandon_current(
             reason="the ledger has no queued file with this content (cancelled or removed)"
@@ -198,6 +236,7 @@ class Worker:
                 self.ledger.reap_expired()
                 record = self.ledger.claim_next(worker_id=self.id, lease_s=lease_s)
             if record is None:
+                self.save_if_requested(self.ledger.get_control())
                 if time.monotonic() - last_beat >= self.settings.worker.heartbeat_s:
                     self.beat(WorkerState.IDLE)
                     last_beat = time.monotonic()
@@ -255,10 +294,16 @@ class Worker:
                 )
                 self.beat(WorkerState.IDLE)
                 return
+            if hook.reason == "cancel":
+                self.finish_cancel(record)
+                return
             if hook.reason == "pause":
                 self.hold_paused(file=record)
                 if self.stop():
                     self.ledger.release(record.id, worker_id=self.id)
+                    return
+                if self.cancel_requested(record):
+                    self.finish_cancel(record)
                     return
                 continue  # resume the same file, same step, same resident model
             if hook.reason == "lease_lost":
@@ -289,6 +334,21 @@ class Worker:
             record = self.ledger.get_file(record.id) or record
         return record
 
+    def cancel_requested(self, record: FileRecord) -> bool:
+        current = self.ledger.get_file(record.id)
+        return current is not None and current.cancel_requested_at is not None
+
+    def finish_cancel(self, record: FileRecord) -> None:
+        """Stop a file on request: what it taught so far stays in the weights."""
+        trainer = self.trainer
+        step = trainer.state.global_step
+        trainer.abandon_current(reason=f"cancelled on request at step {step}")
+        cancelled = self.ledger.finish_cancel(record.id, step=step)
+        trainer.events.emit(
+            "file_cancelled", id=record.id, file=record.name, step=step, reason=cancelled.error
+        )
+        self.beat(WorkerState.IDLE)
+
     def hold_paused(self, *, file: FileRecord | None) -> None:
         """Hold the model (already checkpointed at a step boundary) until resumed or stopped."""
         trainer = self.trainer
@@ -302,7 +362,11 @@ class Worker:
             if file is not None:
                 self.ledger.renew_lease(file.id, worker_id=self.id, lease_s=lease_s)
             self.beat(WorkerState.PAUSED, file=file)
-            if self.ledger.get_control().desired_state is DesiredState.RUNNING:
+            control = self.ledger.get_control()
+            self.save_if_requested(control)
+            if file is not None and self.cancel_requested(file):
+                return  # a paused worker is at a step boundary: the cancel can act now
+            if control.desired_state is DesiredState.RUNNING:
                 trainer.events.emit("resumed", step=trainer.state.global_step)
                 log.info("resumed at step %d", trainer.state.global_step)
                 return

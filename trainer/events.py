@@ -53,8 +53,13 @@ class EventLog:
         if not self.enabled:
             return record
         line = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                # A crash tore the last line; end it, or this event would be glued onto it
+                # and lost to every reader.
+                line = b"\n" + line
             os.write(fd, line)
             os.fsync(fd)
         finally:

@@ -72,6 +72,8 @@ class StepReport:
     """Throughput over the recent steps."""
     eta_s: float
     """Seconds to the file's target at the recent pace."""
+    seconds: float
+    """Wall time of this step."""
 
 
 class Trainer:
@@ -345,6 +347,7 @@ class Trainer:
             lr=lr_at(step - 1, self.train),
             tokens_per_s=rate,
             eta_s=step_s * (current.target_step - step),
+            seconds=seconds,
         )
 
     def abandon_current(self, *, reason: str) -> None:

@@ -206,6 +206,43 @@ class FileQueries(Store):
         log.info("file #%d (%s) cancelled", file_id, record.name)
         return record
 
+    def request_cancel(self, file_id: int) -> FileRecord:
+        """Cancel a queued file now, or ask the worker to stop the file it is training.
+
+        A training file stays ``training`` with ``cancel_requested_at`` set until the
+        worker reaches an optimizer-step boundary (see :meth:`finish_cancel`).
+        """
+        with self._writing() as session:
+            row = self._locked_file(session, file_id)
+            if FileState(row.state) is FileState.TRAINING:
+                if row.cancel_requested_at is None:
+                    row.cancel_requested_at = utcnow()
+                    row.updated_at = row.cancel_requested_at
+                    log.info("file #%d (%s): cancel requested", file_id, row.name)
+                return row.record()
+        return self.cancel(file_id)
+
+    def finish_cancel(self, file_id: int, *, step: int) -> FileRecord:
+        """The worker stopped a file it was training on request, at global ``step``."""
+        with self._writing() as session:
+            row = self._locked_file(session, file_id)
+            now = utcnow()
+            trained = (
+                f"steps {row.start_step}-{step} were trained and are kept"
+                if row.start_step is not None
+                else "nothing of it was trained"
+            )
+            row.state = FileState.CANCELLED.value
+            row.error = f"cancelled on request during training at step {step}; {trained}"
+            row.end_step = step
+            row.lease_owner = None
+            row.lease_expires_at = None
+            row.finished_at = now
+            row.updated_at = now
+            record = row.record()
+        log.info("file #%d (%s) cancelled at step %d", file_id, record.name, step)
+        return record
+
     def retry(self, file_id: int) -> FileRecord:
         """Queue a failed or cancelled file again; LedgerError saying why if it cannot be.
 

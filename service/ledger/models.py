@@ -124,6 +124,7 @@ class FileRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     def record(self) -> FileRecord:
         """This row as a frozen record."""
@@ -154,6 +155,7 @@ class FileRow(Base):
             started_at=self.started_at,
             finished_at=self.finished_at,
             updated_at=self.updated_at,
+            cancel_requested_at=self.cancel_requested_at,
         )
 
 
@@ -169,10 +171,15 @@ class ControlRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     desired_state: Mapped[str] = mapped_column(String(16))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    checkpoint_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     def record(self) -> Control:
         """This row as a frozen record."""
-        return Control(desired_state=DesiredState(self.desired_state), updated_at=self.updated_at)
+        return Control(
+            desired_state=DesiredState(self.desired_state),
+            updated_at=self.updated_at,
+            checkpoint_requested_at=self.checkpoint_requested_at,
+        )
 
 
 class WorkerRow(Base):

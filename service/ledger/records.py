@@ -105,6 +105,8 @@ class FileRecord:
     """Reached done, failed, rejected, duplicate or cancelled (UTC)."""
     updated_at: datetime
     """Last change (UTC)."""
+    cancel_requested_at: datetime | None = None
+    """When cancelling it was asked while it trained (the worker stops at a step boundary)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,6 +117,8 @@ class Control:
     """running or paused."""
     updated_at: datetime
     """When it last changed (UTC)."""
+    checkpoint_requested_at: datetime | None = None
+    """When a checkpoint was last asked for (the worker saves one if it has none newer)."""
 
 
 @dataclass(frozen=True, kw_only=True)

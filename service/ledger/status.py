@@ -48,6 +48,21 @@ class StatusQueries(Store):
         log.info("desired state: %s", desired)
         return Control(desired_state=desired, updated_at=now)
 
+    def request_checkpoint(self) -> Control:
+        """Ask the worker to save a checkpoint at its next optimizer-step boundary."""
+        now = utcnow()
+        with self._writing() as session:
+            row = session.get(ControlRow, _CONTROL_ID)
+            if row is None:
+                row = ControlRow(id=_CONTROL_ID, desired_state=DesiredState.RUNNING.value)
+                session.add(row)
+            row.checkpoint_requested_at = now
+            row.updated_at = now
+            session.flush()
+            control = row.record()
+        log.info("checkpoint requested")
+        return control
+
     def heartbeat(
         self,
         *,

@@ -41,3 +41,14 @@ def test_round_loss():
     assert round_loss(1.23456789) == 1.234568
     assert round_loss(math.inf) is None
     assert round_loss(None) is None
+
+
+def test_an_event_after_a_torn_line_is_not_lost(tmp_path):
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    log.emit("a", n=1)
+    with path.open("a") as fh:
+        fh.write('{"event": "torn", "n"')  # a crash mid-write
+    log.emit("b", n=2)
+    assert [r["event"] for r in log.read_backwards()] == ["b", "a"]
+    assert path.read_text().splitlines()[1] == '{"event": "torn", "n"'
