@@ -2,21 +2,29 @@
 
 Its lifespan starts the daemon's parts (inbox watcher, supervisor and through it the
 worker) and stops them on shutdown, giving the worker its grace time to checkpoint.
-This module never imports torch: everything it shows comes from the ledger.
+The routes are in ``api.routes`` and ``api.routes_files`` (docs/api.md); the bearer
+token is resolved here, once, so a bad token file stops the start with its reason.
+This module never imports torch: everything it shows comes from the ledger and disk.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from api import uploads
+from api.auth import resolve_token
+from api.errors import install_error_handlers
+from api.events import events_router
+from api.history import EventDigest
+from api.metrics import metrics_router
+from api.routes import SchemaCheck, probes, v1
+from api.routes_files import files
 from service.daemon import Daemon
 from service.settings import Settings
-from service.status import read_status
 
 
 def create_app(settings: Settings, *, daemon: Daemon | None = None) -> FastAPI:
@@ -36,21 +44,17 @@ def create_app(settings: Settings, *, daemon: Daemon | None = None) -> FastAPI:
     app = FastAPI(
         title="traind",
         summary="Control plane of a continuous-learning daemon for PyTorch language models",
+        description="Mutating routes need `Authorization: Bearer <token>`; see docs/api.md.",
         lifespan=lifespan,
     )
-
-    @app.get("/livez", summary="Liveness: the API process answers")
-    def livez() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/v1/status", summary="State, global step, current file, queue counts")
-    def status() -> dict[str, Any]:
-        running: Daemon = app.state.daemon
-        return read_status(
-            running.ledger,
-            heartbeat_s=settings.worker.heartbeat_s,
-            stopping=running.stopping.is_set(),
-            fatal=running.fatal,
-        )
-
+    app.state.token = resolve_token(settings)
+    uploads.clear_leftovers(uploads.staging_folder(settings), inbox=settings.paths.inbox)
+    app.state.digest = EventDigest(settings.run_paths().events)
+    app.state.schema_check = SchemaCheck()
+    install_error_handlers(app)
+    app.include_router(probes)
+    app.include_router(v1)
+    app.include_router(files)
+    app.include_router(events_router(events_path=settings.run_paths().events))
+    app.include_router(metrics_router())
     return app

@@ -10,15 +10,28 @@ the command, so ``traind --help`` and ``traind init`` start fast on any machine.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import functools
+import itertools
+import json
 import logging
+import time
+from collections.abc import Iterator
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
 from rich.logging import RichHandler
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
 
 from service.config_template import render_default_config
 from service.settings import (
@@ -28,6 +41,11 @@ from service.settings import (
     SettingsError,
     load_settings,
 )
+
+if TYPE_CHECKING:
+    # The client (and httpx) is imported by the client commands only: init, train and
+    # serve need neither.
+    from api.client import ApiClient, ApiError
 
 app = typer.Typer(
     name="traind",
@@ -60,6 +78,33 @@ ConfigOption = Annotated[
 LogLevelOption = Annotated[
     LogLevel,
     typer.Option("--log-level", help="Least severe log messages shown.", case_sensitive=False),
+]
+# Options shared by the REST clients (status, queue, pause, resume, enqueue, retry, cancel).
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="Base URL of the traind API. Default: $TRAIND_URL, else "
+        "http://<server.host>:<server.port> from the settings.",
+        metavar="URL",
+        show_default=False,
+    ),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="API bearer token. Default: $TRAIND_TOKEN, else server.token from the "
+        "settings, else the file <paths.state>/api-token if readable.",
+        metavar="TOKEN",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print the server's JSON answer (one document per line), for scripts."
+    ),
 ]
 
 
@@ -241,6 +286,526 @@ def _configure_logging(level: str) -> None:
             logging.Formatter("%(asctime)s %(levelname)-8s %(message)s", datefmt="%H:%M:%S")
         )
     logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+# -- clients of the REST API of a running `traind serve` (docs/api.md) ---------------------
+
+EXIT_REFUSED = 1
+"""The server answered with an error (its detail is printed)."""
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+"""No answer: nothing listens at the URL, the connection broke, or it timed out."""
+
+
+class FileStateName(enum.StrEnum):
+    """The file states ``traind queue --state`` filters on (the ledger's, docs/api.md)."""
+
+    QUEUED = "queued"
+    TRAINING = "training"
+    DONE = "done"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"
+    CANCELLED = "cancelled"
+
+
+@app.command()
+def status(
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch", "-w", help="A live view, refreshed every --interval seconds; Ctrl-C exits."
+        ),
+    ] = False,
+    interval: Annotated[
+        float,
+        typer.Option("--interval", min=0.01, metavar="S", help="Seconds between refreshes."),
+    ] = 1.0,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            "--count",
+            min=1,
+            metavar="N",
+            help="With --watch: stop after N refreshes (for scripts and tests).",
+            show_default=False,
+        ),
+    ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show what traind is doing: state, step, current file, loss, ETA, gold, queue counts."""
+    console = Console(highlight=False)
+    with _session(url=url, token=token, config=config) as client:
+        if watch:
+            # Ctrl-C is how a person leaves the view: not an error.
+            with contextlib.suppress(KeyboardInterrupt):
+                if as_json:
+                    _watch_json(client, interval=interval, count=count)
+                else:
+                    _watch(client, console=console, interval=interval, count=count)
+        elif as_json:
+            _print_json(client.status())
+        else:
+            console.print(_status_panel(client.status()))
+
+
+@app.command()
+def queue(
+    state: Annotated[
+        list[FileStateName] | None,
+        typer.Option(
+            "--state",
+            "-s",
+            help="Only files in this state; repeat for several.",
+            metavar="STATE",
+            case_sensitive=False,
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, metavar="N", help="Files shown.")] = 50,
+    offset: Annotated[
+        int, typer.Option("--offset", min=0, metavar="N", help="Files skipped first (paging).")
+    ] = 0,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """List the files the daemon knows, by arrival: id, name, state, steps, error."""
+    states = [s.value for s in state or ()]
+    with _session(url=url, token=token, config=config) as client:
+        page = client.queue(states=states, limit=limit, offset=offset)
+    if as_json:
+        _print_json(page)
+    else:
+        Console(highlight=False).print(_queue_table(page, states=states, offset=offset))
+
+
+@app.command()
+def pause(
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Pause training: the worker finishes its optimizer step, checkpoints and holds the model."""
+    with _session(url=url, token=token, config=config) as client:
+        answer = client.pause()
+    _report(
+        answer, as_json=as_json, line="paused: the worker checkpoints at its next step and holds"
+    )
+
+
+@app.command()
+def resume(
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Resume training at the same step, without reloading the model."""
+    with _session(url=url, token=token, config=config) as client:
+        answer = client.resume()
+    _report(answer, as_json=as_json, line="resumed: training continues at the same step")
+
+
+@app.command()
+def enqueue(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="JSONL drops to upload into the inbox, in this order.",
+            metavar="FILE",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            show_default=False,
+        ),
+    ],
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Upload FILE... into the inbox of a running traind (it checks and queues each like a drop).
+
+    A refused file (too large, say) is reported and the others still go; the exit status
+    is then 1.
+    """
+    from api.client import ApiError, ServerUnreachableError
+
+    refused = 0
+    with _session(url=url, token=token, config=config) as client:
+        for path in files:
+            try:
+                answer = client.enqueue(path)
+            except ServerUnreachableError:
+                raise
+            except ApiError as exc:
+                refused += 1
+                typer.echo(f"error: {path}: {_refusal(exc)}", err=True)
+                continue
+            name = answer.get("name") if isinstance(answer, dict) else None
+            line = f"uploaded {path} as {name}" if name else f"uploaded {path}"
+            _report(answer, as_json=as_json, line=f"{line}: the watcher checks it, then queues it")
+    if refused:
+        raise typer.Exit(EXIT_REFUSED)
+
+
+@app.command()
+def retry(
+    file_id: Annotated[int, typer.Argument(metavar="ID", help="File id (see traind queue).")],
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Retry a file: a failed or cancelled one is queued again, a rejected one is checked again."""
+    with _session(url=url, token=token, config=config) as client:
+        answer = client.retry(file_id)
+    label = _file_label(answer, file_id)
+    match _answer_state(answer):
+        case "queued":
+            line = f"queued again: {label}"
+        case "rejected":
+            # The record stays rejected; the file goes back into the inbox under a new name.
+            back = answer.get("requeued_as") if isinstance(answer, dict) else None
+            line = f"back in the inbox{f' as {back}' if back else ''}: {label} is checked again"
+        case None:
+            line = f"retry accepted: {label}"
+        case other:
+            line = f"retry accepted: {label} is {other}"
+    _report(answer, as_json=as_json, line=line)
+
+
+@app.command()
+def cancel(
+    file_id: Annotated[int, typer.Argument(metavar="ID", help="File id (see traind queue).")],
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Cancel a file: a queued one leaves the queue, the one in training stops early.
+
+    The file in training stops at its next optimizer step with a checkpoint and keeps
+    what it learned so far.
+    """
+    with _session(url=url, token=token, config=config) as client:
+        answer = client.cancel(file_id)
+    label = _file_label(answer, file_id)
+    match _answer_state(answer):
+        case "training":
+            line = (
+                f"cancelling: {label} stops at its next optimizer step with a checkpoint"
+                " and keeps what it learned"
+            )
+        case "cancelled":
+            line = f"cancelled: {label}"
+        case _:
+            line = f"cancel accepted: {label}"
+    _report(answer, as_json=as_json, line=line)
+
+
+@contextlib.contextmanager
+def _session(*, url: str | None, token: str | None, config: Path | None) -> Iterator[ApiClient]:
+    """A client for the server the options point at; API errors become exit statuses."""
+    from api.client import (
+        URL_ENV,
+        ApiClient,
+        ApiError,
+        ServerUnreachableError,
+        discover_token,
+        discover_url,
+    )
+
+    # Loaded only when --url or --token leave something to find, but an explicit --config
+    # must be valid either way (a typo there should not go unnoticed).
+    settings = functools.cache(lambda: _settings_or_exit(config))
+    if config is not None:
+        settings()
+    base_url = discover_url(url, settings=settings)
+    try:
+        client = ApiClient(base_url, token=discover_token(token, settings=settings))
+    except ValueError as exc:
+        typer.echo(f"error: --url (or ${URL_ENV}): {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    try:
+        with client:
+            yield client
+    except ServerUnreachableError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(EXIT_UNREACHABLE) from None
+    except ApiError as exc:
+        typer.echo(f"error: {_refusal(exc)}", err=True)
+        raise typer.Exit(EXIT_REFUSED) from None
+
+
+def _refusal(exc: ApiError) -> str:
+    text = f"{exc.detail} (HTTP {exc.status})"
+    if exc.status == 401:
+        text += (
+            "; pass --token, set $TRAIND_TOKEN, or use --config with the server's settings"
+            " so its server.token or <paths.state>/api-token is found"
+        )
+    return text
+
+
+def _print_json(answer: object) -> None:
+    # Compact, one document per line: `jq` and line-by-line readers take it as is.
+    typer.echo(json.dumps(answer, ensure_ascii=False, separators=(",", ":")))
+
+
+def _report(answer: object, *, as_json: bool, line: str) -> None:
+    if as_json:
+        _print_json(answer)
+    else:
+        typer.echo(line)
+
+
+def _answer_state(answer: object) -> str | None:
+    state = answer.get("state") if isinstance(answer, dict) else None
+    return str(state) if state else None
+
+
+def _file_label(answer: object, file_id: int) -> str:
+    name = answer.get("name") if isinstance(answer, dict) else None
+    return f"file {file_id} ({name})" if name else f"file {file_id}"
+
+
+# -- the live view ------------------------------------------------------------------------
+
+_sleep = time.sleep  # the watch loop's pause; a test replaces it to press Ctrl-C
+_WATCH_QUEUE_STATES = ("training", "queued")
+_WATCH_QUEUE_ROWS = 10
+
+
+def _watch(client: ApiClient, *, console: Console, interval: float, count: int | None) -> None:
+    """Redraw the view every ``interval`` seconds (``count`` times, or until Ctrl-C), and
+    keep retrying, with the last good view below the problem, while the server is away.
+
+    A terminal gets a rich Live view redrawn in place; anything else (a pipe, a log file)
+    gets each refresh printed after the previous one, since Live would only show the last.
+    """
+    from api.client import ApiError
+
+    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+    last: RenderableType | None = None
+    with live or contextlib.nullcontext():
+        for shown in itertools.count(1):
+            started = time.monotonic()
+            try:
+                current = client.status()
+                page = client.queue(states=_WATCH_QUEUE_STATES, limit=_WATCH_QUEUE_ROWS)
+                view = last = _status_view(current, page, client.base_url, interval)
+            except ApiError as exc:
+                problem = Text(_retrying(exc, interval=interval), style="bold red")
+                view = Group(problem, last) if last is not None else problem
+            if live is not None:
+                live.update(view, refresh=True)
+            else:
+                console.print(view)
+            if count is not None and shown >= count:
+                return
+            _sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+def _watch_json(client: ApiClient, *, interval: float, count: int | None) -> None:
+    """``status --watch --json``: one status document per line; problems go to stderr."""
+    from api.client import ApiError
+
+    for shown in itertools.count(1):
+        started = time.monotonic()
+        try:
+            _print_json(client.status())
+        except ApiError as exc:
+            typer.echo(_retrying(exc, interval=interval), err=True)
+        if count is not None and shown >= count:
+            return
+        _sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+def _retrying(exc: ApiError, *, interval: float) -> str:
+    """What the watch shows while it retries; a refusal (4xx) ends it instead."""
+    if exc.status is None:
+        return f"disconnected, retrying every {interval:g} s: {exc.detail}"
+    if exc.status >= 500:
+        return f"server error, retrying every {interval:g} s: {_refusal(exc)}"
+    raise exc  # a token problem, say: retrying will not change the answer
+
+
+def _status_view(
+    current: dict[str, Any], page: dict[str, Any], url: str, interval: float
+) -> RenderableType:
+    footer = Text(
+        f"{url} · {datetime.now():%H:%M:%S} · every {interval:g} s · Ctrl-C to leave",
+        style="dim",
+    )
+    table = _queue_table(page, states=list(_WATCH_QUEUE_STATES), offset=0, title="next up")
+    return Group(_status_panel(current), table, footer)
+
+
+# -- rendering ----------------------------------------------------------------------------
+
+_STATE_STYLES = {
+    "training": "bold green",
+    "paused": "bold yellow",
+    "idle": "bold",
+    "stopping": "bold yellow",
+    "error": "bold red",
+    "queued": "cyan",
+    "done": "green",
+    "failed": "red",
+    "rejected": "red",
+    "duplicate": "dim",
+    "cancelled": "yellow",
+}
+
+
+def _status_panel(current: dict[str, Any]) -> Panel:
+    """One short panel of /v1/status; fields the server leaves out are simply not shown."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    state = str(current.get("state") or "unknown")
+    line = Text(state, style=_STATE_STYLES.get(state, "bold"))
+    if current.get("error"):
+        line.append(f"  {current['error']}", style="red")
+    grid.add_row("state", line)
+    grid.add_row("step", _count(current.get("global_step")))
+    grid.add_row("file", _current_file(current.get("current_file"), current.get("global_step")))
+    grid.add_row("training", _training_line(current))
+    eta = _eta_line(current)
+    if eta:
+        grid.add_row("ETA", eta)
+    grid.add_row("gold", _gold_line(current.get("gold")))
+    grid.add_row("queue", _counts_line(current.get("queue")))
+    worker = current.get("worker")
+    if isinstance(worker, dict) and worker.get("heartbeat_age_s") is not None:
+        grid.add_row("worker", f"heartbeat {float(worker['heartbeat_age_s']):.1f} s ago")
+    return Panel(grid, title="traind", title_align="left", expand=False)
+
+
+def _current_file(file: Any, step: Any) -> RenderableType:
+    if not isinstance(file, dict):
+        return Text("none", style="dim")
+    label = f"#{file.get('id')} {file.get('name') or ''}".rstrip()
+    start, target = file.get("start_step"), file.get("target_step")
+    fraction = file.get("progress")
+    if isinstance(start, int) and isinstance(target, int) and target > start:
+        done = min(max((step if isinstance(step, int) else start) - start, 0), target - start)
+        total = target - start
+        fraction = done / total if fraction is None else fraction
+    else:
+        done, total = (float(fraction), 1.0) if fraction is not None else (0.0, None)
+    row = Table.grid(padding=(0, 1))
+    row.add_row(
+        ProgressBar(total=total, completed=done, width=24),
+        f"{float(fraction) * 100:.0f}%" if fraction is not None else "",
+        f"steps {_count(start)} → {_count(target)}",
+    )
+    return Group(Text(label), row)
+
+
+def _training_line(current: dict[str, Any]) -> str:
+    parts = []
+    if current.get("train_loss") is not None:
+        parts.append(f"loss {float(current['train_loss']):.4f}")
+    last_eval = current.get("last_eval")
+    if isinstance(last_eval, dict) and last_eval.get("val_loss") is not None:
+        parts.append(f"val loss {float(last_eval['val_loss']):.4f}")
+    if current.get("lr") is not None:
+        parts.append(f"lr {float(current['lr']):.2e}")
+    if current.get("tokens_per_s") is not None:
+        parts.append(f"{float(current['tokens_per_s']):,.0f} tokens/s")
+    return " · ".join(parts) or "—"
+
+
+def _eta_line(current: dict[str, Any]) -> str:
+    parts = []
+    if current.get("eta_s") is not None:
+        parts.append(f"file {_duration(current['eta_s'])}")
+    if current.get("eta_queue_s") is not None:
+        parts.append(f"queue {_duration(current['eta_queue_s'])}")
+    return " · ".join(parts)
+
+
+def _gold_line(gold: Any) -> str:
+    if not isinstance(gold, dict) or gold.get("step") is None:
+        return "none yet"
+    text = f"step {_count(gold['step'])}"
+    if gold.get("val_loss") is not None:
+        text += f", val loss {float(gold['val_loss']):.4f}"
+    return text
+
+
+def _counts_line(counts: Any) -> str:
+    if not isinstance(counts, dict) or not any(counts.values()):
+        return "empty"
+    order = [s.value for s in FileStateName] + sorted(set(counts) - set(FileStateName))
+    return " · ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
+
+
+def _queue_table(
+    page: dict[str, Any], *, states: list[str], offset: int, title: str | None = None
+) -> RenderableType:
+    items = page.get("items") or []
+    total = page.get("total", len(items))
+    if not items:
+        where = f" in state {', '.join(states)}" if states else ""
+        return Text(f"no files{where}" + (f" after offset {offset}" if offset else ""))
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("name", overflow="fold")
+    table.add_column("state", no_wrap=True)
+    table.add_column("steps", no_wrap=True)
+    table.add_column("error", overflow="fold")
+    for item in items:
+        state = str(item.get("state") or "")
+        table.add_row(
+            str(item.get("id", "")),
+            str(item.get("name") or ""),
+            Text(state, style=_STATE_STYLES.get(state, "")),
+            _steps(item),
+            _truncated(item.get("error"), 60),
+        )
+    shown_to = offset + len(items)
+    caption = f"{offset + 1}–{shown_to} of {total}"
+    if isinstance(total, int) and shown_to < total:
+        caption += f" (next: --offset {shown_to})"
+    table.caption, table.caption_justify = caption, "left"
+    return table
+
+
+def _steps(item: dict[str, Any]) -> str:
+    start = item.get("start_step")
+    end = item.get("end_step") if item.get("end_step") is not None else item.get("target_step")
+    if start is None and end is None:
+        return ""
+    return f"{_count(start)} → {_count(end)}"
+
+
+def _truncated(text: Any, limit: int) -> str:
+    if not text:
+        return ""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "—" if value is None else str(value)
+
+
+def _duration(seconds: Any) -> str:
+    total = round(float(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
 def main() -> None:

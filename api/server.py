@@ -3,7 +3,8 @@
 Run: ``traind serve [--config traind.toml]``. SIGTERM or Ctrl-C stops it cleanly: the
 worker checkpoints at its next optimizer step (within ``worker.stop_grace_s``), then the
 process exits 0. It exits non-zero only on a real failure (bad settings, a port in use,
-a worker that refuses its settings).
+a worker that refuses its settings), and 2 without starting when ``server.host`` is not
+loopback and ``server.token`` is unset.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from types import FrameType
 import uvicorn
 
 from api.app import create_app
+from api.auth import BindError, TokenError, check_bind
+from api.events import close_event_streams
 from service.daemon import Daemon
 from service.settings import Settings
 
@@ -29,13 +32,27 @@ class _Server(uvicorn.Server):
     """
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Open event streams never end by themselves, and uvicorn waits for every open
+        # response before it runs the shutdown that stops the worker: end them first.
+        close_event_streams(self.config.app)
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
 
 
 def run_server(settings: Settings) -> int:
+    """Serve until stopped; the exit status (2: the settings refuse to serve)."""
+    try:
+        check_bind(settings)
+    except BindError as exc:
+        log.error("%s", exc)
+        return 2
     daemon = Daemon(settings)
-    app = create_app(settings, daemon=daemon)
+    try:
+        app = create_app(settings, daemon=daemon)
+    except TokenError as exc:
+        daemon.ledger.close()
+        log.error("%s", exc)
+        return 2
     config = uvicorn.Config(
         app,
         host=settings.server.host,
@@ -48,6 +65,7 @@ def run_server(settings: Settings) -> int:
 
     def fatal(reason: str) -> None:
         log.error("shutting down: %s", reason)
+        close_event_streams(app)
         server.should_exit = True
 
     daemon.on_fatal = fatal

@@ -1,0 +1,232 @@
+"""The shapes of the REST API's requests and responses (docs/api.md), as pydantic models.
+
+Only the API's edge uses pydantic: the routes turn the ledger's frozen records into
+these models with the ``*_out`` functions below, and FastAPI renders them into the
+OpenAPI document at ``/openapi.json`` (and ``/docs``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.ledger import Control, FileRecord, FileState
+
+
+class _Out(BaseModel):
+    # Frozen: a response is built once and rendered; nothing should edit it on the way.
+    model_config = ConfigDict(frozen=True)
+
+
+class ErrorOut(_Out):
+    """Every error response: one sentence a person can act on."""
+
+    detail: str = Field(description="What went wrong and what to do about it.")
+
+
+class LivezOut(_Out):
+    status: Literal["ok"] = Field(description="Always ok: the process answers.")
+
+
+class CheckOut(_Out):
+    ok: bool = Field(description="Whether this check passed.")
+    detail: str | None = Field(None, description="Why it failed (null when it passed).")
+
+
+class ReadyOut(_Out):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, CheckOut] = Field(
+        description="ledger, schema, worker, inbox_watcher, stopping: each with ok and detail."
+    )
+
+
+class LineProblemOut(_Out):
+    line: int | None = Field(description="1-based line number; null for the whole file.")
+    reason: str = Field(description="What is wrong with it and what to do.")
+
+
+class FileOut(_Out):
+    """Everything the ledger knows of one drop."""
+
+    id: int = Field(description="Ledger id (arrival order).")
+    name: str = Field(description="The name it arrived under (a label; identity is sha256).")
+    path: str = Field(description="Where the file is now (accepted/, rejected/, duplicates/).")
+    sha256: str | None = Field(description="Content hash (null if it could not be read).")
+    size: int = Field(description="Bytes on disk when it was checked.")
+    format: str | None = Field(description="text, prompt_completion or messages.")
+    n_examples: int = Field(description="Valid examples.")
+    n_invalid: int = Field(description="Invalid lines.")
+    invalid_lines: list[LineProblemOut] = Field(
+        description="The first invalid lines, with reasons."
+    )
+    state: FileState
+    priority: int = Field(description="Higher trains first; ties by arrival.")
+    error: str | None = Field(
+        description="Why it was rejected, failed, cancelled or is a duplicate (null otherwise)."
+    )
+    start_step: int | None = Field(description="Global step when its training started.")
+    target_step: int | None = Field(description="start_step + its fixed step budget.")
+    end_step: int | None = Field(description="Global step when it finished.")
+    attempts: int = Field(description="Times a worker claimed it.")
+    lease_owner: str | None = Field(description="Worker holding the claim, while training.")
+    lease_expires_at: datetime | None
+    duplicate_of: int | None = Field(description="For a duplicate: the file with that content.")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    cancel_requested_at: datetime | None = Field(
+        description="When cancelling it was asked while it trained (it stops at a step "
+        "boundary, then becomes cancelled)."
+    )
+
+
+class RetryOut(FileOut):
+    """The record after a retry; for a rejected file, also where it was put back."""
+
+    requeued_as: str | None = Field(
+        None,
+        description="For a rejected file: its name back in the inbox, where the watcher "
+        "checks it again and records it under a new id (this record stays rejected).",
+    )
+
+
+class QueueOut(_Out):
+    items: list[FileOut] = Field(description="Files by arrival (ledger id).")
+    total: int = Field(description="How many files match the filter in all.")
+    limit: int
+    offset: int
+
+
+class CurrentFileOut(_Out):
+    id: int
+    name: str | None
+    start_step: int | None
+    target_step: int | None
+    progress: float | None = Field(description="0 to 1 of the file's step budget.")
+
+
+class GoldPointOut(_Out):
+    step: int | None = Field(description="Global step of the gold checkpoint.")
+    val_loss: float | None = Field(description="Its validation loss, when known.")
+
+
+class LastEvalOut(_Out):
+    step: int | None
+    val_loss: float | None
+    timestamp: str | None
+    sets: dict[str, float | None] = Field(
+        default_factory=dict, description="Each named eval set's loss."
+    )
+
+
+class WorkerOut(_Out):
+    id: str | None
+    pid: int | None
+    state: str | None
+    model_loaded: bool
+    heartbeat_age_s: float | None = Field(description="Seconds since its last report.")
+
+
+class StatusOut(_Out):
+    state: Literal["training", "paused", "idle", "stopping", "error"]
+    desired_state: Literal["running", "paused"]
+    global_step: int | None
+    current_file: CurrentFileOut | None
+    train_loss: float | None
+    lr: float | None
+    tokens_per_s: float | None
+    eta_s: float | None = Field(description="Seconds to the end of the current file.")
+    eta_queue_s: float | None = Field(
+        description="Estimate of the seconds until the queue is empty: the current file's "
+        "ETA plus each queued file's size in bytes times epochs_per_file, taken as tokens "
+        "(exact for the byte tokenizer, about 4 bytes a token otherwise), at the current "
+        "tokens/s. Null when no rate is known."
+    )
+    last_eval: LastEvalOut | None = Field(description="The newest eval event, if any.")
+    gold: GoldPointOut | None
+    queue: dict[str, int] = Field(description="How many files are in each state.")
+    worker: WorkerOut
+    error: str | None = Field(description="The fatal error that stops the service, if any.")
+
+
+class UploadOut(_Out):
+    name: str = Field(description="The file's name in the inbox (server-made).")
+    label: str = Field(description="The client's file name, reduced to [A-Za-z0-9._-].")
+    bytes: int = Field(description="Bytes received.")
+
+
+class ControlOut(_Out):
+    desired_state: Literal["running", "paused"]
+    updated_at: datetime
+    checkpoint_requested_at: datetime | None
+
+
+class CheckpointOut(_Out):
+    name: str = Field(description="Folder name: step-NNNNNNNN, gold or export.")
+    kind: Literal["step", "gold", "export"]
+    step: int | None = Field(description="Global step it holds.")
+    created_at: datetime | None
+    path: str
+    complete: bool = Field(description="Its manifest.json exists (written last).")
+    recorded: bool = Field(description="The ledger recorded it when it was committed.")
+
+
+class CheckpointsOut(_Out):
+    items: list[CheckpointOut] = Field(
+        description="The folders under paths.checkpoints, by kind (step, gold, export), then step."
+    )
+
+
+class GoldDecisionOut(_Out):
+    id: int = Field(description="Its 1-based line number in events.jsonl.")
+    event: Literal["gold_checkpoint", "gold_blocked"]
+    timestamp: str | None
+    step: int | None
+    val_loss: float | None
+    reason: str | None = Field(description="Why gold was blocked (gold_blocked only).")
+    details: dict[str, Any] = Field(description="The event's other fields.")
+
+
+class GoldOut(_Out):
+    gold: GoldPointOut | None = Field(description="The current gold checkpoint, if any.")
+    history: list[GoldDecisionOut] = Field(description="Decisions, oldest first.")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text}
+    for code, text in {
+        401: "Missing or wrong bearer token",
+        404: "No such file",
+        409: "The file's state does not allow it",
+        413: "The upload is larger than watcher.max_file_bytes",
+        422: "Malformed request",
+        507: "No room on the server's disk for the upload",
+    }.items()
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` entries documenting these error codes."""
+    return {code: ERRORS[code] for code in codes}
+
+
+def file_out(record: FileRecord) -> FileOut:
+    """A ledger record as the API shows it."""
+    fields = dataclasses.asdict(record)
+    return FileOut.model_validate(fields)
+
+
+def retry_out(record: FileRecord, *, requeued_as: str | None = None) -> RetryOut:
+    return RetryOut.model_validate({**dataclasses.asdict(record), "requeued_as": requeued_as})
+
+
+def control_out(control: Control) -> ControlOut:
+    return ControlOut(
+        desired_state=control.desired_state.value,
+        updated_at=control.updated_at,
+        checkpoint_requested_at=control.checkpoint_requested_at,
+    )
