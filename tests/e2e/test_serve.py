@@ -214,3 +214,33 @@ def test_a_file_that_keeps_crashing_the_worker_is_failed_not_retried_forever(
     )
     assert status["queue"]["failed"] == 1 and service.proc.poll() is None
     assert service.terminate() == 0
+
+
+def test_sigterm_with_an_event_stream_open_still_stops_cleanly(tmp_path, service_factory):
+    import threading
+
+    import httpx
+
+    service = service_factory().start()
+    lines: list[str] = []
+
+    def follow():
+        try:
+            with httpx.stream("GET", service.url + "/v1/events", timeout=60) as stream:
+                for line in stream.iter_lines():
+                    lines.append(line)
+        except httpx.HTTPError:
+            pass
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    wait_for(
+        lambda: any(x.startswith("event: training_start") for x in lines),
+        timeout=10,
+        what="a streamed event",
+    )
+    started = time.monotonic()
+    assert service.terminate(timeout=30) == 0
+    assert time.monotonic() - started < 15
+    reader.join(timeout=10)
+    assert not reader.is_alive()
