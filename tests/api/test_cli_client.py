@@ -19,7 +19,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from api import cli
+from api import cli, views
 from api.cli import app
 from service.ledger import FileState
 from tests.api.fake_traind import STATUS, TOKEN, FakeTraind, serving
@@ -152,7 +152,7 @@ def test_queue_json_is_the_server_body(fake: FakeTraind) -> None:
 
 
 def test_queue_states_are_the_ledgers() -> None:
-    assert [s.value for s in cli.FileStateName] == [s.value for s in FileState]
+    assert [s.value for s in views.FileStateName] == [s.value for s in FileState]
 
 
 def test_queue_unknown_state_is_a_usage_error(fake: FakeTraind) -> None:
