@@ -9,8 +9,9 @@ The bare loop is what a person writes by hand: index a token tensor, forward, me
 cross-entropy, backward, clip, step. traind's side is ``Trainer.train_file`` on a real
 file with everything on (data cache, token-weighted loss, non-finite checks, LR
 schedule, progress meter); its timing covers the optimizer steps, not the one checkpoint
-written at the end of the file (reported separately). Rounds alternate between the two
-sides and the median of each is compared, so drift of the machine hits both alike.
+written at the end of the file (reported separately). Each round runs both sides back to
+back, alternating which goes first; the printed ratio is the median of the per-round
+ratios, so drift of the machine over a long run hits both sides alike.
 """
 
 from __future__ import annotations
@@ -129,18 +130,26 @@ def measure(preset: str, *, steps: int, rounds: int, micro: int, accum: int) -> 
         # Enough packed sequences for exactly `steps` optimizer steps (~88 bytes a line).
         n_lines = steps * micro * accum * (block + 1) // 86
         corpus = write_corpus(root / "bench.jsonl", n_lines=n_lines)
-        ours, theirs, saves = [], [], []
+        ours, theirs, saves, ratios = [], [], [], []
         for round_ in range(rounds + 1):  # round 0 warms caches and allocators, not counted
-            bare = bare_side(
-                corpus, preset=preset, config=config, steps=steps, cache=root / "cache"
-            )
-            rate, save_s = traind_side(
-                corpus, preset=preset, config=config, workdir=root / f"run{round_}"
-            )
+            # Alternate which side goes first: under a long sustained load the machine
+            # drifts (clocks, allocator), and always running one side second biases it.
+            workdir = root / f"run{round_}"
+            if round_ % 2:
+                rate, save_s = traind_side(corpus, preset=preset, config=config, workdir=workdir)
+                bare = bare_side(
+                    corpus, preset=preset, config=config, steps=steps, cache=root / "cache"
+                )
+            else:
+                bare = bare_side(
+                    corpus, preset=preset, config=config, steps=steps, cache=root / "cache"
+                )
+                rate, save_s = traind_side(corpus, preset=preset, config=config, workdir=workdir)
             if round_:
                 theirs.append(bare)
                 ours.append(rate)
                 saves.append(save_s)
+                ratios.append(rate / bare)
     bare_rate, traind_rate = statistics.median(theirs), statistics.median(ours)
     return {
         "bare": bare_rate,
