@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterable
+from datetime import datetime
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
@@ -46,7 +47,9 @@ class FileQueries(Store):
         """Record a valid drop: ``queued``, or ``duplicate`` if its content is already
         queued, training or done (decided atomically with the insert)."""
         now = utcnow()
-        row = FileRow(
+        row = _new_row(
+            now,
+            state=FileState.QUEUED,
             name=name,
             path=path,
             sha256=sha256,
@@ -54,12 +57,8 @@ class FileQueries(Store):
             format=format,
             n_examples=n_examples,
             n_invalid=n_invalid,
-            invalid_lines=_problems(invalid_lines),
-            state=FileState.QUEUED.value,
+            invalid_lines=invalid_lines,
             priority=priority,
-            attempts=0,
-            created_at=now,
-            updated_at=now,
         )
         with self._writing() as session:
             self._lock_content(session, sha256)
@@ -96,7 +95,9 @@ class FileQueries(Store):
     ) -> FileRecord:
         """Record a drop that will not train, with the reason a person can act on."""
         now = utcnow()
-        row = FileRow(
+        row = _new_row(
+            now,
+            state=FileState.REJECTED,
             name=name,
             path=path,
             sha256=sha256,
@@ -104,15 +105,11 @@ class FileQueries(Store):
             format=format,
             n_examples=n_examples,
             n_invalid=n_invalid,
-            invalid_lines=_problems(invalid_lines),
-            state=FileState.REJECTED.value,
+            invalid_lines=invalid_lines,
             priority=0,
-            error=reason,
-            attempts=0,
-            created_at=now,
-            finished_at=now,
-            updated_at=now,
         )
+        row.error = reason
+        row.finished_at = now
         with self._writing() as session:
             session.add(row)
             session.flush()
@@ -300,6 +297,38 @@ def _active_twin(session: Session, sha256: str | None) -> FileRow | None:
         .limit(1)
     )
     return session.scalars(query).first()
+
+
+def _new_row(
+    now: datetime,
+    *,
+    state: FileState,
+    name: str,
+    path: str,
+    sha256: str | None,
+    size: int,
+    format: str | None,
+    n_examples: int,
+    n_invalid: int,
+    invalid_lines: Iterable[LineProblem],
+    priority: int,
+) -> FileRow:
+    """A new drop's row, not yet claimed (the fields every recording sets alike)."""
+    return FileRow(
+        name=name,
+        path=path,
+        sha256=sha256,
+        size=size,
+        format=format,
+        n_examples=n_examples,
+        n_invalid=n_invalid,
+        invalid_lines=_problems(invalid_lines),
+        state=state.value,
+        priority=priority,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 def _problems(problems: Iterable[LineProblem]) -> list[dict[str, object]]:

@@ -8,7 +8,6 @@ import json
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +24,7 @@ from service.ledger import (
     LineProblem,
     WorkerState,
 )
+from tests.ledgercheck import assert_claims_never_shared
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -292,25 +292,7 @@ def test_claims_from_many_threads_never_share_a_file(url: str) -> None:
     workers = 4
     ledgers = [Ledger.open(url) for _ in range(workers)]
     try:
-        for round_ in range(15):
-            ids = {drop(ledgers[0], f"r{round_}-{i}.jsonl").id for i in range(10)}
-            claimed: list[list[int]] = [[] for _ in range(workers)]
-            barrier = threading.Barrier(workers)
-
-            def work(index: int, claimed=claimed, barrier=barrier, round_=round_) -> None:
-                barrier.wait()
-                while (
-                    record := ledgers[index].claim_next(worker_id=f"w{index}-{round_}", lease_s=60)
-                ) is not None:
-                    claimed[index].append(record.id)
-
-            threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=60)
-            every = [file_id for ids_ in claimed for file_id in ids_]
-            assert sorted(every) == sorted(ids), f"round {round_}: {claimed}"
+        assert_claims_never_shared(ledgers, drop=drop, rounds=15, per_round=10)
         assert all(r.attempts == 1 for r in ledgers[0].list_files(limit=1000)[0])
     finally:
         for each in ledgers:

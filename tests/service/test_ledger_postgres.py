@@ -31,6 +31,7 @@ from sqlalchemy import text
 from service import migrate
 from service.ledger import DesiredState, FileState, Ledger, LedgerError, WorkerState
 from service.ledger.models import Base
+from tests.ledgercheck import assert_claims_never_shared
 
 PORT = 5432  # only names the socket file: the server listens on no TCP port
 
@@ -232,25 +233,7 @@ def test_concurrent_claims_never_share_a_file(url: str) -> None:
     workers = 4
     ledgers = [Ledger.open(url, migrate=i == 0) for i in range(workers)]
     try:
-        for round_ in range(5):
-            ids = {drop(ledgers[0], f"r{round_}-{i}.jsonl").id for i in range(12)}
-            claimed: list[list[int]] = [[] for _ in range(workers)]
-            barrier = threading.Barrier(workers)
-
-            def work(index: int, claimed=claimed, barrier=barrier, round_=round_) -> None:
-                barrier.wait()
-                while (
-                    record := ledgers[index].claim_next(worker_id=f"w{index}-{round_}", lease_s=60)
-                ) is not None:
-                    claimed[index].append(record.id)
-
-            threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=60)
-            every = [file_id for ids_ in claimed for file_id in ids_]
-            assert sorted(every) == sorted(ids), f"round {round_}: {claimed}"
+        assert_claims_never_shared(ledgers, drop=drop, rounds=5, per_round=12)
     finally:
         for each in ledgers:
             each.close()
