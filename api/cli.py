@@ -10,39 +10,28 @@ the command, so ``traind --help`` and ``traind init`` start fast on any machine.
 
 from __future__ import annotations
 
-import contextlib
-import enum
-import functools
-import itertools
-import json
-import logging
-import time
-from collections.abc import Iterator
-from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.logging import RichHandler
-from rich.text import Text
 
-from api import views
+from api.generation import register_generation_commands
+from api.inspection import register as register_inspect
+from api.options import (
+    ConfigOption,
+    LogLevel,
+    LogLevelOption,
+    Source,
+    configure_logging,
+    settings_or_exit,
+)
+from api.remote import register as register_remote_commands
 from service.config_template import render_default_config
 from service.settings import (
     DEFAULT_CONFIG_NAME,
     PathsSection,
-    Settings,
-    SettingsError,
-    load_settings,
 )
-
-if TYPE_CHECKING:
-    # The client (and httpx) is imported by the client commands only: init, train and
-    # serve need neither.
-    from api.client import ApiClient, ApiError
 
 app = typer.Typer(
     name="traind",
@@ -52,57 +41,6 @@ app = typer.Typer(
     # Locals in tracebacks could print the API token or whole datasets.
     pretty_exceptions_show_locals=False,
 )
-
-
-class LogLevel(enum.StrEnum):
-    DEBUG = "DEBUG"
-    INFO = "INFO"
-    WARNING = "WARNING"
-    ERROR = "ERROR"
-
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="Settings file. Default: $TRAIND_CONFIG, else ./traind.toml if present, "
-        "else the built-in defaults. TRAIND_<SECTION>__<KEY> variables override it.",
-        dir_okay=False,
-        show_default=False,
-    ),
-]
-LogLevelOption = Annotated[
-    LogLevel,
-    typer.Option("--log-level", help="Least severe log messages shown.", case_sensitive=False),
-]
-# Options shared by the REST clients (status, queue, pause, resume, enqueue, retry, cancel).
-UrlOption = Annotated[
-    str | None,
-    typer.Option(
-        "--url",
-        help="Base URL of the traind API. Default: $TRAIND_URL, else "
-        "http://<server.host>:<server.port> from the settings.",
-        metavar="URL",
-        show_default=False,
-    ),
-]
-TokenOption = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        help="API bearer token. Default: $TRAIND_TOKEN, else server.token from the "
-        "settings, else the file <paths.state>/api-token if readable.",
-        metavar="TOKEN",
-        show_default=False,
-    ),
-]
-JsonOption = Annotated[
-    bool,
-    typer.Option(
-        "--json", help="Print the server's JSON answer (one document per line), for scripts."
-    ),
-]
 
 
 @app.command()
@@ -175,11 +113,27 @@ def train(
             show_default=False,
         ),
     ] = None,
+    from_: Annotated[
+        Source,
+        typer.Option(
+            "--from",
+            help="latest: continue the lineage from its newest checkpoint. gold: first roll the "
+            "lineage back to checkpoints/gold (newer checkpoints are kept under "
+            "checkpoints/rolled-back/, the file gold was in the middle of is not resumed).",
+        ),
+    ] = Source.LATEST,
     log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
     """Train on FILE... in order (the help text is the decorator's, kept on single lines)."""
-    settings = _settings_or_exit(config)
-    _configure_logging(log_level.value)
+    if init_from is not None and from_ is Source.GOLD:
+        typer.echo(
+            "error: --init-from starts a new lineage and --from gold rolls back the "
+            "existing one; use one of them",
+            err=True,
+        )
+        raise typer.Exit(2)
+    settings = settings_or_exit(config)
+    configure_logging(log_level.value)
     # Imported here: it pulls in torch, which --help, init and version must not pay for.
     from service.runner import train_files
 
@@ -188,6 +142,7 @@ def train(
             settings,
             files,
             init_from=init_from,
+            from_gold=from_ is Source.GOLD,
         )
     )
 
@@ -203,8 +158,8 @@ def serve(
     trained in turn on one global step count. SIGTERM or Ctrl-C checkpoints at the next
     optimizer step and exits 0.
     """
-    settings = _settings_or_exit(config)
-    _configure_logging(log_level.value)
+    settings = settings_or_exit(config)
+    configure_logging(log_level.value)
     from api.server import run_server
 
     raise typer.Exit(run_server(settings))
@@ -215,7 +170,7 @@ def migrate(
     config: ConfigOption = None,
 ) -> None:
     """Upgrade the ledger database to the newest schema (serve also does this at start)."""
-    settings = _settings_or_exit(config)
+    settings = settings_or_exit(config)
     from service.migrate import current_revision, head_revision, upgrade
 
     url = settings.database_url()
@@ -227,8 +182,11 @@ def migrate(
         typer.echo(f"ledger {shown} is at the newest schema ({after})")
     else:
         typer.echo(
-            f"ledger {url} upgraded from {before or 'empty'} to {after} (head {head_revision()})"
+            f"ledger {shown} upgraded from {before or 'empty'} to {after} (head {head_revision()})"
         )
+
+
+register_inspect(app)
 
 
 def _redacted(url: str) -> str:
@@ -236,15 +194,6 @@ def _redacted(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
-
-
-def _settings_or_exit(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except SettingsError as exc:
-        for problem in exc.problems:
-            typer.echo(f"error: {problem}", err=True)
-        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -260,377 +209,9 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _configure_logging(level: str) -> None:
-    console = Console(stderr=True)
-    handler: logging.Handler
-    if console.is_terminal:
-        handler = RichHandler(
-            console=console,
-            show_time=True,
-            show_level=True,
-            show_path=False,
-            omit_repeated_times=False,
-            log_time_format="%H:%M:%S",
-            markup=False,
-            rich_tracebacks=True,
-        )
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    else:
-        # Piped into a file, journald or CI: rich would wrap every record at 80 columns
-        # and pad it with spaces, so write the same fields as plain single lines.
-        handler = logging.StreamHandler()
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-8s %(message)s", datefmt="%H:%M:%S")
-        )
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+register_remote_commands(app)
 
-
-# -- clients of the REST API of a running `traind serve` (docs/api.md) ---------------------
-
-EXIT_REFUSED = 1
-"""The server answered with an error (its detail is printed)."""
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-"""No answer: nothing listens at the URL, the connection broke, or it timed out."""
-
-
-@app.command()
-def status(
-    watch: Annotated[
-        bool,
-        typer.Option(
-            "--watch", "-w", help="A live view, refreshed every --interval seconds; Ctrl-C exits."
-        ),
-    ] = False,
-    interval: Annotated[
-        float,
-        typer.Option("--interval", min=0.01, metavar="S", help="Seconds between refreshes."),
-    ] = 1.0,
-    count: Annotated[
-        int | None,
-        typer.Option(
-            "--count",
-            min=1,
-            metavar="N",
-            help="With --watch: stop after N refreshes (for scripts and tests).",
-            show_default=False,
-        ),
-    ] = None,
-    url: UrlOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-    config: ConfigOption = None,
-) -> None:
-    """Show what traind is doing: state, step, current file, loss, ETA, gold, queue counts."""
-    console = Console(highlight=False)
-    with _session(url=url, token=token, config=config) as client:
-        if watch:
-            # Ctrl-C is how a person leaves the view: not an error.
-            with contextlib.suppress(KeyboardInterrupt):
-                if as_json:
-                    _watch_json(client, interval=interval, count=count)
-                else:
-                    _watch(client, console=console, interval=interval, count=count)
-        elif as_json:
-            _print_json(client.status())
-        else:
-            console.print(views.status_panel(client.status()))
-
-
-@app.command()
-def queue(
-    state: Annotated[
-        list[views.FileStateName] | None,
-        typer.Option(
-            "--state",
-            "-s",
-            help="Only files in this state; repeat for several.",
-            metavar="STATE",
-            case_sensitive=False,
-            show_default=False,
-        ),
-    ] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, metavar="N", help="Files shown.")] = 50,
-    offset: Annotated[
-        int, typer.Option("--offset", min=0, metavar="N", help="Files skipped first (paging).")
-    ] = 0,
-    url: UrlOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-    config: ConfigOption = None,
-) -> None:
-    """List the files the daemon knows, by arrival: id, name, state, steps, error."""
-    states = [s.value for s in state or ()]
-    with _session(url=url, token=token, config=config) as client:
-        page = client.queue(states=states, limit=limit, offset=offset)
-    if as_json:
-        _print_json(page)
-    else:
-        Console(highlight=False).print(views.queue_table(page, states=states, offset=offset))
-
-
-@app.command()
-def pause(
-    url: UrlOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-    config: ConfigOption = None,
-) -> None:
-    """Pause training: the worker finishes its optimizer step, checkpoints and holds the model."""
-    with _session(url=url, token=token, config=config) as client:
-        answer = client.pause()
-    _report(
-        answer, as_json=as_json, line="paused: the worker checkpoints at its next step and holds"
-    )
-
-
-@app.command()
-def resume(
-    url: UrlOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-    config: ConfigOption = None,
-) -> None:
-    """Resume training at the same step, without reloading the model."""
-    with _session(url=url, token=token, config=config) as client:
-        answer = client.resume()
-    _report(answer, as_json=as_json, line="resumed: training continues at the same step")
-
-
-@app.command()
-def enqueue(
-    files: Annotated[
-        list[Path],
-        typer.Argument(
-            help="JSONL drops to upload into the inbox, in this order.",
-            metavar="FILE",
-            exists=True,
-            dir_okay=False,
-            readable=True,
-            show_default=False,
-        ),
-    ],
-    url: UrlOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-    config: ConfigOption = None,
-) -> None:
-    """Upload FILE... into the inbox of a running traind (it checks and queues each like a drop).
-
-    A refused file (too large, say) is reported and the others still go; the exit status
-    is then 1.
-    """
-    from api.client import ApiError, ServerUnreachableError
-
-    refused = 0
-    with _session(url=url, token=token, config=config) as client:
-        for path in files:
-            try:
-                answer = client.enqueue(path)
-            except ServerUnreachableError:
-                raise
-            except ApiError as exc:
-                refused += 1
-                typer.echo(f"error: {path}: {_refusal(exc)}", err=True)
-                continue
-            name = answer.get("name") if isinstance(answer, dict) else None
-            line = f"uploaded {path} as {name}" if name else f"uploaded {path}"
-            _report(answer, as_json=as_json, line=f"{line}: the watcher checks it, then queues it")
-    if refused:
-        raise typer.Exit(EXIT_REFUSED)
-
-
-@app.command()
-def retry(
-    file_id: Annotated[int, typer.Argument(metavar="ID", help="File id (see traind queue).")],
-    url: UrlOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-    config: ConfigOption = None,
-) -> None:
-    """Retry a file: a failed or cancelled one is queued again, a rejected one is checked again."""
-    with _session(url=url, token=token, config=config) as client:
-        answer = client.retry(file_id)
-    label = _file_label(answer, file_id)
-    match _answer_state(answer):
-        case "queued":
-            line = f"queued again: {label}"
-        case "rejected":
-            # The record stays rejected; the file goes back into the inbox under a new name.
-            back = answer.get("requeued_as") if isinstance(answer, dict) else None
-            line = f"back in the inbox{f' as {back}' if back else ''}: {label} is checked again"
-        case None:
-            line = f"retry accepted: {label}"
-        case other:
-            line = f"retry accepted: {label} is {other}"
-    _report(answer, as_json=as_json, line=line)
-
-
-@app.command()
-def cancel(
-    file_id: Annotated[int, typer.Argument(metavar="ID", help="File id (see traind queue).")],
-    url: UrlOption = None,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-    config: ConfigOption = None,
-) -> None:
-    """Cancel a file: a queued one leaves the queue, the one in training stops early.
-
-    The file in training stops at its next optimizer step with a checkpoint and keeps
-    what it learned so far.
-    """
-    with _session(url=url, token=token, config=config) as client:
-        answer = client.cancel(file_id)
-    label = _file_label(answer, file_id)
-    match _answer_state(answer):
-        case "training":
-            line = (
-                f"cancelling: {label} stops at its next optimizer step with a checkpoint"
-                " and keeps what it learned"
-            )
-        case "cancelled":
-            line = f"cancelled: {label}"
-        case _:
-            line = f"cancel accepted: {label}"
-    _report(answer, as_json=as_json, line=line)
-
-
-@contextlib.contextmanager
-def _session(*, url: str | None, token: str | None, config: Path | None) -> Iterator[ApiClient]:
-    """A client for the server the options point at; API errors become exit statuses."""
-    from api.client import (
-        URL_ENV,
-        ApiClient,
-        ApiError,
-        ServerUnreachableError,
-        discover_token,
-        discover_url,
-    )
-
-    # Loaded only when --url or --token leave something to find, but an explicit --config
-    # must be valid either way (a typo there should not go unnoticed).
-    settings = functools.cache(lambda: _settings_or_exit(config))
-    if config is not None:
-        settings()
-    base_url = discover_url(url, settings=settings)
-    try:
-        client = ApiClient(base_url, token=discover_token(token, settings=settings))
-    except ValueError as exc:
-        typer.echo(f"error: --url (or ${URL_ENV}): {exc}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
-    try:
-        with client:
-            yield client
-    except ServerUnreachableError as exc:
-        typer.echo(f"error: {exc.detail}", err=True)
-        raise typer.Exit(EXIT_UNREACHABLE) from None
-    except ApiError as exc:
-        typer.echo(f"error: {_refusal(exc)}", err=True)
-        raise typer.Exit(EXIT_REFUSED) from None
-
-
-def _refusal(exc: ApiError) -> str:
-    text = f"{exc.detail} (HTTP {exc.status})"
-    if exc.status == 401:
-        text += (
-            "; pass --token, set $TRAIND_TOKEN, or use --config with the server's settings"
-            " so its server.token or <paths.state>/api-token is found"
-        )
-    return text
-
-
-def _print_json(answer: object) -> None:
-    # Compact, one document per line: `jq` and line-by-line readers take it as is.
-    typer.echo(json.dumps(answer, ensure_ascii=False, separators=(",", ":")))
-
-
-def _report(answer: object, *, as_json: bool, line: str) -> None:
-    if as_json:
-        _print_json(answer)
-    else:
-        typer.echo(line)
-
-
-def _answer_state(answer: object) -> str | None:
-    state = answer.get("state") if isinstance(answer, dict) else None
-    return str(state) if state else None
-
-
-def _file_label(answer: object, file_id: int) -> str:
-    name = answer.get("name") if isinstance(answer, dict) else None
-    return f"file {file_id} ({name})" if name else f"file {file_id}"
-
-
-# -- the live view ------------------------------------------------------------------------
-
-_sleep = time.sleep  # the watch loop's pause; a test replaces it to press Ctrl-C
-_WATCH_QUEUE_STATES = ("training", "queued")
-_WATCH_QUEUE_ROWS = 10
-
-
-def _watch(client: ApiClient, *, console: Console, interval: float, count: int | None) -> None:
-    """Redraw the view every ``interval`` seconds (``count`` times, or until Ctrl-C), and
-    keep retrying, with the last good view below the problem, while the server is away.
-
-    A terminal gets a rich Live view redrawn in place; anything else (a pipe, a log file)
-    gets each refresh printed after the previous one, since Live would only show the last.
-    """
-    from api.client import ApiError
-
-    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
-    last: RenderableType | None = None
-    with live or contextlib.nullcontext():
-        for shown in itertools.count(1):
-            started = time.monotonic()
-            try:
-                current = client.status()
-                page = client.queue(states=_WATCH_QUEUE_STATES, limit=_WATCH_QUEUE_ROWS)
-                view = last = _status_view(current, page, client.base_url, interval)
-            except ApiError as exc:
-                problem = Text(_retrying(exc, interval=interval), style="bold red")
-                view = Group(problem, last) if last is not None else problem
-            if live is not None:
-                live.update(view, refresh=True)
-            else:
-                console.print(view)
-            if count is not None and shown >= count:
-                return
-            _sleep(max(0.0, interval - (time.monotonic() - started)))
-
-
-def _watch_json(client: ApiClient, *, interval: float, count: int | None) -> None:
-    """``status --watch --json``: one status document per line; problems go to stderr."""
-    from api.client import ApiError
-
-    for shown in itertools.count(1):
-        started = time.monotonic()
-        try:
-            _print_json(client.status())
-        except ApiError as exc:
-            typer.echo(_retrying(exc, interval=interval), err=True)
-        if count is not None and shown >= count:
-            return
-        _sleep(max(0.0, interval - (time.monotonic() - started)))
-
-
-def _retrying(exc: ApiError, *, interval: float) -> str:
-    """What the watch shows while it retries; a refusal (4xx) ends it instead."""
-    if exc.status is None:
-        return f"disconnected, retrying every {interval:g} s: {exc.detail}"
-    if exc.status >= 500:
-        return f"server error, retrying every {interval:g} s: {_refusal(exc)}"
-    raise exc  # a token problem, say: retrying will not change the answer
-
-
-def _status_view(
-    current: dict[str, Any], page: dict[str, Any], url: str, interval: float
-) -> RenderableType:
-    footer = Text(
-        f"{url} · {datetime.now():%H:%M:%S} · every {interval:g} s · Ctrl-C to leave",
-        style="dim",
-    )
-    table = views.queue_table(page, states=list(_WATCH_QUEUE_STATES), offset=0, title="next up")
-    return Group(views.status_panel(current), table, footer)
+register_generation_commands(app)
 
 
 def main() -> None:

@@ -153,6 +153,14 @@ class ApiClient:
         """``POST /v1/checkpoints``: save a checkpoint at the next optimizer-step boundary."""
         return self._request("POST", "/v1/checkpoints")
 
+    def rollback(self) -> dict[str, Any]:
+        """``POST /v1/gold/rollback``: the lineage continues from the gold checkpoint."""
+        return self._request("POST", "/v1/gold/rollback")
+
+    def export(self) -> dict[str, Any]:
+        """``POST /v1/export``: write checkpoints/export at the next step boundary."""
+        return self._request("POST", "/v1/export")
+
     # -- plumbing ---------------------------------------------------------------------
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:

@@ -97,7 +97,15 @@ def eval_summary(event: dict[str, Any] | None) -> dict[str, Any] | None:
     """The ``last_eval`` of /v1/status from an eval event."""
     if event is None:
         return None
-    sets = event.get("sets") or event.get("eval_sets") or {}
+    sets = (
+        event.get("sets")
+        or event.get("eval_sets")
+        or {
+            key.removeprefix("eval_"): value
+            for key, value in event.items()
+            if key.startswith("eval_") and key != "eval_duration_s"
+        }
+    )
     return {
         "step": _int(event.get("step")),
         "val_loss": _float(event.get("val_loss")),
@@ -166,8 +174,10 @@ def _describe(folder: Path, *, kind: str, rows: list[dict[str, Any]]) -> dict[st
     if kind == "step":
         step = int(STEP_DIR.fullmatch(folder.name).group(1))  # type: ignore[union-attr]
     else:
-        state = _read_json(folder / "training_state.json") or {}
-        step = _int(state.get("global_step"))
+        # gold holds a training state; export only its export.json
+        state = _read_json(folder / "training_state.json") or _read_json(folder / "export.json")
+        state = state or {}
+        step = _int(state.get("global_step", state.get("step")))
     newest = max(rows, key=lambda r: r["step"]) if rows else None
     match = next((r for r in rows if r["step"] == step), None) if step is not None else newest
     if step is None and match is not None:

@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 
 from api.auth import require_read_access, require_token
@@ -217,6 +217,41 @@ def resume(daemon: Running) -> ControlOut:
 )
 def request_checkpoint(daemon: Running) -> ControlOut:
     return control_out(daemon.ledger.request_checkpoint())
+
+
+@v1.post(
+    "/export",
+    summary="Write checkpoints/export (half precision, for inference) at the next step boundary",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ControlOut,
+    dependencies=WRITE,
+    responses=errors(401),
+)
+def request_export(daemon: Running) -> ControlOut:
+    return control_out(daemon.ledger.request_export())
+
+
+@v1.post(
+    "/gold/rollback",
+    summary="Roll the lineage back to the gold checkpoint",
+    description="The worker stops at the next optimizer-step boundary (or acts at once when "
+    "idle or paused), continues the lineage from gold's weights, optimizer and step, and "
+    "keeps the newer checkpoints under checkpoints/rolled-back/. The file being trained is "
+    "cancelled (retry it to train it again). 409 when there is no gold checkpoint.",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ControlOut,
+    dependencies=WRITE,
+    responses=errors(401, 409),
+)
+def request_rollback(daemon: Running) -> ControlOut:
+    gold = daemon.settings.paths.checkpoints / "gold" / "manifest.json"
+    if not gold.is_file():
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            "there is no gold checkpoint to roll back to yet: gold is written when an "
+            "evaluation finds a new best validation loss that passes the guards",
+        )
+    return control_out(daemon.ledger.request_rollback())
 
 
 @v1.get(

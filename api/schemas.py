@@ -163,6 +163,8 @@ class ControlOut(_Out):
     desired_state: Literal["running", "paused"]
     updated_at: datetime
     checkpoint_requested_at: datetime | None
+    rollback_requested_at: datetime | None = None
+    export_requested_at: datetime | None = None
 
 
 class CheckpointOut(_Out):
@@ -229,4 +231,6 @@ def control_out(control: Control) -> ControlOut:
         desired_state=control.desired_state.value,
         updated_at=control.updated_at,
         checkpoint_requested_at=control.checkpoint_requested_at,
+        rollback_requested_at=control.rollback_requested_at,
+        export_requested_at=control.export_requested_at,
     )

@@ -52,10 +52,12 @@ def train_files(
     files: list[Path],
     *,
     init_from: Path | None = None,
+    from_gold: bool = False,
     stop: StopFlag | None = None,
 ) -> int:
     """Train ``files`` in order on the configured lineage; returns a process exit code."""
     from trainer.checkpoint import CheckpointError
+    from trainer.evaluate import EvalSetError
     from trainer.lineage import LineageError
     from trainer.lock import LineageLockedError
     from trainer.loop import Trainer
@@ -71,8 +73,12 @@ def train_files(
             train=settings.train_config(),
             paths=settings.run_paths(),
             init_from=init_from,
+            evaluation=settings.eval_config(),
+            gold=settings.gold_config(),
+            export=settings.export_config(),
+            from_gold=from_gold,
         )
-    except (LineageError, LineageLockedError, CheckpointError, TokenizerError) as exc:
+    except (LineageError, LineageLockedError, CheckpointError, TokenizerError, EvalSetError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
     try:

@@ -13,7 +13,15 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from trainer.config import LrSchedule, ModelConfig, Precision
 
@@ -296,6 +304,40 @@ class EvalSection(_Section):
     prompts: list[str] = Field(
         default_factory=list, description="Prompts sampled at each evaluation to eyeball progress."
     )
+    gold_set: str = Field(
+        "",
+        description="Set whose loss is the validation loss that decides gold: a name in sets, or "
+        '"recent" (the held-out part of recent drops); empty: "recent" with a holdout, else '
+        "the first named set.",
+    )
+    recent_files: int = Field(
+        5, ge=1, description='The "recent" set holds the held-out part of this many latest drops.'
+    )
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Sequences per evaluation batch (default: train.micro_batch_size).",
+        examples=[16],
+    )
+    sample_tokens: int = Field(48, ge=1, le=4096, description="Tokens generated per prompt.")
+    tensorboard: bool = Field(
+        False,
+        description="Write TensorBoard scalars (train/loss, val/<set>, lr, tokens_per_sec) to "
+        "<paths.state>/tensorboard; needs pip install 'traind[tensorboard]'.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvalSection:
+        if "recent" in self.sets:
+            raise ValueError('"recent" is the name of the held-out set; give your set another name')
+        if self.gold_set and self.gold_set != "recent" and self.gold_set not in self.sets:
+            raise ValueError(
+                f"gold_set {self.gold_set!r} is not one of the named sets "
+                f'({", ".join(self.sets) or "none"}) nor "recent"'
+            )
+        if self.gold_set == "recent" and self.holdout_fraction == 0:
+            raise ValueError('gold_set "recent" needs holdout_fraction above 0')
+        return self
 
     @field_validator("sets")
     @classmethod
@@ -312,13 +354,25 @@ class GoldSection(_Section):
     """Guards on promoting the best checkpoint to gold."""
 
     overfit_ratio: float = Field(
-        5.0, gt=0, description="No gold while validation loss / training loss is at or above this."
+        5.0, gt=0, description="No gold while validation loss / training loss is above this."
     )
     consecutive_rises: int = Field(
         2, ge=1, description="No gold right after validation loss rose this many evals in a row."
     )
     regression_threshold: float = Field(
         0.2, ge=0, description="No gold if a named eval set got worse by more than this fraction."
+    )
+
+
+class ExportSection(_Section):
+    """The half-precision copy for inference in checkpoints/export."""
+
+    enabled: bool = Field(
+        True,
+        description="Write checkpoints/export after each file (POST /v1/export always writes one).",
+    )
+    dtype: typing.Literal["fp16", "bf16"] = Field(
+        "bf16", description="Half-precision type of the exported weights: fp16 or bf16."
     )
 
 

@@ -38,6 +38,7 @@ from pydantic_settings import SettingsError as _SourceError
 from service.sections import (
     BYTES_TOKENIZER,
     EvalSection,
+    ExportSection,
     GoldSection,
     LedgerSection,
     ModelSection,
@@ -51,6 +52,9 @@ from service.sections import (
 
 # Only the pure-dataclass config module: the settings must stay importable without torch.
 from trainer.config import (
+    EvalConfig,
+    ExportConfig,
+    GoldConfig,
     LineageSpec,
     RunPaths,
     TrainConfig,
@@ -125,6 +129,7 @@ class Settings(BaseSettings):
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     gold: GoldSection = Field(default_factory=GoldSection)
+    export: ExportSection = Field(default_factory=ExportSection)
     ledger: LedgerSection = Field(default_factory=LedgerSection)
     watcher: WatcherSection = Field(default_factory=WatcherSection)
     worker: WorkerSection = Field(default_factory=WorkerSection)
@@ -154,6 +159,27 @@ class Settings(BaseSettings):
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**self.train.model_dump())
+
+    def eval_config(self) -> EvalConfig:
+        section = self.eval
+        return EvalConfig(
+            interval=section.interval,
+            iters=section.iters,
+            batch_size=section.batch_size or self.train.micro_batch_size,
+            sets=tuple((name, path) for name, path in section.sets.items()),
+            holdout_fraction=section.holdout_fraction,
+            recent_files=section.recent_files,
+            gold_set=section.gold_set,
+            prompts=tuple(section.prompts),
+            sample_tokens=section.sample_tokens,
+            tensorboard=section.tensorboard,
+        )
+
+    def gold_config(self) -> GoldConfig:
+        return GoldConfig(**self.gold.model_dump())
+
+    def export_config(self) -> ExportConfig:
+        return ExportConfig(**self.export.model_dump())
 
     def lineage_spec(self) -> LineageSpec:
         return LineageSpec(

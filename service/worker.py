@@ -27,11 +27,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from service.ledger import DesiredState, FileRecord, FileState, Ledger, WorkerState
+from service.requests import OperatorRequests
 from service.settings import Settings, SettingsError, load_settings
 from service.signals import StopFlag
 from service.steptimes import StepTimes
+from service.supervisor import EXIT_BAD_SETTINGS
 from trainer.checkpoint import step_checkpoints
 from trainer.data import DataError
+from trainer.evaluate import EvalSetError
 from trainer.loop import FileOutcome, Trainer
 
 log = logging.getLogger(__name__)
@@ -72,7 +75,10 @@ class StepHook:
             if worker.cancel_requested(self.record):
                 self.reason = "cancel"
                 return self.reason
-            worker.save_if_requested(control)
+            if worker.requests.rollback_wanted(control):
+                self.reason = "rollback"
+                return self.reason
+            worker.requests.serve_at_boundary(control)
         if now >= self._next_beat:
             self._next_beat = now + worker.settings.worker.heartbeat_s
             lease_s = worker.settings.ledger.lease_s
@@ -96,7 +102,7 @@ class Worker:
         )
         self.trainer: Trainer | None = None
         self.step_times = StepTimes()
-        self.handled_checkpoint_request: datetime | None = None
+        self.requests: OperatorRequests | None = None
 
     def beat(self, state: WorkerState, *, file: FileRecord | None = None, message=None) -> None:
         trainer = self.trainer
@@ -131,28 +137,27 @@ class Worker:
             **self.step_times.export(),
         }
 
-    def save_if_requested(self, control) -> None:
-        """Honour POST /v1/checkpoints: save at this step boundary, once per request."""
-        requested = control.checkpoint_requested_at
-        if requested is None or requested == self.handled_checkpoint_request:
-            return
-        self.handled_checkpoint_request = requested
-        if self.trainer.unsaved_steps:
-            self.trainer.save_checkpoint(reason="requested")
-
     # ----------------------------------------------------------------- life
     def run(self) -> int:
         self.beat(WorkerState.STARTING)
-        self.trainer = Trainer.open(
-            spec=self.settings.lineage_spec(),
-            train=self.settings.train_config(),
-            paths=self.settings.run_paths(),
-            # A replaced worker may still be shutting down: wait for its lineage lock.
-            lock_wait_s=self.settings.worker.stop_grace_s,
-        )
-        self.trainer.on_checkpoint = self.record_checkpoint
-        # A request older than this start is covered by the checkpoint just resumed.
-        self.handled_checkpoint_request = self.ledger.get_control().checkpoint_requested_at
+        try:
+            self.trainer = Trainer.open(
+                spec=self.settings.lineage_spec(),
+                train=self.settings.train_config(),
+                paths=self.settings.run_paths(),
+                # A replaced worker may still be shutting down: wait for its lineage lock.
+                lock_wait_s=self.settings.worker.stop_grace_s,
+                evaluation=self.settings.eval_config(),
+                gold=self.settings.gold_config(),
+                export=self.settings.export_config(),
+            )
+        except EvalSetError as exc:
+            # A settings problem, like a bad key: restarting cannot fix it.
+            log.error("%s", exc)
+            self.beat(WorkerState.ERROR, message=str(exc))
+            return EXIT_BAD_SETTINGS
+        self.attach(self.trainer)
+        self.requests = OperatorRequests(self)
         try:
             first = self.reconcile()
             self.beat(WorkerState.IDLE)
@@ -163,14 +168,21 @@ class Worker:
             self.trainer.finish()
         return 0
 
+    def attach(self, trainer: Trainer) -> None:
+        """Hook a (re)opened trainer's checkpoints to the ledger."""
+        trainer.on_checkpoint = self.record_checkpoint
+        trainer.on_gold = self.record_gold
+
     def record_checkpoint(self, path: Path, step: int, removed: list[Path]) -> None:
         """Keep the ledger's list of checkpoints in step with the folder."""
         self.ledger.record_checkpoint(name=path.name, kind="step", step=step, path=str(path))
         self.ledger.forget_checkpoints(p.name for p in removed)
 
-    def reconcile(self) -> FileRecord | None:
-        """Bring the ledger in line with the checkpoint; return the file to resume first."""
-        state = self.trainer.state
+    def record_gold(self, path: Path, step: int) -> None:
+        self.ledger.record_checkpoint(name=path.name, kind="gold", step=step, path=str(path))
+
+    def sync_checkpoints(self) -> None:
+        """Make the ledger's list of step checkpoints match the folder."""
         on_disk = step_checkpoints(self.settings.paths.checkpoints)
         for step, path in on_disk:
             self.ledger.record_checkpoint(name=path.name, kind="step", step=step, path=str(path))
@@ -178,6 +190,11 @@ class Worker:
         self.ledger.forget_checkpoints(
             c["name"] for c in self.ledger.list_checkpoints(kind="step") if c["name"] not in names
         )
+
+    def reconcile(self) -> FileRecord | None:
+        """Bring the ledger in line with the checkpoint; return the file to resume first."""
+        state = self.trainer.state
+        self.sync_checkpoints()
         # The lineage lock makes this the only worker: claims of earlier ones are void.
         for record in self.ledger.list_files(states=[FileState.TRAINING], limit=10_000)[0]:
             self.ledger.release(record.id, worker_id=record.lease_owner)
@@ -236,7 +253,11 @@ class Worker:
                 self.ledger.reap_expired()
                 record = self.ledger.claim_next(worker_id=self.id, lease_s=lease_s)
             if record is None:
-                self.save_if_requested(self.ledger.get_control())
+                control = self.ledger.get_control()
+                if self.requests.rollback_wanted(control):
+                    self.requests.roll_back(control, file=None)
+                    continue
+                self.requests.serve_at_boundary(control)
                 if time.monotonic() - last_beat >= self.settings.worker.heartbeat_s:
                     self.beat(WorkerState.IDLE)
                     last_beat = time.monotonic()
@@ -297,8 +318,12 @@ class Worker:
             if hook.reason == "cancel":
                 self.finish_cancel(record)
                 return
+            if hook.reason == "rollback":
+                self.requests.roll_back(self.ledger.get_control(), file=record)
+                return
             if hook.reason == "pause":
-                self.hold_paused(file=record)
+                if self.hold_paused(file=record) == "rollback":
+                    return
                 if self.stop():
                     self.ledger.release(record.id, worker_id=self.id)
                     return
@@ -349,8 +374,9 @@ class Worker:
         )
         self.beat(WorkerState.IDLE)
 
-    def hold_paused(self, *, file: FileRecord | None) -> None:
-        """Hold the model (already checkpointed at a step boundary) until resumed or stopped."""
+    def hold_paused(self, *, file: FileRecord | None) -> str | None:
+        """Hold the model (already checkpointed at a step boundary) until resumed or stopped;
+        ``"rollback"`` if a rollback to gold was served meanwhile (``file`` is then over)."""
         trainer = self.trainer
         step = trainer.state.global_step
         if trainer.unsaved_steps:
@@ -363,14 +389,19 @@ class Worker:
                 self.ledger.renew_lease(file.id, worker_id=self.id, lease_s=lease_s)
             self.beat(WorkerState.PAUSED, file=file)
             control = self.ledger.get_control()
-            self.save_if_requested(control)
+            if self.requests.rollback_wanted(control):
+                if self.requests.roll_back(control, file=file):
+                    return "rollback"
+                trainer = self.trainer
+            self.requests.serve_at_boundary(control)
             if file is not None and self.cancel_requested(file):
-                return  # a paused worker is at a step boundary: the cancel can act now
+                return None  # a paused worker is at a step boundary: the cancel can act now
             if control.desired_state is DesiredState.RUNNING:
                 trainer.events.emit("resumed", step=trainer.state.global_step)
                 log.info("resumed at step %d", trainer.state.global_step)
-                return
+                return None
             time.sleep(self.settings.worker.poll_s)
+        return None
 
 
 def die_with_parent() -> None:

@@ -50,6 +50,13 @@ def traind_env(root: Path, **extra: str) -> dict[str, str]:
         TRAIND_TRAIN__LEARNING_RATE="0.003",
         TRAIND_TRAIN__LOG_INTERVAL="5",
         TRAIND_TRAIN__DEVICE="cpu",
+        # Evaluation on: every kill/resume test then also proves that evaluating, holding
+        # data out, sampling and writing gold leave the training trajectory bit-exact.
+        TRAIND_EVAL__INTERVAL="3",
+        TRAIND_EVAL__ITERS="2",
+        TRAIND_EVAL__HOLDOUT_FRACTION="0.1",
+        TRAIND_EVAL__PROMPTS='["1 + 1 ="]',
+        TRAIND_EVAL__SAMPLE_TOKENS="4",
         OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1",
     )

@@ -17,7 +17,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,7 +146,7 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
         fsync_path(staging / MANIFEST)
         fsync_path(staging)
         fault_point("checkpoint:before_rename")
-        _install(staging, root / name)
+        install_folder(staging, root / name)
         fault_point("checkpoint:after_rename")
         fsync_path(root)
     except BaseException:
@@ -155,8 +155,12 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
     return root / name
 
 
-def _install(staging: Path, target: Path) -> None:
-    """Rename ``staging`` to ``target``, moving an existing ``target`` aside first."""
+def install_folder(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``, moving an existing ``target`` aside first.
+
+    ``staging`` must be a complete folder on the same filesystem as ``target``; the
+    caller fsyncs ``target.parent`` afterwards to make the renames durable.
+    """
     if not target.exists():
         os.rename(staging, target)
         return
@@ -166,6 +170,15 @@ def _install(staging: Path, target: Path) -> None:
     # it back at the next start, so a named checkpoint (gold) never silently vanishes.
     os.rename(staging, target)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def _files_of(folder: Path) -> tuple[str, ...]:
+    """The files a complete folder of this name holds (export has its own set)."""
+    if folder.name == "export":
+        from trainer.export import EXPORT_FILES  # export builds on this module
+
+        return tuple(EXPORT_FILES)
+    return FILES
 
 
 def recover_root(root: Path) -> None:
@@ -180,7 +193,7 @@ def recover_root(root: Path) -> None:
         if not entry.name.startswith(TRASH_PREFIX):
             continue
         original = root / entry.name[len(TRASH_PREFIX) :].rsplit("-", 1)[0]
-        if not original.exists() and verify(entry, deep=False) is None:
+        if not original.exists() and verify(entry, deep=False, files=_files_of(original)) is None:
             log.warning(
                 "restoring %s from %s after an interrupted replace", original.name, entry.name
             )
@@ -190,21 +203,23 @@ def recover_root(root: Path) -> None:
     fsync_path(root)
 
 
-def verify(path: Path, *, deep: bool = True) -> str | None:
+def verify(path: Path, *, deep: bool = True, files: Iterable[str] = FILES) -> str | None:
     """None if ``path`` is a complete checkpoint, else the reason it is not.
 
-    ``deep`` checks every file's sha256, not just its size.
+    ``deep`` checks every file's sha256, not just its size. ``files`` are the names the
+    manifest must list and the folder must hold (a training checkpoint's by default; the
+    export folder has its own set).
     """
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         return "no manifest.json (an interrupted write, or not a checkpoint)"
     try:
         manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
+        listed = manifest["files"]
     except (ValueError, KeyError, TypeError) as exc:
         return f"manifest.json is unreadable: {exc}"
-    for fname in FILES:
-        entry = files.get(fname)
+    for fname in files:
+        entry = listed.get(fname)
         fpath = path / fname
         if entry is None:
             return f"manifest.json does not list {fname}"

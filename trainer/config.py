@@ -171,3 +171,90 @@ class LineageSpec:
     """Dropout applied on top of the preset."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Architecture fields that replace the preset's (e.g. ``{"block_size": 512}``)."""
+
+
+RECENT_SET = "recent"
+"""Name of the rolling set made of the held-out part of recent drops."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """What to evaluate, and when (design rule 10's inputs)."""
+
+    interval: int = 500
+    """Evaluate every this many global steps."""
+    iters: int = 20
+    """Batches (of ``batch_size`` sequences) per eval set and evaluation."""
+    batch_size: int = 8
+    """Sequences per evaluation batch."""
+    sets: tuple[tuple[str, Any], ...] = ()
+    """Named eval sets: (name, path of a JSONL file in any drop format), in order."""
+    holdout_fraction: float = 0.0
+    """Fraction of each drop's examples held out (by content hash) and never trained on."""
+    recent_files: int = 5
+    """The ``recent`` set is the held-out examples of this many latest files."""
+    gold_set: str = ""
+    """The set whose loss is ``val_loss`` and decides gold; empty: ``recent`` when there is
+    a holdout, else the first named set."""
+    prompts: tuple[str, ...] = ()
+    """Prompts completed greedily at each evaluation and logged."""
+    sample_tokens: int = 48
+    """Tokens generated per prompt."""
+    tensorboard: bool = False
+    """Write TensorBoard scalars to ``<state>/tensorboard`` (needs the tensorboard extra)."""
+
+    def __post_init__(self) -> None:
+        if self.interval < 1 or self.iters < 1 or self.batch_size < 1:
+            raise ValueError("eval interval, iters and batch_size must be at least 1")
+        if not 0.0 <= self.holdout_fraction <= 0.5:
+            raise ValueError("holdout_fraction must be in [0, 0.5]")
+        names = [name for name, _ in self.sets]
+        if RECENT_SET in names:
+            raise ValueError(f"{RECENT_SET!r} is the name of the held-out set; rename yours")
+        if self.gold_set and self.gold_set not in (*names, RECENT_SET):
+            raise ValueError(
+                f"gold_set {self.gold_set!r} is neither a named set nor {RECENT_SET!r}"
+            )
+        if self.gold_set == RECENT_SET and self.holdout_fraction == 0:
+            raise ValueError("gold_set 'recent' needs a holdout_fraction above 0")
+
+    @property
+    def deciding_set(self) -> str | None:
+        """The set whose loss is the validation loss, or None (no val loss at all)."""
+        if self.gold_set:
+            return self.gold_set
+        if self.holdout_fraction > 0:
+            return RECENT_SET
+        return self.sets[0][0] if self.sets else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["sets"] = {name: str(path) for name, path in self.sets}
+        return data
+
+
+@dataclass(frozen=True, kw_only=True)
+class GoldConfig:
+    """Guards on promoting a new best validation loss to ``checkpoints/gold``."""
+
+    overfit_ratio: float = 5.0
+    """No gold while val loss / train loss is above this."""
+    consecutive_rises: int = 2
+    """No gold when val loss rose at each of this many evaluations just before the dip."""
+    regression_threshold: float = 0.2
+    """No gold when any eval set is worse than at the current gold by more than this
+    fraction."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig:
+    """The half-precision copy for inference written after each file."""
+
+    enabled: bool = True
+    """Write ``checkpoints/export`` after each file (a request, POST /v1/export, always
+    writes one)."""
+    dtype: Literal["fp16", "bf16"] = "bf16"
+    """Half-precision type of the exported weights."""

@@ -12,6 +12,8 @@ prediction targets. Text files are one packed stream cut into overlapping window
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -39,7 +41,7 @@ from trainer.formats import (
     invalid_lines_error,
     validate_file,
 )
-from trainer.packing import tokenize_stream
+from trainer.packing import Holdout, tokenize_stream
 from trainer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,8 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 """Bump when the layout or the tokenization rules change: old entries are then ignored."""
 META = "meta.json"
+HOLDOUT = "holdout"
+"""Subfolder of an entry with the held-out part's arrays."""
 _STAGING = ".staging-"
 
 
@@ -92,6 +96,10 @@ class TokenizedFile:
     """int32 per sequence: targets among positions 1..length-1 (the ``y`` side)."""
     lines: np.ndarray
     """int32 [n_sequences, 2]: first and last source line of each sequence."""
+    holdout_fraction: float = 0.0
+    """Share of the examples held out (0 when the file was too small to split)."""
+    holdout: TokenizedFile | None = None
+    """The held-out examples' sequences, never trained on (None without a holdout)."""
 
     def batch(self, indices: np.ndarray | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Inputs ``x`` and targets ``y`` (int64 [B, T], -1 = no target) for these rows."""
@@ -125,9 +133,14 @@ class TokenizedFile:
         return int(self.target_counts[np.asarray(indices, dtype=np.int64)].sum())
 
 
-def cache_key(sha256: str, *, tokenizer: Tokenizer, block_size: int) -> str:
-    """Folder name of a file's entry: content, tokenizer, block size and layout version."""
+def cache_key(
+    sha256: str, *, tokenizer: Tokenizer, block_size: int, holdout_fraction: float = 0.0
+) -> str:
+    """Folder name of a file's entry: content, tokenizer, block size, holdout and layout."""
     material = f"{sha256}:{tokenizer.fingerprint}:{block_size}:{CACHE_VERSION}"
+    if holdout_fraction > 0:
+        # Only then, so entries built before holdouts existed keep their keys.
+        material += f":holdout={holdout_fraction!r}"
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
@@ -148,18 +161,22 @@ def tokenize_file(
     allow_invalid: bool = False,
     sha256: str | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
+    holdout_fraction: float = 0.0,
 ) -> TokenizedFile:
     """The tokenized form of ``path``, from the cache when an entry exists, else built.
 
     With ``sha256`` given (e.g. from ``validate_file``) a cache hit reads nothing but the
     entry. Raises ``DataError`` for an untrainable file, including any invalid line unless
-    ``allow_invalid`` (then invalid lines are skipped).
+    ``allow_invalid`` (then invalid lines are skipped). With ``holdout_fraction`` that share
+    of the examples (chosen by content hash) goes to ``.holdout`` instead of training.
     """
     if block_size < 1:
         raise ValueError("block_size must be positive")
     path, cache_dir = Path(path), Path(cache_dir)
     sha256 = sha256 or _hash_source(path)
-    key = cache_key(sha256, tokenizer=tokenizer, block_size=block_size)
+    key = cache_key(
+        sha256, tokenizer=tokenizer, block_size=block_size, holdout_fraction=holdout_fraction
+    )
     entry = cache_dir / key
     loaded = _load_entry(entry, path=path, key=key)
     if loaded is None:
@@ -174,6 +191,7 @@ def tokenize_file(
             block_size=block_size,
             max_line_bytes=max_line_bytes,
             allow_invalid=allow_invalid,
+            holdout_fraction=holdout_fraction,
         )
     meta, tokenized = loaded
     if meta["n_invalid"] and not allow_invalid:
@@ -210,9 +228,50 @@ def _load_entry(entry: Path, *, path: Path, key: str) -> tuple[dict, TokenizedFi
         log.warning("ignoring unreadable cache entry %s (%s); rebuilding it", entry, exc)
         shutil.rmtree(entry, ignore_errors=True)
         return None
-    return meta, TokenizedFile(path=path, key=key, **fields, **arrays)
+    holdout = None
+    if meta.get("holdout", {}).get("n_sequences"):
+        held = meta["holdout"]
+        holdout = TokenizedFile(
+            path=path,
+            key=key,
+            **{**fields, **{k: held[k] for k in _COUNT_FIELDS}},
+            **{name: np.load(entry / HOLDOUT / f"{name}.npy", mmap_mode="r") for name in ARRAYS},
+        )
+    return meta, TokenizedFile(
+        path=path,
+        key=key,
+        **fields,
+        **arrays,
+        holdout_fraction=meta.get("holdout_fraction", 0.0),
+        holdout=holdout,
+    )
 
 
+def load_cached(
+    sha256: str,
+    *,
+    name: str,
+    tokenizer: Tokenizer,
+    block_size: int,
+    cache_dir: Path | str,
+    holdout_fraction: float = 0.0,
+) -> TokenizedFile | None:
+    """A file's cache entry without its source (e.g. for the held-out set on resume)."""
+    key = cache_key(
+        sha256, tokenizer=tokenizer, block_size=block_size, holdout_fraction=holdout_fraction
+    )
+    loaded = _load_entry(Path(cache_dir) / key, path=Path(name), key=key)
+    return None if loaded is None else loaded[1]
+
+
+_COUNT_FIELDS = (
+    "n_examples",
+    "n_sequences",
+    "n_tokens",
+    "n_targets",
+    "n_truncated",
+    "n_no_target",
+)
 _META_FIELDS = (
     "sha256",
     "format",
@@ -250,18 +309,27 @@ def _build_entry(
     block_size: int,
     max_line_bytes: int,
     allow_invalid: bool,
+    holdout_fraction: float = 0.0,
 ) -> tuple[dict, TokenizedFile]:
     staging = entry.with_name(f"{_STAGING}{key}-{os.getpid()}-{secrets.token_hex(4)}")
-    staging.mkdir()
+    build = functools.partial(
+        _tokenize_into,
+        staging,
+        path=path,
+        tokenizer=tokenizer,
+        block_size=block_size,
+        max_line_bytes=max_line_bytes,
+        allow_invalid=allow_invalid,
+    )
     try:
-        stream = ExampleStream(path, max_line_bytes=max_line_bytes)
-        writers = ArrayWriters(staging, vocab_size=tokenizer.vocab_size)
-        with writers:
-            counts = tokenize_stream(stream, writers, tokenizer=tokenizer, block_size=block_size)
-        report = stream.report()
-        if not allow_invalid:
-            # Strict mode rejects before committing: no entry is kept for a rejected file.
-            report.raise_if_invalid()
+        report, counts = build(holdout_fraction=holdout_fraction)
+        if counts["n_sequences"] == 0 and holdout_fraction > 0:
+            # A file so small that every example drew the holdout: train on all of it
+            # rather than reject a valid drop. The entry records that none was held out.
+            log.warning("%s is too small to hold examples out; training on all of it", path.name)
+            shutil.rmtree(staging)
+            holdout_fraction = 0.0
+            report, counts = build(holdout_fraction=0.0)
         if report.sha256 != sha256:
             raise DataError(
                 f"{path.name} changed while it was being read; drop files complete, "
@@ -274,7 +342,10 @@ def _build_entry(
                 path=path,
             )
         meta = _meta(report, counts, key=key, tokenizer=tokenizer, block_size=block_size)
+        meta["holdout_fraction"] = holdout_fraction
         write_durably(staging / META, json.dumps(meta, indent=1).encode())
+        if meta.get("holdout"):
+            fsync_path(staging / HOLDOUT)
         fsync_path(staging)
         try:
             staging.rename(entry)
@@ -298,6 +369,38 @@ def _build_entry(
         counts["n_targets"],
     )
     return loaded
+
+
+def _tokenize_into(
+    staging: Path,
+    *,
+    path: Path,
+    tokenizer: Tokenizer,
+    block_size: int,
+    max_line_bytes: int,
+    allow_invalid: bool,
+    holdout_fraction: float,
+) -> tuple[ValidationReport, dict[str, Any]]:
+    """Tokenize ``path`` into a fresh ``staging`` folder (held-out part in its subfolder)."""
+    staging.mkdir()
+    stream = ExampleStream(path, max_line_bytes=max_line_bytes)
+    with contextlib.ExitStack() as stack:
+        writers = stack.enter_context(ArrayWriters(staging, vocab_size=tokenizer.vocab_size))
+        holdout = None
+        if holdout_fraction > 0:
+            (staging / HOLDOUT).mkdir()
+            held = stack.enter_context(
+                ArrayWriters(staging / HOLDOUT, vocab_size=tokenizer.vocab_size)
+            )
+            holdout = Holdout(held, holdout_fraction)
+        counts = tokenize_stream(
+            stream, writers, tokenizer=tokenizer, block_size=block_size, holdout=holdout
+        )
+    report = stream.report()
+    if not allow_invalid:
+        # Strict mode rejects before committing: no entry is kept for a rejected file.
+        report.raise_if_invalid()
+    return report, counts
 
 
 def _meta(
@@ -339,6 +442,7 @@ __all__ = [
     "ValidationReport",
     "cache_key",
     "file_sha256",
+    "load_cached",
     "sequence_order",
     "tokenize_file",
     "validate_file",

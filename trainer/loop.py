@@ -21,24 +21,25 @@ from pathlib import Path
 
 import torch
 
+from trainer.bookkeeping import Bookkeeping
 from trainer.checkpoint import (
-    CheckpointContent,
     recover_root,
-    rotate,
-    step_dir_name,
-    write_checkpoint,
 )
-from trainer.config import LineageSpec, RunPaths, TrainConfig
+from trainer.checkup import Checkup
+from trainer.config import EvalConfig, ExportConfig, GoldConfig, LineageSpec, RunPaths, TrainConfig
 from trainer.data import TokenizedFile, tokenize_file
+from trainer.digest import file_sha256
+from trainer.evaluate import Evaluator
 from trainer.events import EventLog, round_loss
 from trainer.faults import fault_point
+from trainer.gold import Rollback, roll_back_to_gold
 from trainer.guard import record_skip, recover_from_oom, roll_back_if_needed
 from trainer.lineage import Lineage, LineageError, open_lineage, resolve_device
 from trainer.lock import LineageLock
 from trainer.memory import MemoryEstimate, estimate_training_memory
 from trainer.progress import ProgressMeter
-from trainer.rng import capture_rng
 from trainer.sampler import FileSampler
+from trainer.scalars import Scalars
 from trainer.schedule import lr_at
 from trainer.state import CompletedFile, FileProgress
 from trainer.step import StepRunner
@@ -76,7 +77,7 @@ class StepReport:
     """Wall time of this step."""
 
 
-class Trainer:
+class Trainer(Bookkeeping):
     """A resident model that trains files on one lineage. Not thread-safe."""
 
     def __init__(
@@ -87,6 +88,9 @@ class Trainer:
         paths: RunPaths,
         events: EventLog,
         device: torch.device,
+        evaluation: EvalConfig | None = None,
+        gold: GoldConfig | None = None,
+        export: ExportConfig | None = None,
     ) -> None:
         self.lineage = lineage
         self.model = lineage.model
@@ -104,9 +108,29 @@ class Trainer:
         self.last_report: StepReport | None = None
         self.on_checkpoint: Callable[[Path, int, list[Path]], None] | None = None
         """Called after each committed checkpoint with (folder, step, folders rotated out)."""
+        self.on_gold: Callable[[Path, int], None] | None = None
+        """Called after each promotion to gold with (folder, step)."""
+        self.rollback: Rollback | None = None
+        """The rollback to gold done as this trainer opened, if any."""
         self._session_start = time.monotonic()
         self._session_start_step = self.state.global_step
+        self._session_start_tokens = self.state.tokens_processed
         self.steps = StepRunner(self.model, self.optimizer, train=train, device=device)
+        self.evaluation = evaluation or EvalConfig()
+        self.gold_config = gold or GoldConfig()
+        self.export_config = export or ExportConfig()
+        self.evaluator = Evaluator(
+            self.evaluation,
+            tokenizer=self.tokenizer,
+            block_size=lineage.model_config.block_size,
+            cache_dir=paths.cache,
+            seed=self.state.seed,
+        )
+        self.checkup = Checkup(self)
+        self.scalars = Scalars(
+            paths.state / "tensorboard" if self.evaluation.tensorboard else None,
+            step=self.state.global_step,
+        )
 
     # ----------------------------------------------------------------- opening
     @classmethod
@@ -119,7 +143,16 @@ class Trainer:
         init_from: Path | None = None,
         events: EventLog | None = None,
         lock_wait_s: float = 0.0,
+        evaluation: EvalConfig | None = None,
+        gold: GoldConfig | None = None,
+        export: ExportConfig | None = None,
+        from_gold: bool = False,
     ) -> Trainer:
+        """Open (or start) the lineage under ``paths.checkpoints`` and hold it.
+
+        ``from_gold`` first rolls the lineage back to its gold checkpoint (newer
+        checkpoints are kept under ``rolled-back/``).
+        """
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size > 1:
             # Every rank would train the whole file and write the same checkpoints.
@@ -137,13 +170,26 @@ class Trainer:
         try:
             recover_root(paths.checkpoints)
             events = events or EventLog(paths.events)
+            rollback = roll_back_to_gold(paths.checkpoints) if from_gold else None
             lineage = open_lineage(
                 paths.checkpoints, spec=spec, train=train, device=device, init_from=init_from
+            )
+            trainer = cls(
+                lineage,
+                train=train,
+                paths=paths,
+                events=events,
+                device=device,
+                evaluation=evaluation,
+                gold=gold,
+                export=export,
             )
         except BaseException:
             lock.release()
             raise
-        trainer = cls(lineage, train=train, paths=paths, events=events, device=device)
+        if rollback is not None:
+            trainer.rollback = rollback
+            trainer.record_rollback(rollback)
         trainer._lock = lock
         memory = trainer._check_memory()
         for notice in lineage.notices:
@@ -157,12 +203,18 @@ class Trainer:
             device=str(device),
             model={"parameters": trainer.model.num_params(), **lineage.model_config.to_dict()},
             train_config=train.to_dict(),
+            eval_config=trainer.evaluation.to_dict(),
+            gold_config=trainer.gold_config.to_dict(),
+            gold_step=trainer.state.gold["step"] if trainer.state.gold else None,
             memory_estimate_bytes=memory.total,
             files_completed=len(trainer.state.files_completed),
             current_file=trainer.state.current_file.name if trainer.state.current_file else None,
         )
         if lineage.resumed_from is None:
             trainer.save_checkpoint(reason="lineage_start")
+        trainer.evaluator.restore_recent(
+            [(f.name, f.sha256, f.holdout_fraction) for f in trainer.state.files_completed]
+        )
         return trainer
 
     def _check_memory(self) -> MemoryEstimate:
@@ -189,19 +241,6 @@ class Trainer:
                 )
         return estimate
 
-    def _reconcile_file_complete(self) -> None:
-        """Emit the ``file_complete`` a crash may have cut off after its checkpoint committed."""
-        if not self.state.files_completed:
-            return
-        last = self.state.files_completed[-1]
-        for record in self.events.read_backwards(event="file_complete"):
-            if record.get("sha256") == last.sha256 and record.get("end_step") == last.end_step:
-                return
-            if (record.get("end_step") or 0) < last.end_step:
-                break
-        log.info("recording the completion of %s that a crash cut off", last.name)
-        self._emit_file_complete(last)
-
     # ------------------------------------------------------------- data
     def prepare(
         self, path: Path, *, sha256: str | None = None, allow_invalid: bool = False
@@ -218,7 +257,16 @@ class Trainer:
             block_size=self.lineage.model_config.block_size,
             cache_dir=self.paths.cache,
             allow_invalid=allow_invalid,
+            holdout_fraction=self._holdout_for(path, sha256),
         )
+
+    def _holdout_for(self, path: Path, sha256: str | None) -> float:
+        """The file in progress keeps the holdout it started with (its sequences, and so
+        its cursor and budget, depend on it); a new file takes the setting."""
+        current = self.state.current_file
+        if current is not None and (sha256 or file_sha256(path)) == current.sha256:
+            return current.holdout_fraction
+        return self.evaluation.holdout_fraction
 
     # ------------------------------------------------------------- training
     def train_file(
@@ -237,6 +285,12 @@ class Trainer:
         current = state.current_file
         if current is not None and current.sha256 != data.sha256:
             raise RuntimeError(f"{current.name} is in progress; finish it before starting {name}")
+        if current is not None and current.holdout_fraction != data.holdout_fraction:
+            raise RuntimeError(
+                f"{name} was prepared with holdout {data.holdout_fraction}, but it started "
+                f"with {current.holdout_fraction}; use Trainer.prepare"
+            )
+        self.evaluator.add_recent(data.sha256, data.holdout)
         self._sampler = FileSampler(data, seed=state.seed)
         if current is None:
             steps = steps_for_file(
@@ -253,6 +307,8 @@ class Trainer:
                 steps_for_file=steps,
                 start_step=state.global_step,
                 target_step=state.global_step + steps,
+                holdout_fraction=data.holdout_fraction,
+                n_holdout=data.holdout.n_sequences if data.holdout else 0,
             )
             state.current_file = current
             self.events.emit(
@@ -265,6 +321,7 @@ class Trainer:
                 n_sequences=data.n_sequences,
                 n_tokens=data.n_tokens,
                 format=data.format,
+                n_holdout=current.n_holdout,
             )
             log.info(
                 "%s: %d sequences, %d steps (global %d -> %d)",
@@ -299,12 +356,18 @@ class Trainer:
             started = time.monotonic()
             loss, tokens = self._optimizer_step(data, current)
             meter.add(tokens=tokens, loss=loss)
+            self.checkup.add_train_loss(loss)
             step = state.global_step
             self._report(
                 step, current, loss=loss, tokens=tokens, seconds=time.monotonic() - started
             )
+            report = self.last_report
+            self.scalars.step(step, loss=loss, lr=report.lr, tokens_per_s=report.tokens_per_s)
             if step % self.train.log_interval == 0 or step == current.target_step:
                 log.info(meter.line(step=step, lr=lr_at(step - 1, self.train)))
+            if step % self.evaluation.interval == 0:
+                current.elapsed_s = meter.elapsed()
+                self.checkup.run(current)
             if (
                 step % self.train.checkpoint_interval == 0
                 and step < current.target_step
@@ -324,12 +387,16 @@ class Trainer:
             if current.loss_steps
             else None,
             duration_s=round(current.elapsed_s, 3),
+            holdout_fraction=current.holdout_fraction,
+            n_holdout=current.n_holdout,
         )
         state.files_completed.append(done)
         state.current_file = None
         self.save_checkpoint(reason="file_end")
         fault_point("loop:before_file_complete")
         self._emit_file_complete(done)
+        if self.export_config.enabled:
+            self.export()
         return FileOutcome.COMPLETED
 
     def _report(
@@ -349,29 +416,6 @@ class Trainer:
             eta_s=step_s * (current.target_step - step),
             seconds=seconds,
         )
-
-    def abandon_current(self, *, reason: str) -> None:
-        """Drop the file in progress (what it taught stays in the weights; its steps stay
-        counted); for content that is no longer to be trained, e.g. cancelled."""
-        current = self.state.current_file
-        if current is None:
-            return
-        self.state.current_file = None
-        log.warning("abandoning %s at step %d: %s", current.name, self.state.global_step, reason)
-        self.events.emit(
-            "file_abandoned",
-            file=current.name,
-            sha256=current.sha256,
-            start_step=current.start_step,
-            target_step=current.target_step,
-            step=self.state.global_step,
-            reason=reason,
-        )
-        self.save_checkpoint(reason="abandon")
-
-    def _emit_file_complete(self, done: CompletedFile) -> None:
-        fields = dataclasses.asdict(done)
-        self.events.emit("file_complete", file=fields.pop("name"), **fields)
 
     def _optimizer_step(
         self, data: TokenizedFile, current: FileProgress
@@ -415,59 +459,3 @@ class Trainer:
         return loss, tokens
 
     # ------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, *, reason: str) -> Path | None:
-        """Commit the state at this optimizer-step boundary as ``step-NNNNNNNN``."""
-        state = self.state
-        started = time.monotonic()
-        state.rng = capture_rng()
-        state.train_config = self.train.to_dict()
-        state.accum_micro_step = 0
-        content = CheckpointContent(
-            model=self.model,
-            optimizer_state=self.optimizer.state_dict(),
-            config=self.lineage.model_config.to_dict(),
-            tokenizer_json=self.tokenizer.to_json(),
-            training_state=state.to_dict(),
-        )
-        path = write_checkpoint(self.paths.checkpoints, step_dir_name(state.global_step), content)
-        self._last_saved_step = state.global_step
-        removed = rotate(self.paths.checkpoints, keep=self.train.keep_checkpoints, protect=(path,))
-        if self.on_checkpoint is not None:
-            self.on_checkpoint(path, state.global_step, removed)
-        duration = time.monotonic() - started
-        log.info("checkpoint %s saved (%s, %.2fs)", path.name, reason, duration)
-        self.events.emit(
-            "checkpoint_saved",
-            step=state.global_step,
-            path=str(path),
-            reason=reason,
-            duration_s=round(duration, 3),
-            rotated=[p.name for p in removed],
-        )
-        return path
-
-    @property
-    def unsaved_steps(self) -> int:
-        return self.state.global_step - self._last_saved_step
-
-    def close(self) -> None:
-        """Let go of the lineage (another process may then open it)."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-
-    def finish(self) -> None:
-        """Record a clean end of the session (``training_complete``) and close."""
-        elapsed = time.monotonic() - self._session_start
-        steps = self.state.global_step - self._session_start_step
-        self.events.emit(
-            "training_complete",
-            global_step=self.state.global_step,
-            steps_this_session=steps,
-            duration_s=round(elapsed, 3),
-            steps_per_s=round(steps / elapsed, 3) if elapsed > 0 else None,
-            tokens_processed=self.state.tokens_processed,
-            files_completed=len(self.state.files_completed),
-            nan_skips_total=self.state.nan_skips_total,
-        )
-        self.close()

@@ -8,8 +8,12 @@ turns (and their end marker).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import chain, islice
+from typing import Any
 
 import numpy as np
 
@@ -21,23 +25,83 @@ _ENCODE_BATCH = 2048
 
 
 def tokenize_stream(
-    stream: ExampleStream, writers: ArrayWriters, *, tokenizer: Tokenizer, block_size: int
-) -> dict[str, int]:
+    stream: ExampleStream,
+    writers: ArrayWriters,
+    *,
+    tokenizer: Tokenizer,
+    block_size: int,
+    holdout: Holdout | None = None,
+) -> dict[str, Any]:
+    """Tokenize every example into ``writers``, or into ``holdout.writers`` when held out.
+
+    Returns the counts of the training part, with those of the held-out part under
+    ``"holdout"`` when a holdout was asked for.
+    """
     examples = iter(stream)
-    counts = {"n_examples": 0, "n_truncated": 0, "n_no_target": 0}
-    packer: _TextPacker | None = None
+    sinks = [_Sink(writers)]
+    if holdout is not None:
+        sinks.append(_Sink(holdout.writers))
     for chunk in iter(lambda: list(islice(examples, _ENCODE_BATCH)), []):
-        counts["n_examples"] += len(chunk)
-        if stream.format == "text":
-            packer = packer or _TextPacker(writers, block_size)
-            packer.add([e.value for e in chunk], [e.line for e in chunk], tokenizer=tokenizer)
-        else:
-            render = _render_prompt if stream.format == "prompt_completion" else _render_chat
-            _add_sequences(writers, render(chunk, tokenizer, block_size + 1), counts)
-    if packer is not None:
-        packer.finish()
-    counts.update(writers.totals())
+        parts = [chunk]
+        if holdout is not None:
+            held = [holdout.holds(e) for e in chunk]
+            parts = [
+                [e for e, h in zip(chunk, held, strict=True) if not h],
+                [e for e, h in zip(chunk, held, strict=True) if h],
+            ]
+        for sink, part in zip(sinks, parts, strict=True):
+            if part:
+                sink.add(part, stream.format, tokenizer=tokenizer, block_size=block_size)
+    counts: dict[str, Any] = sinks[0].finish()
+    if holdout is not None:
+        counts["holdout"] = sinks[1].finish()
     return counts
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Where held-out examples go, and which ones are held out."""
+
+    writers: ArrayWriters
+    """The held-out part's arrays."""
+    fraction: float
+    """Share of examples held out, chosen by a hash of their content."""
+
+    def holds(self, example: Example) -> bool:
+        return is_held_out(example.value, self.fraction)
+
+
+def is_held_out(value: object, fraction: float) -> bool:
+    """Whether an example with this content is held out: a pure function of the content,
+    so a line repeated in later drops is held out there too and never leaks into training."""
+    if fraction <= 0:
+        return False
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    digest = hashlib.blake2b(text, digest_size=8, person=b"traind-holdout").digest()
+    return int.from_bytes(digest, "big") < fraction * 2**64
+
+
+class _Sink:
+    """One set of arrays being filled (the training part, or the held-out part)."""
+
+    def __init__(self, writers: ArrayWriters) -> None:
+        self.writers = writers
+        self.counts = {"n_examples": 0, "n_truncated": 0, "n_no_target": 0}
+        self._packer: _TextPacker | None = None
+
+    def add(self, chunk: list[Example], fmt: str, *, tokenizer: Tokenizer, block_size: int) -> None:
+        self.counts["n_examples"] += len(chunk)
+        if fmt == "text":
+            self._packer = self._packer or _TextPacker(self.writers, block_size)
+            self._packer.add([e.value for e in chunk], [e.line for e in chunk], tokenizer=tokenizer)
+        else:
+            render = _render_prompt if fmt == "prompt_completion" else _render_chat
+            _add_sequences(self.writers, render(chunk, tokenizer, block_size + 1), self.counts)
+
+    def finish(self) -> dict[str, int]:
+        if self._packer is not None:
+            self._packer.finish()
+        return {**self.counts, **self.writers.totals()}
 
 
 class _TextPacker:

@@ -14,7 +14,9 @@ from typing import Any
 
 from trainer.events import utc_now
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Layout version written. 1: the first release. 2: adds evaluation history, gold records
+and each file's holdout; version 1 files are upgraded on read (``upgrade``)."""
 
 
 @dataclass(kw_only=True)
@@ -45,6 +47,10 @@ class FileProgress:
     """Training seconds spent on the file, across restarts."""
     started_at: str = field(default_factory=utc_now)
     """When the file started (ISO time)."""
+    holdout_fraction: float = 0.0
+    """Fraction of the file's examples held out from training, fixed when it starts."""
+    n_holdout: int = 0
+    """Held-out sequences (evaluated in the ``recent`` set, never trained on)."""
 
     @property
     def epoch(self) -> int:
@@ -73,6 +79,10 @@ class CompletedFile:
     """Training seconds."""
     completed_at: str = field(default_factory=utc_now)
     """When the file finished (ISO time)."""
+    holdout_fraction: float = 0.0
+    """Fraction of the file's examples held out from training."""
+    n_holdout: int = 0
+    """Held-out sequences."""
 
 
 @dataclass(kw_only=True)
@@ -121,6 +131,12 @@ class TrainingState:
     """Hyper-parameters in force at the last save."""
     rng: dict[str, Any] = field(default_factory=dict)
     """RNG states (torch CPU, CUDA, numpy, python), base64-encoded."""
+    eval_history: list[dict[str, Any]] = field(default_factory=list)
+    """Recent evaluations, oldest first: ``{step, val_loss, train_loss, sets}``."""
+    gold: dict[str, Any] | None = None
+    """The current gold: ``{step, val_loss, train_loss, sets, prev_best, promoted_at}``."""
+    gold_history: list[dict[str, Any]] = field(default_factory=list)
+    """Every promotion to gold, oldest first (same records as ``gold``)."""
     format_version: int = FORMAT_VERSION
     """Layout version of this file."""
 
@@ -137,13 +153,7 @@ class TrainingState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingState:
-        data = dict(data)
-        version = data.get("format_version", 1)
-        if version > FORMAT_VERSION:
-            raise ValueError(
-                f"training_state.json has format_version {version}; this traind reads up to "
-                f"{FORMAT_VERSION}: upgrade traind"
-            )
+        data = upgrade(data)
         current = data.pop("current_file", None)
         completed = data.pop("files_completed", [])
         known = {f.name for f in dataclasses.fields(cls)}
@@ -154,3 +164,32 @@ class TrainingState:
         state.current_file = FileProgress(**current) if current else None
         state.files_completed = [CompletedFile(**f) for f in completed]
         return state
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``training_state.json`` of any known version, in the current layout.
+
+    Each step upgrades one version, so a file from the first release passes through all of
+    them; a newer file than this traind knows is refused rather than misread.
+    """
+    data = dict(data)
+    version = data.get("format_version", 1)
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"training_state.json has an invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"training_state.json has format_version {version}; this traind reads up to "
+            f"{FORMAT_VERSION}: upgrade traind"
+        )
+    if version == 1:
+        # Version 1 had no evaluation: nothing was held out, no gold was ever promoted.
+        data.setdefault("eval_history", [])
+        data.setdefault("gold", None)
+        data.setdefault("gold_history", [])
+        for record in [data.get("current_file"), *data.get("files_completed", [])]:
+            if record:
+                record.setdefault("holdout_fraction", 0.0)
+                record.setdefault("n_holdout", 0)
+        version = 2
+    data["format_version"] = version
+    return data

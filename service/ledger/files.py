@@ -219,7 +219,7 @@ class FileQueries(Store):
                 return row.record()
         return self.cancel(file_id)
 
-    def finish_cancel(self, file_id: int, *, step: int) -> FileRecord:
+    def finish_cancel(self, file_id: int, *, step: int, error: str | None = None) -> FileRecord:
         """The worker stopped a file it was training on request, at global ``step``."""
         with self._writing() as session:
             row = self._locked_file(session, file_id)
@@ -230,7 +230,7 @@ class FileQueries(Store):
                 else "nothing of it was trained"
             )
             row.state = FileState.CANCELLED.value
-            row.error = f"cancelled on request during training at step {step}; {trained}"
+            row.error = error or f"cancelled on request during training at step {step}; {trained}"
             row.end_step = step
             row.lease_owner = None
             row.lease_expires_at = None

@@ -172,6 +172,8 @@ class ControlRow(Base):
     desired_state: Mapped[str] = mapped_column(String(16))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     checkpoint_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    rollback_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    export_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     def record(self) -> Control:
         """This row as a frozen record."""
@@ -179,6 +181,8 @@ class ControlRow(Base):
             desired_state=DesiredState(self.desired_state),
             updated_at=self.updated_at,
             checkpoint_requested_at=self.checkpoint_requested_at,
+            rollback_requested_at=self.rollback_requested_at,
+            export_requested_at=self.export_requested_at,
         )
 
 

@@ -119,6 +119,10 @@ class Control:
     """When it last changed (UTC)."""
     checkpoint_requested_at: datetime | None = None
     """When a checkpoint was last asked for (the worker saves one if it has none newer)."""
+    rollback_requested_at: datetime | None = None
+    """When a rollback of the lineage to its gold checkpoint was last asked for."""
+    export_requested_at: datetime | None = None
+    """When an export (half-precision copy for inference) was last asked for."""
 
 
 @dataclass(frozen=True, kw_only=True)

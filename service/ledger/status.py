@@ -50,17 +50,28 @@ class StatusQueries(Store):
 
     def request_checkpoint(self) -> Control:
         """Ask the worker to save a checkpoint at its next optimizer-step boundary."""
+        return self._request("checkpoint")
+
+    def request_rollback(self) -> Control:
+        """Ask the worker to roll the lineage back to its gold checkpoint."""
+        return self._request("rollback")
+
+    def request_export(self) -> Control:
+        """Ask the worker to write the export at its next optimizer-step boundary."""
+        return self._request("export")
+
+    def _request(self, what: str) -> Control:
         now = utcnow()
         with self._writing() as session:
             row = session.get(ControlRow, _CONTROL_ID)
             if row is None:
                 row = ControlRow(id=_CONTROL_ID, desired_state=DesiredState.RUNNING.value)
                 session.add(row)
-            row.checkpoint_requested_at = now
+            setattr(row, f"{what}_requested_at", now)
             row.updated_at = now
             session.flush()
             control = row.record()
-        log.info("checkpoint requested")
+        log.info("%s requested", what)
         return control
 
     def heartbeat(

@@ -2,7 +2,7 @@
 traind (tests/api/fake_traind.py), and one smoke run against the real app.
 
 ``status --watch`` is ended by its ``--count N`` option (stop after N refreshes), or by a
-fake Ctrl-C: ``api.cli._sleep`` (the pause between refreshes) replaced by one that raises
+fake Ctrl-C: ``api.remote._sleep`` (the pause between refreshes) replaced by one that raises
 KeyboardInterrupt.
 """
 
@@ -19,7 +19,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from api import cli, views
+from api import remote, views
 from api.cli import app
 from service.ledger import FileState
 from tests.api.fake_traind import STATUS, TOKEN, FakeTraind, serving
@@ -394,7 +394,7 @@ def test_watch_ctrl_c_exits_0(fake: FakeTraind, monkeypatch: pytest.MonkeyPatch)
         if len(pauses) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_sleep", sleep_then_ctrl_c)
+    monkeypatch.setattr(remote, "_sleep", sleep_then_ctrl_c)
     result = invoke(fake, "status", "--watch", "--interval", "0.5")
     assert result.exit_code == 0, result.output
     assert result.stdout.count(PANEL) == 2

@@ -52,12 +52,14 @@ def reference(tmp_path_factory, drops):
 
 
 # Each point fires on its n-th hit in every process, so a run dies again and again until
-# the lineage gets past it; n is set so that each process still makes progress.
+# the lineage gets past it; n is set so that each process still makes progress (gold
+# writes count too: with an evaluation every 3 steps, up to two golds come between two
+# step checkpoints).
 KILL_POINTS = [
     "loop:mid_step@10",
     "checkpoint:after_weights@4",
     "checkpoint:before_manifest@4",
-    "checkpoint:before_rename@3",
+    "checkpoint:before_rename@4",
     "checkpoint:after_rename@4",
     "loop:before_file_complete@1",
 ]

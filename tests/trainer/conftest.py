@@ -61,6 +61,10 @@ def open_trainer(run_paths):
         spec: LineageSpec | None = None,
         paths: RunPaths | None = None,
         init_from=None,
+        evaluation=None,
+        gold=None,
+        export=None,
+        from_gold=False,
         **train,
     ) -> Trainer:
         paths = paths or run_paths
@@ -72,6 +76,10 @@ def open_trainer(run_paths):
             train=TrainConfig(**{**TEST_TRAIN, **train}),
             paths=paths,
             init_from=init_from,
+            evaluation=evaluation,
+            gold=gold,
+            export=export,
+            from_gold=from_gold,
         )
         opened.append(trainer)
         return trainer

@@ -1,0 +1,184 @@
+"""Evaluation: the loss of each eval set, and greedy samples of the configured prompts.
+
+Sets are the named JSONL files of the settings (any drop format, tokenized through the
+same cache) and ``recent``: the held-out part of the latest drops. Each evaluation uses
+the same sequences of a set (a fixed, seeded selection), so its losses are comparable
+from one evaluation to the next. A set's loss is the mean over all its target tokens,
+like a training step's. Evaluating draws from no RNG (eval mode, greedy decoding), so a
+run that evaluates mid-file still resumes bit-exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainer.config import RECENT_SET, EvalConfig
+from trainer.data import DataError, TokenizedFile, load_cached, sequence_order, tokenize_file
+from trainer.generation import complete
+from trainer.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class EvalSetError(ValueError):
+    """A named eval set cannot be used (missing, invalid or too short to score)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalResult:
+    """One evaluation's output."""
+
+    losses: dict[str, float]
+    """Loss per set name (sets with nothing to score are left out)."""
+    samples: list[dict[str, str]]
+    """``{"prompt", "completion"}`` for each configured prompt."""
+    duration_s: float
+    """Wall time of the evaluation."""
+
+
+class Evaluator:
+    """Holds the eval sets of one trainer and scores its model on them."""
+
+    def __init__(
+        self,
+        config: EvalConfig,
+        *,
+        tokenizer: Tokenizer,
+        block_size: int,
+        cache_dir: Path,
+        seed: int,
+    ) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.block_size = block_size
+        self.cache_dir = cache_dir
+        self.seed = seed
+        self.named = {name: self._load_set(name, Path(path)) for name, path in config.sets}
+        self._recent: list[tuple[str, TokenizedFile]] = []
+
+    def _load_set(self, name: str, path: Path) -> TokenizedFile:
+        try:
+            data = tokenize_file(
+                path, tokenizer=self.tokenizer, block_size=self.block_size, cache_dir=self.cache_dir
+            )
+        except DataError as exc:
+            raise EvalSetError(f"eval set {name!r} ({path}): {exc}") from exc
+        if data.n_targets == 0:
+            raise EvalSetError(f"eval set {name!r} ({path}) has no target tokens to score")
+        log.info("eval set %r: %d sequences from %s", name, data.n_sequences, path)
+        return data
+
+    # ------------------------------------------------------------- recent
+    def add_recent(self, sha256: str, holdout: TokenizedFile | None) -> None:
+        """Add a file's held-out part to ``recent`` (the oldest file drops out)."""
+        if holdout is None or holdout.n_targets == 0:
+            return
+        self._recent = [(s, h) for s, h in self._recent if s != sha256]
+        self._recent.append((sha256, holdout))
+        del self._recent[: -self.config.recent_files]
+
+    def restore_recent(self, files: list[tuple[str, str, float]]) -> None:
+        """Rebuild ``recent`` on start from (name, sha256, holdout fraction) of the latest
+        files, using their cache entries (a file whose entry is gone is left out)."""
+        for name, sha256, fraction in files[-self.config.recent_files :]:
+            if fraction <= 0:
+                continue
+            cached = load_cached(
+                sha256,
+                name=name,
+                tokenizer=self.tokenizer,
+                block_size=self.block_size,
+                cache_dir=self.cache_dir,
+                holdout_fraction=fraction,
+            )
+            if cached is None:
+                log.info("held-out part of %s is not in the cache; it leaves the recent set", name)
+                continue
+            self.add_recent(sha256, cached.holdout)
+
+    @property
+    def recent_files(self) -> int:
+        return len(self._recent)
+
+    # ------------------------------------------------------------- scoring
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        *,
+        device: torch.device,
+        autocast: Callable[[], contextlib.AbstractContextManager],
+    ) -> EvalResult:
+        started = time.monotonic()
+        losses: dict[str, float] = {}
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for name, data in self.named.items():
+                    budget = self.config.iters * self.config.batch_size
+                    losses[name] = self._score([(data, budget)], model, device, autocast)
+                if self._recent:
+                    share = max(
+                        self.config.batch_size,
+                        self.config.iters * self.config.batch_size // len(self._recent),
+                    )
+                    parts = [(data, share) for _, data in self._recent]
+                    losses[RECENT_SET] = self._score(parts, model, device, autocast)
+            samples = [
+                {
+                    "prompt": prompt,
+                    "completion": complete(
+                        model,
+                        self.tokenizer,
+                        prompt,
+                        max_new_tokens=self.config.sample_tokens,
+                        device=device,
+                    ),
+                }
+                for prompt in self.config.prompts
+            ]
+        finally:
+            model.train(was_training)
+        losses = {name: loss for name, loss in losses.items() if loss is not None}
+        return EvalResult(losses=losses, samples=samples, duration_s=time.monotonic() - started)
+
+    def _score(
+        self,
+        parts: list[tuple[TokenizedFile, int]],
+        model: torch.nn.Module,
+        device: torch.device,
+        autocast: Callable[[], contextlib.AbstractContextManager],
+    ) -> float | None:
+        """Mean loss over the target tokens of the first ``budget`` sequences of each part
+        in its fixed order."""
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        targets = 0
+        for data, budget in parts:
+            order = sequence_order(data.n_sequences, seed=self.seed, sha256=data.sha256, epoch=0)
+            chosen = order[:budget]
+            for start in range(0, len(chosen), self.config.batch_size):
+                rows = np.sort(chosen[start : start + self.config.batch_size])
+                x_np, y_np = data.batch(rows)
+                x = torch.from_numpy(x_np).to(device)
+                y = torch.from_numpy(y_np).to(device)
+                with autocast():
+                    logits = model(x)
+                loss_sum += F.cross_entropy(
+                    logits.float().reshape(-1, logits.size(-1)),
+                    y.reshape(-1),
+                    ignore_index=-1,
+                    reduction="sum",
+                ).double()
+                targets += int((y_np >= 0).sum())
+        if targets == 0:
+            return None
+        return float(loss_sum.item() / targets)

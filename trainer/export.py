@@ -1,0 +1,362 @@
+"""The deployment export: ``<checkpoints>/export``, half-precision weights for inference.
+
+The folder holds ``config.json`` (architecture, as in every checkpoint),
+``model.safetensors`` (fp16 or bf16, a tied weight stored once), ``tokenizer.json``,
+``export.json`` (where it came from and how to load it) and ``manifest.json``. It is
+written exactly like a checkpoint (design rule 8): a staging folder in the same root,
+fsynced files, the manifest last, one rename into place, the root fsynced. Nothing in it
+is needed to train and nothing outside it is needed to generate: a copy of the folder
+alone serves ``traind generate``. Loading reads safetensors only, never pickle (rule 12).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from trainer.checkpoint import (
+    CONFIG,
+    MANIFEST,
+    STAGING_PREFIX,
+    STATE,
+    TOKENIZER,
+    WEIGHTS,
+    CheckpointError,
+    LoadedCheckpoint,
+    install_folder,
+    latest_checkpoint,
+    load_model_weights,
+    model_tensors_names,
+    read_checkpoint,
+    resolve_checkpoint,
+    verify,
+)
+from trainer.config import ModelConfig
+from trainer.digest import file_sha256
+from trainer.durable import fsync_path
+from trainer.events import utc_now
+from trainer.faults import fault_point
+from trainer.model import GPT
+from trainer.tokenizer import Tokenizer, TokenizerError
+
+log = logging.getLogger(__name__)
+
+EXPORT_DIR = "export"
+INFO = "export.json"
+EXPORT_FILES = (CONFIG, WEIGHTS, TOKENIZER, INFO)
+EXPORT_FORMAT = "traind-export"
+EXPORT_FORMAT_VERSION = 1
+DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
+"""Export dtypes by the name used in settings, on the command line and in export.json."""
+_LOAD_DTYPES: dict[str, torch.dtype] = {**DTYPES, "fp32": torch.float32}
+HOW_TO_LOAD = (
+    "traind generate --checkpoint <this folder> 'prompt'; in Python: "
+    "trainer.export.load_export(path).model. Weights are safetensors keyed like "
+    "trainer.model.GPT's state_dict; lm_head.weight is tied to wte.weight and stored once."
+)
+
+
+class ExportError(CheckpointError):
+    """An export folder (or a folder given for generation) is missing, incomplete or broken."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportedModel:
+    """A model ready for inference, from an export or a training checkpoint."""
+
+    model: GPT
+    """The model, in eval mode, on the requested device and dtype."""
+    tokenizer: Tokenizer
+    """Its tokenizer."""
+    info: dict[str, Any]
+    """``export.json`` (step, lineage_id, source_checkpoint, dtype, ...); for a training
+    checkpoint the same keys, filled from its ``training_state.json``."""
+    path: Path
+    """The folder the model was loaded from."""
+
+
+def export_dtype(name: str) -> torch.dtype:
+    """The torch dtype of an export dtype name (``fp16`` or ``bf16``)."""
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown export dtype {name!r}; choose one of {', '.join(DTYPES)}"
+        ) from None
+
+
+def write_export(
+    root: Path,
+    *,
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    tokenizer_json: str,
+    dtype: str,
+    info: dict[str, Any],
+) -> Path:
+    """Write ``root/export`` atomically, replacing an existing export; returns its path.
+
+    ``info`` (step, lineage_id, source_checkpoint, ...) goes into ``export.json`` together
+    with the dtype, the parameter count, the time and the traind version.
+    """
+    half = export_dtype(dtype)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f"{STAGING_PREFIX}{EXPORT_DIR}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        _write_json(staging / CONFIG, config)
+        save_file(
+            _half_tensors(model, half),
+            str(staging / WEIGHTS),
+            metadata={"format": "pt", "dtype": dtype},
+        )
+        fault_point("export:after_weights")
+        (staging / TOKENIZER).write_text(tokenizer_json, encoding="utf-8")
+        details = {
+            **info,
+            "format": EXPORT_FORMAT,
+            "format_version": EXPORT_FORMAT_VERSION,
+            "dtype": dtype,
+            # parameters() yields a tied matrix once, so this is the stored count.
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "created_at": utc_now(),
+            "traind_version": _traind_version(),
+            "how_to_load": HOW_TO_LOAD,
+        }
+        _write_json(staging / INFO, details)
+        for fname in EXPORT_FILES:
+            fsync_path(staging / fname)
+        fault_point("export:before_manifest")
+        manifest = {
+            "format_version": EXPORT_FORMAT_VERSION,
+            "name": EXPORT_DIR,
+            "kind": "export",
+            "created_at": details["created_at"],
+            "files": {
+                fname: {
+                    "size": (staging / fname).stat().st_size,
+                    "sha256": file_sha256(staging / fname),
+                }
+                for fname in EXPORT_FILES
+            },
+        }
+        _write_json(staging / MANIFEST, manifest)
+        fsync_path(staging / MANIFEST)
+        fsync_path(staging)
+        fault_point("export:before_rename")
+        install_folder(staging, root / EXPORT_DIR)
+        fault_point("export:after_rename")
+        fsync_path(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.debug("exported %s (%s, step %s)", root / EXPORT_DIR, dtype, info.get("step"))
+    return root / EXPORT_DIR
+
+
+def _half_tensors(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The model's tensors (a tied one once, as in checkpoints), floats cast to ``dtype``.
+
+    Cast one tensor at a time, on the model's device, before the copy to the CPU: the
+    only full-size copy in memory is the half-precision one being written.
+    """
+    state = model.state_dict()
+    out = {}
+    for name in model_tensors_names(model):
+        tensor = state[name].detach()
+        if tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        out[name] = tensor.to("cpu").contiguous()
+    return out
+
+
+def verify_export(path: Path, *, deep: bool = True) -> str | None:
+    """None if ``path`` is a complete export, else the reason it is not."""
+    return verify(path, deep=deep, files=EXPORT_FILES)
+
+
+def is_export(path: Path) -> bool:
+    """Whether ``path`` looks like an export folder (it may still be broken)."""
+    return (path / INFO).is_file()
+
+
+def load_export(
+    path: Path, *, device: torch.device | str = "cpu", dtype: str | torch.dtype | None = None
+) -> ExportedModel:
+    """Verify and load an export folder.
+
+    ``dtype`` (``fp16``, ``bf16``, ``fp32`` or a torch dtype) defaults to float32 on the
+    CPU, where half-precision matmuls are slow or missing, and to the export's own dtype
+    elsewhere. Raises :class:`ExportError` naming the folder and what is wrong.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ExportError(f"{path}: no such folder")
+    if not is_export(path):
+        what = (
+            "a training checkpoint, not an export (load it with load_for_generation)"
+            if (path / STATE).exists()
+            else f"not an export folder (no {INFO})"
+        )
+        raise ExportError(f"{path}: {what}")
+    reason = verify_export(path)
+    if reason is not None:
+        raise ExportError(f"{path}: {reason}")
+    try:
+        info = json.loads((path / INFO).read_text(encoding="utf-8"))
+        config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+        tokenizer = Tokenizer.from_json((path / TOKENIZER).read_text(encoding="utf-8"))
+    except (ValueError, TokenizerError) as exc:
+        raise ExportError(f"{path}: {exc}") from exc
+    if not isinstance(info, dict):
+        raise ExportError(f"{path}: {INFO} is not a JSON object")
+    device = torch.device(device)
+    stored = DTYPES.get(info.get("dtype"), torch.float32)
+    target = _resolve_dtype(dtype) or (torch.float32 if device.type == "cpu" else stored)
+    model = _build(path, config, device=device, dtype=target)
+    try:
+        tensors = load_file(str(path / WEIGHTS), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise ExportError(f"{path}: {WEIGHTS} is unreadable: {exc}") from exc
+    _load_into(path, model, tensors)
+    return ExportedModel(model=model.eval(), tokenizer=tokenizer, info=info, path=path)
+
+
+def export_checkpoint(checkpoint: Path, root: Path, *, dtype: str) -> Path:
+    """Export a training checkpoint (a ``step-*`` or ``gold`` folder, or the newest
+    checkpoint of a checkpoints root) to ``root/export``; returns the export's path."""
+    export_dtype(dtype)  # refuse a bad dtype before reading hundreds of megabytes
+    loaded = resolve_checkpoint(Path(checkpoint))
+    model = _model_from_checkpoint(loaded, device=torch.device("cpu"), dtype=torch.float32)
+    return write_export(
+        root,
+        model=model,
+        config=loaded.config,
+        tokenizer_json=loaded.tokenizer_json,
+        dtype=dtype,
+        info=_checkpoint_info(loaded),
+    )
+
+
+def load_for_generation(
+    path: Path, *, device: torch.device | str = "cpu", dtype: str | torch.dtype | None = None
+) -> ExportedModel:
+    """Load a model for inference from whatever folder a person points at.
+
+    An export folder, a training checkpoint folder (``step-*``, ``gold``), or a
+    checkpoints root: its newest valid ``step-*`` checkpoint, else its ``export``.
+    ``dtype`` defaults as in :func:`load_export` for an export, and to float32 for a
+    training checkpoint. Raises :class:`ExportError` naming the folder.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ExportError(f"{path}: no such folder")
+    if is_export(path):
+        return load_export(path, device=device, dtype=dtype)
+    try:
+        if (path / MANIFEST).exists() or (path / WEIGHTS).exists():
+            loaded = read_checkpoint(path)
+        else:
+            loaded = latest_checkpoint(path)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from exc
+    if loaded is None:
+        if is_export(path / EXPORT_DIR):
+            return load_export(path / EXPORT_DIR, device=device, dtype=dtype)
+        raise ExportError(
+            f"{path}: neither an export nor a checkpoint, and it holds no valid step-* "
+            f"checkpoint or {EXPORT_DIR} folder"
+        )
+    target = _resolve_dtype(dtype) or torch.float32
+    model = _model_from_checkpoint(loaded, device=torch.device(device), dtype=target)
+    try:
+        tokenizer = Tokenizer.from_json(loaded.tokenizer_json)
+    except TokenizerError as exc:
+        raise ExportError(f"{loaded.path}: {exc}") from exc
+    info = {**_checkpoint_info(loaded), "dtype": _dtype_name(target)}
+    return ExportedModel(model=model.eval(), tokenizer=tokenizer, info=info, path=loaded.path)
+
+
+def _model_from_checkpoint(
+    loaded: LoadedCheckpoint, *, device: torch.device, dtype: torch.dtype
+) -> GPT:
+    model = _build(loaded.path, loaded.config, device=device, dtype=dtype)
+    try:
+        tensors = loaded.weights()
+    except (SafetensorError, OSError) as exc:
+        raise ExportError(f"{loaded.path}: {WEIGHTS} is unreadable: {exc}") from exc
+    _load_into(loaded.path, model, tensors)
+    return model
+
+
+def _build(path: Path, config: dict[str, Any], *, device: torch.device, dtype: torch.dtype) -> GPT:
+    try:
+        model_config = ModelConfig.from_dict(config)
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"{path}: {CONFIG}: {exc}") from exc
+    # The random init is overwritten by the weights; fork_rng keeps it from advancing the
+    # global RNG of a process that may be training.
+    with torch.random.fork_rng(devices=[]):
+        model = GPT(model_config)
+    model.to(device=device)
+    if dtype != torch.float32:
+        # Cast the weights only: buffers (the rotary tables) stay float32, because the
+        # model rotates in float32 to keep far positions precise.
+        for param in model.parameters():
+            param.data = param.data.to(dtype)
+    return model
+
+
+def _load_into(path: Path, model: GPT, tensors: dict[str, torch.Tensor]) -> None:
+    try:
+        # load_state_dict copies into the model's own dtype and device, one tensor at a time.
+        load_model_weights(model, tensors)
+    except (CheckpointError, RuntimeError) as exc:
+        raise ExportError(f"{path}: {WEIGHTS} does not fit {CONFIG}: {exc}") from exc
+
+
+def _checkpoint_info(loaded: LoadedCheckpoint) -> dict[str, Any]:
+    state = loaded.training_state
+    return {
+        "step": state.get("global_step"),
+        "lineage_id": state.get("lineage_id"),
+        "source_checkpoint": loaded.path.name,
+    }
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _LOAD_DTYPES[dtype]
+    except KeyError:
+        raise ValueError(
+            f"unknown dtype {dtype!r}; choose one of {', '.join(_LOAD_DTYPES)}"
+        ) from None
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return next((name for name, known in _LOAD_DTYPES.items() if known == dtype), str(dtype))
+
+
+def _traind_version() -> str | None:
+    try:
+        return metadata.version("traind")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(
+        json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8"
+    )

@@ -1,0 +1,227 @@
+"""The gold checkpoint: the guarded best (design rule 10).
+
+A new best validation loss (strictly below the current gold's) becomes gold only if
+
+1. the val/train loss ratio is at most the overfit limit,
+2. validation did not rise at each of the ``consecutive_rises`` evaluations just before
+   this dip (a dip after a climb is more likely noise than recovery), and
+3. no eval set is worse than at the current gold by more than the regression threshold.
+
+"Best" is measured against the gold, not against blocked candidates: a blocked candidate
+is never kept, so the next eval below the gold is a candidate again. A tie is not better.
+
+:func:`decide_gold` is pure so each guard can be tested on scripted sequences;
+:func:`roll_back_to_gold` makes gold the lineage's newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.checkpoint import (
+    STAGING_PREFIX,
+    CheckpointError,
+    install_folder,
+    read_checkpoint,
+    step_checkpoints,
+    step_dir_name,
+)
+from trainer.config import GoldConfig
+from trainer.durable import fsync_path
+
+log = logging.getLogger(__name__)
+
+GOLD = "gold"
+"""Folder name of the gold checkpoint under the checkpoints root."""
+ROLLED_BACK = "rolled-back"
+"""Folder under the checkpoints root that keeps checkpoints newer than gold after a
+rollback (moved, never deleted: a rollback loses nothing)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalPoint:
+    """One evaluation's numbers."""
+
+    step: int
+    """Global step of the evaluation."""
+    val_loss: float | None
+    """Loss of the deciding set (None: nothing to decide on)."""
+    train_loss: float | None
+    """Mean training loss of the steps since the previous evaluation."""
+    sets: dict[str, float]
+    """Loss of every evaluated set by name (the deciding set included)."""
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "val_loss": self.val_loss,
+            "train_loss": self.train_loss,
+            "sets": dict(self.sets),
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class GoldDecision:
+    """What to do with one evaluation."""
+
+    candidate: bool
+    """The val loss is a new best (below the gold's, or there is no gold yet)."""
+    promote: bool
+    """Every guard passed: the state at this step becomes gold."""
+    guards: tuple[str, ...] = ()
+    """Names of the guards that blocked it (``overfit``, ``rising``, ``regression``)."""
+    reason: str | None = None
+    """Why it was blocked, naming each guard and its numbers."""
+
+
+def decide_gold(
+    point: EvalPoint,
+    *,
+    history: Sequence[float | None],
+    gold: dict[str, Any] | None,
+    config: GoldConfig,
+) -> GoldDecision:
+    """Decide whether ``point`` becomes gold.
+
+    ``history`` holds the val losses of the evaluations before this one, oldest first;
+    ``gold`` is the current gold record (``step``, ``val_loss``, ``sets``) or None.
+    """
+    val = point.val_loss
+    if val is None or not math.isfinite(val):
+        return GoldDecision(candidate=False, promote=False)
+    best = gold["val_loss"] if gold else math.inf
+    if not val < best:
+        return GoldDecision(candidate=False, promote=False)
+    blocked: list[tuple[str, str]] = []
+    overfit = _overfit(val, point.train_loss, limit=config.overfit_ratio)
+    if overfit:
+        blocked.append(("overfit", overfit))
+    rising = _rising(history, count=config.consecutive_rises)
+    if rising:
+        blocked.append(("rising", rising))
+    for problem in _regressions(point.sets, gold, threshold=config.regression_threshold):
+        blocked.append(("regression", problem))
+    if not blocked:
+        return GoldDecision(candidate=True, promote=True)
+    guards = tuple(dict.fromkeys(name for name, _ in blocked))
+    return GoldDecision(
+        candidate=True,
+        promote=False,
+        guards=guards,
+        reason="; ".join(text for _, text in blocked),
+    )
+
+
+def _overfit(val: float, train: float | None, *, limit: float) -> str | None:
+    if train is None or not math.isfinite(train):
+        return "overfit: no training loss since the previous evaluation to compare with"
+    ratio = math.inf if train <= 0 else val / train
+    if ratio <= limit:
+        return None
+    return (
+        f"overfit: val/train loss ratio {ratio:.2f} is above the limit {limit:g} "
+        f"(val {val:.4f}, train {train:.4f})"
+    )
+
+
+def _rising(history: Sequence[float | None], *, count: int) -> str | None:
+    values = [v for v in history if v is not None]
+    recent = values[-(count + 1) :]
+    if len(recent) < count + 1:
+        return None
+    if all(later > earlier for earlier, later in itertools.pairwise(recent)):
+        shown = " -> ".join(f"{v:.4f}" for v in recent)
+        return (
+            f"rising: val loss rose at each of the last {count} evaluations before this dip "
+            f"({shown})"
+        )
+    return None
+
+
+def _regressions(
+    sets: dict[str, float], gold: dict[str, Any] | None, *, threshold: float
+) -> list[str]:
+    if not gold:
+        return []
+    problems = []
+    for name, loss in sets.items():
+        at_gold = (gold.get("sets") or {}).get(name)
+        if at_gold is None or at_gold <= 0:
+            continue
+        worse = loss / at_gold - 1.0
+        if worse > threshold:
+            problems.append(
+                f"regression: eval set {name!r} is {worse:.1%} worse than at gold step "
+                f"{gold['step']} ({loss:.4f} vs {at_gold:.4f}, limit {threshold:.0%})"
+            )
+    return problems
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rollback:
+    """What :func:`roll_back_to_gold` did."""
+
+    gold_step: int
+    """The step the lineage continues from."""
+    from_step: int
+    """The newest checkpoint's step before the rollback."""
+    moved: tuple[str, ...]
+    """Checkpoints newer than gold, moved under ``rolled-back/``."""
+    kept_in: Path | None
+    """Where they were moved (None when there were none)."""
+
+
+def roll_back_to_gold(root: Path) -> Rollback:
+    """Make gold the lineage's newest checkpoint; call with the lineage lock held.
+
+    Gold is first installed as ``step-<its step>`` (atomically), and only then are newer
+    checkpoints moved aside, so a crash at any point leaves either the old newest or gold
+    as the checkpoint to resume from, never an older one or none.
+    """
+    gold_dir = root / GOLD
+    try:
+        gold = read_checkpoint(gold_dir)
+    except CheckpointError as exc:
+        raise CheckpointError(f"no usable gold checkpoint to roll back to: {exc}") from exc
+    newest = step_checkpoints(root)
+    from_step = newest[0][0] if newest else gold.step
+    target = root / step_dir_name(gold.step)
+    staging = root / f"{STAGING_PREFIX}{target.name}-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(gold_dir, staging)
+    for entry in staging.iterdir():
+        fsync_path(entry)
+    fsync_path(staging)
+    install_folder(staging, target)
+    fsync_path(root)
+    newer = [path for step, path in newest if step > gold.step]
+    kept_in = None
+    if newer:
+        kept_in = root / ROLLED_BACK / f"from-{from_step:08d}-{uuid.uuid4().hex[:6]}"
+        kept_in.mkdir(parents=True)
+        for path in newer:
+            os.rename(path, kept_in / path.name)
+        fsync_path(kept_in)
+        fsync_path(root)
+    log.warning(
+        "rolled the lineage back to gold at step %d (was at step %d); %d newer checkpoint(s) "
+        "kept in %s",
+        gold.step,
+        from_step,
+        len(newer),
+        kept_in or "-",
+    )
+    return Rollback(
+        gold_step=gold.step,
+        from_step=from_step,
+        moved=tuple(p.name for p in newer),
+        kept_in=kept_in,
+    )
