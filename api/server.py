@@ -10,6 +10,7 @@ loopback and ``server.token`` is unset.
 from __future__ import annotations
 
 import logging
+import socket
 from types import FrameType
 
 import uvicorn
@@ -24,14 +25,34 @@ log = logging.getLogger(__name__)
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's graceful shutdown, without re-raising the signal afterwards.
+    """uvicorn's graceful shutdown, without re-raising the signal afterwards, and the
+    moments systemd hears about (service.readiness).
 
     uvicorn ends by raising the captured SIGTERM again, so the process dies "killed by
     SIGTERM". A daemon's exit status must say whether it stopped cleanly (systemd and
     docker read it), so a clean stop exits 0.
     """
 
+    def __init__(self, config: uvicorn.Config, *, daemon: Daemon) -> None:
+        super().__init__(config)
+        self.daemon = daemon
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            # uvicorn sets ``started`` once its sockets listen (after the lifespan started
+            # the daemon): half of READY=1; the worker's loaded model is the other half.
+            self.daemon.readiness.listening()
+
+    async def on_tick(self, counter: int) -> bool:
+        # Every 0.1 s while serving: a watchdog ping also needs the API's loop turning.
+        self.daemon.readiness.api_tick()
+        return await super().on_tick(counter)
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Tell systemd at once (STOPPING=1, more time): the worker's final checkpoint
+        # only starts after uvicorn has closed its connections.
+        self.daemon.readiness.stopping()
         # Open event streams never end by themselves, and uvicorn waits for every open
         # response before it runs the shutdown that stops the worker: end them first.
         close_event_streams(self.config.app)
@@ -61,7 +82,7 @@ def run_server(settings: Settings) -> int:
         access_log=False,
         lifespan="on",
     )
-    server = _Server(config)
+    server = _Server(config, daemon=daemon)
 
     def fatal(reason: str) -> None:
         log.error("shutting down: %s", reason)
@@ -71,7 +92,9 @@ def run_server(settings: Settings) -> int:
     daemon.on_fatal = fatal
     server.run()
     if daemon.fatal:
-        return 1
+        # The only fatal cause is a worker that refused its settings (exit 2): say the
+        # same, so systemd's RestartPreventExitStatus=2 stops a pointless restart loop.
+        return 2
     if not server.started:
         log.error("the API did not start (is port %d in use?)", settings.server.port)
         return 1

@@ -2,7 +2,9 @@
 
 The main process never imports torch: it runs the inbox watcher and the supervisor
 (which starts the worker as a child process), and the API reads the ledger. The API's
-lifespan calls :meth:`Daemon.start` and :meth:`Daemon.stop`.
+lifespan calls :meth:`Daemon.start` and :meth:`Daemon.stop`. Under systemd the daemon
+also reports to the service manager (:mod:`service.readiness`: READY, STATUS, watchdog
+pings and STOPPING).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import threading
 
 from service.ledger import Ledger
+from service.readiness import Readiness
 from service.settings import Settings
 from service.supervisor import Supervisor
 from service.watcher import InboxWatcher
@@ -34,6 +37,7 @@ class Daemon:
         self.supervisor = (
             Supervisor(settings, ledger=self.ledger, on_fatal=self._fatal) if start_worker else None
         )
+        self.readiness = Readiness(settings, ledger=self.ledger, supervisor=self.supervisor)
         self.stopping = threading.Event()
         self.fatal: str | None = None
         self.on_fatal = None
@@ -41,6 +45,7 @@ class Daemon:
     def start(self) -> None:
         self.settings.paths.checkpoints.mkdir(parents=True, exist_ok=True)
         self.watcher.start()
+        self.readiness.start()  # before the worker: it must know the previous run's heartbeat
         if self.supervisor is not None:
             self.supervisor.start()
         log.info(
@@ -55,9 +60,11 @@ class Daemon:
         if self.stopping.is_set():
             return
         self.stopping.set()
+        self.readiness.stopping()  # systemd: STOPPING=1, and time for the final checkpoint
         if self.supervisor is not None:
             code = self.supervisor.stop()
             log.info("worker stopped with status %s", code)
+        self.readiness.close()
         self.watcher.stop()
         self.ledger.close()
 
