@@ -74,27 +74,12 @@ class OperatorRequests:
             old.save_checkpoint(reason="before_rollback")
         old.close()
         try:
-            new = Trainer.open(
-                spec=settings.lineage_spec(),
-                train=settings.train_config(),
-                paths=settings.run_paths(),
-                evaluation=settings.eval_config(),
-                gold=settings.gold_config(),
-                export=settings.export_config(),
-                from_gold=True,
-            )
+            new = _open_trainer(settings, from_gold=True)
         except CheckpointError as exc:
             # Gold is unusable: carry on with the lineage as it was.
             log.error("rollback to gold failed: %s", exc)
             old.events.emit("rollback_refused", step=step, reason=str(exc))
-            worker.trainer = Trainer.open(
-                spec=settings.lineage_spec(),
-                train=settings.train_config(),
-                paths=settings.run_paths(),
-                evaluation=settings.eval_config(),
-                gold=settings.gold_config(),
-                export=settings.export_config(),
-            )
+            worker.trainer = _open_trainer(settings, from_gold=False)
             worker.attach(worker.trainer)
             return False
         worker.trainer = new
@@ -116,3 +101,15 @@ class OperatorRequests:
         worker.sync_checkpoints()
         worker.beat(WorkerState.IDLE)
         return True
+
+
+def _open_trainer(settings, *, from_gold: bool) -> Trainer:
+    return Trainer.open(
+        spec=settings.lineage_spec(),
+        train=settings.train_config(),
+        paths=settings.run_paths(),
+        evaluation=settings.eval_config(),
+        gold=settings.gold_config(),
+        export=settings.export_config(),
+        from_gold=from_gold,
+    )

@@ -130,21 +130,12 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
         for fname in FILES:
             fsync_path(staging / fname)
         fault_point("checkpoint:before_manifest")
-        manifest = {
-            "format_version": content.training_state.get("format_version", 1),
-            "name": name,
-            "created_at": utc_now(),
-            "files": {
-                fname: {
-                    "size": (staging / fname).stat().st_size,
-                    "sha256": file_sha256(staging / fname),
-                }
-                for fname in FILES
-            },
-        }
-        _write_json(staging / MANIFEST, manifest)
-        fsync_path(staging / MANIFEST)
-        fsync_path(staging)
+        write_manifest(
+            staging,
+            files=FILES,
+            format_version=content.training_state.get("format_version", 1),
+            name=name,
+        )
         fault_point("checkpoint:before_rename")
         install_folder(staging, root / name)
         fault_point("checkpoint:after_rename")
@@ -153,6 +144,25 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return root / name
+
+
+def write_manifest(staging: Path, *, files: tuple[str, ...], **fields: Any) -> None:
+    """Write ``manifest.json`` (size and sha256 of each of ``files``) last, durably; the
+    folder is complete from this moment. ``fields`` go into the manifest as they are."""
+    manifest = {
+        "created_at": utc_now(),
+        **fields,
+        "files": {
+            fname: {
+                "size": (staging / fname).stat().st_size,
+                "sha256": file_sha256(staging / fname),
+            }
+            for fname in files
+        },
+    }
+    _write_json(staging / MANIFEST, manifest)
+    fsync_path(staging / MANIFEST)
+    fsync_path(staging)
 
 
 def install_folder(staging: Path, target: Path) -> None:

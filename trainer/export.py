@@ -40,9 +40,9 @@ from trainer.checkpoint import (
     read_checkpoint,
     resolve_checkpoint,
     verify,
+    write_manifest,
 )
 from trainer.config import ModelConfig
-from trainer.digest import file_sha256
 from trainer.durable import fsync_path
 from trainer.events import utc_now
 from trainer.faults import fault_point
@@ -137,22 +137,14 @@ def write_export(
         for fname in EXPORT_FILES:
             fsync_path(staging / fname)
         fault_point("export:before_manifest")
-        manifest = {
-            "format_version": EXPORT_FORMAT_VERSION,
-            "name": EXPORT_DIR,
-            "kind": "export",
-            "created_at": details["created_at"],
-            "files": {
-                fname: {
-                    "size": (staging / fname).stat().st_size,
-                    "sha256": file_sha256(staging / fname),
-                }
-                for fname in EXPORT_FILES
-            },
-        }
-        _write_json(staging / MANIFEST, manifest)
-        fsync_path(staging / MANIFEST)
-        fsync_path(staging)
+        write_manifest(
+            staging,
+            files=tuple(EXPORT_FILES),
+            format_version=EXPORT_FORMAT_VERSION,
+            name=EXPORT_DIR,
+            kind="export",
+            created_at=details["created_at"],
+        )
         fault_point("export:before_rename")
         install_folder(staging, root / EXPORT_DIR)
         fault_point("export:after_rename")

@@ -155,6 +155,19 @@ class Service:
         return "\n".join(self.log.read_text().splitlines()[-n:]) if self.log.exists() else ""
 
 
+def traind_cli(service: Service, *args: str) -> subprocess.CompletedProcess:
+    """Run a ``traind`` client command against ``service``."""
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", *args, "--url", service.url],
+        env=service.env,
+        cwd=service.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.fixture
 def service_factory(tmp_path):
     made: list[Service] = []

@@ -9,9 +9,8 @@ limit (``tests/trainer/test_gold.py`` covers the numbers).
 
 import json
 import random
-import subprocess
-import sys
 
+from conftest import traind_cli as traind
 from conftest import wait_for
 
 from trainer.checkpoint import step_checkpoints
@@ -23,18 +22,6 @@ GENERAL = [*REPEATED, "14 + 3 = 17", "50 + 41 = 91", "8 + 80 = 88", "23 + 23 = 4
 def write_text_rows(path, rows):
     path.write_text("".join(json.dumps({"text": row}) + "\n" for row in rows))
     return path
-
-
-def traind(service, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args, "--url", service.url],
-        env=service.env,
-        cwd=service.root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_overfitting_blocks_gold_then_rollback_continues_from_gold(tmp_path, service_factory):

@@ -4,26 +4,13 @@ kept), go on at the same step without reloading the model, and the SSE stream sh
 all in order."""
 
 import json
-import subprocess
-import sys
 import time
 
 import httpx
+from conftest import traind_cli as traind
 from conftest import wait_for
 
 from tests.corpus import make_drops
-
-
-def traind(service, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args, "--url", service.url],
-        env=service.env,
-        cwd=service.root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_operator_session(tmp_path, service_factory):
