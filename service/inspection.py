@@ -3,8 +3,8 @@
 A path is a checkpoints root (``step-*``, ``gold/``, ``export/``), one checkpoint folder
 or an export folder. Only JSON files and the safetensors header are read: no weights
 are loaded and torch is never imported, so inspecting a lineage is fast and works on a
-box without a GPU. ``trainer.checkpoint.verify`` cannot be used for that (its module
-imports torch at the top), so the manifest check is done again here by the same rules.
+box without a GPU. Folders are checked by the trainer's own torch-free rules
+(``trainer.manifest``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,20 +26,19 @@ from service.training_summary import (
     int_or_none,
     summarize_training,
 )
-from trainer.digest import file_sha256
+from trainer.manifest import (
+    CONFIG,
+    EXPORT_FILES,
+    EXPORT_INFO,
+    MANIFEST,
+    STATE,
+    STEP_DIR,
+    verify,
+)
+from trainer.manifest import FILES as CHECKPOINT_FILES
 
 log = logging.getLogger(__name__)
 
-# The names of trainer.checkpoint and trainer.export, repeated here: importing them from
-# there loads torch. tests/service/test_inspection.py checks that they still agree.
-MANIFEST = "manifest.json"
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-STATE = "training_state.json"
-EXPORT_INFO = "export.json"
-CHECKPOINT_FILES = (CONFIG, WEIGHTS, "optimizer.pt", "tokenizer.json", STATE)
-EXPORT_FILES = (CONFIG, WEIGHTS, "tokenizer.json", EXPORT_INFO)
-STEP_DIR = re.compile(r"^step-(\d{8,})$")
 _MAX_HEADER = 100 * 2**20  # safetensors refuses larger headers too
 
 Kind = Literal["root", "step", "gold", "export", "checkpoint"]
@@ -177,34 +175,9 @@ def inspect_path(path: Path, *, deep: bool = False) -> Inspection:
 def check_manifest(
     folder: Path, *, required: tuple[str, ...] = CHECKPOINT_FILES, deep: bool = False
 ) -> str | None:
-    """None if ``manifest.json`` vouches for the folder, else the reason it does not.
-
-    The rules of ``trainer.checkpoint.verify`` (every required file listed, present and
-    of the listed size; its sha256 too when ``deep``), applied also to any other file
-    the manifest lists.
-    """
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
-        return "no manifest.json (an interrupted write, or not a checkpoint)"
-    try:
-        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-        if not isinstance(files, dict):
-            raise TypeError("'files' is not an object")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"manifest.json is unreadable: {exc}"
-    for name in [*required, *sorted(set(files) - set(required))]:
-        entry, path = files.get(name), folder / name
-        if not isinstance(entry, dict):
-            return f"manifest.json does not list {name}"
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return f"{name} is missing"
-        if size != entry.get("size"):
-            return f"{name} has {size} bytes, the manifest says {entry.get('size')}"
-        if deep and file_sha256(path) != entry.get("sha256"):
-            return f"{name} does not match its sha256 in the manifest"
-    return None
+    """None if ``manifest.json`` vouches for the folder, else the reason it does not: the
+    trainer's own check, applied also to any other file the manifest lists."""
+    return verify(folder, deep=deep, files=required, every_listed=True)
 
 
 def read_weights_header(path: Path) -> dict[str, dict[str, Any]]:

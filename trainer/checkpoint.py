@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,21 +24,25 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer.digest import file_sha256
 from trainer.durable import fsync_path
-from trainer.events import utc_now
 from trainer.faults import fault_point
+from trainer.manifest import (
+    CONFIG,
+    EXPORT_FILES,
+    FILES,
+    MANIFEST,
+    OPTIMIZER,
+    STATE,
+    STEP_DIR,
+    TOKENIZER,
+    WEIGHTS,
+    verify,
+    write_json,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-OPTIMIZER = "optimizer.pt"
-TOKENIZER = "tokenizer.json"
-STATE = "training_state.json"
-FILES = (CONFIG, WEIGHTS, OPTIMIZER, TOKENIZER, STATE)
-STEP_DIR = re.compile(r"^step-(\d{8,})$")
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
 
@@ -93,12 +96,6 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(
-        json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8"
-    )
-
-
 @dataclass(frozen=True, kw_only=True)
 class CheckpointContent:
     """Everything a checkpoint holds, ready to be written."""
@@ -121,12 +118,12 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
     staging = root / f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        _write_json(staging / CONFIG, content.config)
+        write_json(staging / CONFIG, content.config)
         save_file(model_tensors(content.model), str(staging / WEIGHTS), metadata={"format": "pt"})
         fault_point("checkpoint:after_weights")
         torch.save(content.optimizer_state, staging / OPTIMIZER)
         (staging / TOKENIZER).write_text(content.tokenizer_json, encoding="utf-8")
-        _write_json(staging / STATE, content.training_state)
+        write_json(staging / STATE, content.training_state)
         for fname in FILES:
             fsync_path(staging / fname)
         fault_point("checkpoint:before_manifest")
@@ -144,25 +141,6 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return root / name
-
-
-def write_manifest(staging: Path, *, files: tuple[str, ...], **fields: Any) -> None:
-    """Write ``manifest.json`` (size and sha256 of each of ``files``) last, durably; the
-    folder is complete from this moment. ``fields`` go into the manifest as they are."""
-    manifest = {
-        "created_at": utc_now(),
-        **fields,
-        "files": {
-            fname: {
-                "size": (staging / fname).stat().st_size,
-                "sha256": file_sha256(staging / fname),
-            }
-            for fname in files
-        },
-    }
-    _write_json(staging / MANIFEST, manifest)
-    fsync_path(staging / MANIFEST)
-    fsync_path(staging)
 
 
 def install_folder(staging: Path, target: Path) -> None:
@@ -184,11 +162,7 @@ def install_folder(staging: Path, target: Path) -> None:
 
 def _files_of(folder: Path) -> tuple[str, ...]:
     """The files a complete folder of this name holds (export has its own set)."""
-    if folder.name == "export":
-        from trainer.export import EXPORT_FILES  # export builds on this module
-
-        return tuple(EXPORT_FILES)
-    return FILES
+    return EXPORT_FILES if folder.name == "export" else FILES
 
 
 def recover_root(root: Path) -> None:
@@ -211,37 +185,6 @@ def recover_root(root: Path) -> None:
         else:
             shutil.rmtree(entry, ignore_errors=True)
     fsync_path(root)
-
-
-def verify(path: Path, *, deep: bool = True, files: Iterable[str] = FILES) -> str | None:
-    """None if ``path`` is a complete checkpoint, else the reason it is not.
-
-    ``deep`` checks every file's sha256, not just its size. ``files`` are the names the
-    manifest must list and the folder must hold (a training checkpoint's by default; the
-    export folder has its own set).
-    """
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        return "no manifest.json (an interrupted write, or not a checkpoint)"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        listed = manifest["files"]
-    except (ValueError, KeyError, TypeError) as exc:
-        return f"manifest.json is unreadable: {exc}"
-    for fname in files:
-        entry = listed.get(fname)
-        fpath = path / fname
-        if entry is None:
-            return f"manifest.json does not list {fname}"
-        if not fpath.is_file():
-            return f"{fname} is missing"
-        if fpath.stat().st_size != entry.get("size"):
-            return (
-                f"{fname} has {fpath.stat().st_size} bytes, the manifest says {entry.get('size')}"
-            )
-        if deep and file_sha256(fpath) != entry.get("sha256"):
-            return f"{fname} does not match its sha256 in the manifest"
-    return None
 
 
 def step_checkpoints(root: Path) -> list[tuple[int, Path]]:

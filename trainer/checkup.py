@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainer.events import round_loss, utc_now
 from trainer.gold import EvalPoint, decide_gold
-from trainer.progress import format_duration
+from trainer.progress import format_duration, progress_pct
 from trainer.schedule import lr_at
 from trainer.state import FileProgress
 
@@ -169,5 +169,5 @@ class Checkup:
 def _progress(current: FileProgress | None, step: int) -> float | None:
     if current is None:
         return None
-    span = max(1, current.target_step - current.start_step)
-    return round(100.0 * (step - current.start_step) / span, 2)
+    pct = progress_pct(step, start_step=current.start_step, target_step=current.target_step)
+    return round(pct, 2)

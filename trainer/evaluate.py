@@ -64,6 +64,7 @@ class Evaluator:
         self.seed = seed
         self.named = {name: self._load_set(name, Path(path)) for name, path in config.sets}
         self._recent: list[tuple[str, TokenizedFile]] = []
+        self._selections: dict[tuple[str, int, int], np.ndarray] = {}
 
     def _load_set(self, name: str, path: Path) -> TokenizedFile:
         try:
@@ -85,6 +86,9 @@ class Evaluator:
         self._recent = [(s, h) for s, h in self._recent if s != sha256]
         self._recent.append((sha256, holdout))
         del self._recent[: -self.config.recent_files]
+        # Forget the selections of files that left the set (a daemon runs for months).
+        live = {d.key for d in self.named.values()} | {h.key for _, h in self._recent}
+        self._selections = {k: v for k, v in self._selections.items() if k[0] in live}
 
     def restore_recent(self, files: list[tuple[str, str, float]]) -> None:
         """Rebuild ``recent`` on start from (name, sha256, holdout fraction) of the latest
@@ -151,6 +155,15 @@ class Evaluator:
         losses = {name: loss for name, loss in losses.items() if loss is not None}
         return EvalResult(losses=losses, samples=samples, duration_s=time.monotonic() - started)
 
+    def _selection(self, data: TokenizedFile, budget: int) -> np.ndarray:
+        """The fixed sequences of ``data`` an evaluation scores (computed once per set)."""
+        key = (data.key, data.n_sequences, budget)
+        chosen = self._selections.get(key)
+        if chosen is None:
+            order = sequence_order(data.n_sequences, seed=self.seed, sha256=data.sha256, epoch=0)
+            chosen = self._selections[key] = order[:budget]
+        return chosen
+
     def _score(
         self,
         parts: list[tuple[TokenizedFile, int]],
@@ -163,8 +176,7 @@ class Evaluator:
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         targets = 0
         for data, budget in parts:
-            order = sequence_order(data.n_sequences, seed=self.seed, sha256=data.sha256, epoch=0)
-            chosen = order[:budget]
+            chosen = self._selection(data, budget)
             for start in range(0, len(chosen), self.config.batch_size):
                 rows = np.sort(chosen[start : start + self.config.batch_size])
                 x_np, y_np = data.batch(rows)

@@ -46,14 +46,14 @@ from trainer.config import ModelConfig
 from trainer.durable import fsync_path
 from trainer.events import utc_now
 from trainer.faults import fault_point
+from trainer.manifest import EXPORT_FILES, EXPORT_INFO, write_json
 from trainer.model import GPT
 from trainer.tokenizer import Tokenizer, TokenizerError
 
 log = logging.getLogger(__name__)
 
 EXPORT_DIR = "export"
-INFO = "export.json"
-EXPORT_FILES = (CONFIG, WEIGHTS, TOKENIZER, INFO)
+INFO = EXPORT_INFO
 EXPORT_FORMAT = "traind-export"
 EXPORT_FORMAT_VERSION = 1
 DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -114,7 +114,7 @@ def write_export(
     staging = root / f"{STAGING_PREFIX}{EXPORT_DIR}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        _write_json(staging / CONFIG, config)
+        write_json(staging / CONFIG, config)
         save_file(
             _half_tensors(model, half),
             str(staging / WEIGHTS),
@@ -133,7 +133,7 @@ def write_export(
             "traind_version": _traind_version(),
             "how_to_load": HOW_TO_LOAD,
         }
-        _write_json(staging / INFO, details)
+        write_json(staging / INFO, details)
         for fname in EXPORT_FILES:
             fsync_path(staging / fname)
         fault_point("export:before_manifest")
@@ -346,9 +346,3 @@ def _traind_version() -> str | None:
         return metadata.version("traind")
     except metadata.PackageNotFoundError:
         return None
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(
-        json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8"
-    )

@@ -21,6 +21,11 @@ def format_rate(tokens_per_s: float) -> str:
     return f"{tokens_per_s:.0f} tok/s"
 
 
+def progress_pct(step: int, *, start_step: int, target_step: int) -> float:
+    """How far ``step`` is through a file's steps, in percent."""
+    return 100.0 * (step - start_step) / max(1, target_step - start_step)
+
+
 @dataclass(kw_only=True)
 class ProgressMeter:
     """Accumulates one log interval's worth of steps and renders the line."""
@@ -58,8 +63,7 @@ class ProgressMeter:
         done = step - self.session_start_step
         remaining = self.target_step - step
         eta = (now - self.started) / done * remaining if done > 0 else 0.0
-        span = max(1, self.target_step - self.start_step)
-        pct = 100.0 * (step - self.start_step) / span
+        pct = progress_pct(step, start_step=self.start_step, target_step=self.target_step)
         loss = f"{self._loss_sum / self._loss_steps:.4f}" if self._loss_steps else "n/a"
         self._mark, self._tokens, self._loss_sum, self._loss_steps = now, 0, 0.0, 0
         return (

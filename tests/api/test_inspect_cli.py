@@ -101,8 +101,7 @@ def test_a_broken_newest_checkpoint_is_skipped_and_said(root: Path, tmp_path: Pa
 
 def test_the_export_folder(root: Path) -> None:
     export = root / "export"
-    if not export.is_dir():
-        pytest.skip("this traind wrote no export/ at the end of a file")
+    assert export.is_dir(), "traind writes checkpoints/export at the end of each file"
     result = inspect(str(export), cwd=root.parent)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"export {export}  valid")

@@ -358,8 +358,8 @@ def _image_env(root: Path) -> dict[str, str]:
 @pytest.fixture
 def real_traind() -> Path:
     traind = Path(sys.executable).parent / "traind"
-    if not traind.exists():
-        pytest.skip("traind is not installed in this venv (pip install -e .)")
+    # make setup installs the project (pip install -e), so the real command is there.
+    assert traind.exists(), "traind is not installed in this venv: run make setup"
     return traind
 
 
