@@ -7,6 +7,10 @@ Reads are open to loopback clients and need it from anywhere else
 (:func:`require_read_access`); the probes ``/livez`` and ``/readyz`` are always open,
 for orchestrators that probe from outside.
 
+A ``server.token`` that is only whitespace is refused, and so is one shorter than
+:data:`MIN_PUBLIC_TOKEN_CHARS` when ``server.host`` is not loopback (:func:`check_bind`,
+:func:`resolve_token`); ``traind serve`` then exits 2, as for a public bind without one.
+
 uvicorn's default proxy handling trusts ``X-Forwarded-For`` from 127.0.0.1, so a
 reverse proxy on the same host that sets it makes remote clients count as remote.
 """
@@ -29,6 +33,10 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 TOKEN_FILE = "api-token"
+MIN_PUBLIC_TOKEN_CHARS = 16
+"""Shortest ``server.token`` (surrounding whitespace aside) for a non-loopback bind."""
+MAKE_TOKEN = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+"""The command the refusals suggest for making a token."""
 _bearer = HTTPBearer(
     auto_error=False,
     description="server.token, or the token generated into <paths.state>/api-token.",
@@ -58,30 +66,63 @@ def is_loopback(host: str | None) -> bool:
 
 
 def check_bind(settings: Settings) -> None:
-    """Refuse a non-loopback ``server.host`` without an explicit ``server.token``.
+    """Refuse a ``server.token`` that guards nothing, and a non-loopback ``server.host``
+    without a long one.
 
     A generated token lives in a file only this machine can read; anyone able to reach a
     public address could not have it, so such a setup would be a mistake either way.
     """
+    problem = _token_problem(settings)
+    if problem is not None:
+        raise BindError(problem)
     host = settings.server.host
     if is_loopback(host) or settings.server.token:
         return
     raise BindError(
         f"server.host is {host!r}, which is reachable from other machines, but server.token "
-        "is not set: set server.token (or TRAIND_SERVER__TOKEN) to a long random secret, or "
-        "bind to 127.0.0.1"
+        f"is not set: set server.token (or TRAIND_SERVER__TOKEN) to a long random secret "
+        f"(make one with {MAKE_TOKEN}), or bind to 127.0.0.1"
     )
 
 
 def resolve_token(settings: Settings) -> str:
-    """``server.token``, else the token in ``<paths.state>/api-token`` (made if missing)."""
-    if settings.server.token:
-        return settings.server.token
+    """``server.token`` (without surrounding whitespace), else the token in
+    ``<paths.state>/api-token`` (made if missing)."""
+    problem = _token_problem(settings)
+    if problem is not None:
+        raise TokenError(problem)
+    if settings.server.token is not None:
+        # An HTTP header loses surrounding whitespace: a token kept with it never matches.
+        return settings.server.token.strip()
     path = settings.paths.state / TOKEN_FILE
     token = _read_token(path)
     if token is None:
         token = _create_token(path)
     return token
+
+
+def _token_problem(settings: Settings) -> str | None:
+    """Why the configured ``server.token`` cannot be used, or None (also when it is unset)."""
+    token = settings.server.token
+    if token is None:
+        return None
+    length = len(token.strip())
+    if length == 0:
+        return (
+            "server.token (or TRAIND_SERVER__TOKEN) is empty or only whitespace, so it would "
+            f"guard nothing: set it to a long random secret (make one with {MAKE_TOKEN}), or "
+            "remove it to have a token generated into <paths.state>/api-token"
+        )
+    host = settings.server.host
+    if length < MIN_PUBLIC_TOKEN_CHARS and not is_loopback(host):
+        characters = "character" if length == 1 else "characters"
+        return (
+            f"server.token (or TRAIND_SERVER__TOKEN) has only {length} {characters}, too few "
+            f"to guard an API that server.host {host!r} makes reachable from other machines: "
+            f"use at least {MIN_PUBLIC_TOKEN_CHARS} random characters (make a token with "
+            f"{MAKE_TOKEN}), or bind to 127.0.0.1"
+        )
+    return None
 
 
 def _read_token(path: Path) -> str | None:

@@ -252,8 +252,9 @@ def discover_token(explicit: str | None = None, *, settings: Callable[[], Settin
         if candidate and candidate.strip():
             return candidate.strip()
     loaded = settings()
-    if loaded.server.token:
-        return loaded.server.token
+    if loaded.server.token and loaded.server.token.strip():
+        # As the server compares it: surrounding whitespace never reaches an HTTP header.
+        return loaded.server.token.strip()
     try:
         token = (loaded.paths.state / TOKEN_FILE_NAME).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):

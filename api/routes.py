@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 
 from api.auth import require_read_access, require_token
 from api.history import EventDigest, eval_summary, gold_decision, list_checkpoints, read_gold
@@ -105,8 +106,20 @@ def _check(probe: Any, *args: Any) -> dict[str, Any]:
         problem = probe(*args)
     except Exception as exc:
         log.warning("readiness check %s failed", probe.__name__, exc_info=True)
-        problem = f"{type(exc).__name__}: {exc}"
+        problem = _failure(exc)
     return {"ok": problem is None, "detail": problem}
+
+
+def _failure(exc: Exception) -> str:
+    """The public reason for a probe that raised: no message, only the kind of error.
+
+    /readyz answers anyone, and an error's text is internals: a database error carries
+    its SQL statement and parameters, a connection error the database's address.
+    """
+    kind = type(exc).__name__
+    if isinstance(exc, SQLAlchemyError):
+        return f"the ledger database did not answer ({kind}); see the service log"
+    return f"the check failed ({kind}); see the service log"
 
 
 def _ledger_answers(daemon: Daemon) -> str | None:

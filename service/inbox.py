@@ -14,6 +14,7 @@ filesystem), hence atomic.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -79,8 +80,30 @@ class InboxLayout:
         return self.accepted
 
     def destination(self, record: FileRecord) -> Path:
-        """The path ``record``'s file is moved to, from its id, name and state."""
-        return self.folder_for(record.state) / f"{record.id:06d}-{record.name}"
+        """The path ``record``'s file is moved to, from its id, name and state; a name too
+        long for the filesystem beside its ``.reason.txt`` is shortened (see ``filed_name``)."""
+        return self.folder_for(record.state) / filed_name(record.id, record.name)
+
+
+MAX_NAME_BYTES = 255
+"""The longest file name most filesystems take (ext4, xfs, tmpfs, btrfs)."""
+
+
+def filed_name(file_id: int, name: str) -> str:
+    """``<id:06d>-<name>``, shortened when it and its ``.reason.txt`` would not fit in a
+    file name: the stem is cut and marked with a hash of the whole name, the data
+    extension kept, so the name stays unique and one the worker reads."""
+    filed = f"{file_id:06d}-{name}"
+    # The reason file is written through a hidden temporary: ".<name>.reason.txt.tmp".
+    extra = len(f".{REASON_SUFFIX}.tmp")
+    if len(filed.encode()) + extra <= MAX_NAME_BYTES:
+        return filed
+    suffix = next((s for s in (".jsonl.gz", ".jsonl") if name.endswith(s)), "")
+    stem = filed[: len(filed) - len(suffix)] if suffix else filed
+    mark = "~" + hashlib.sha256(name.encode(errors="surrogateescape")).hexdigest()[:8]
+    room = MAX_NAME_BYTES - extra - len((mark + suffix).encode())
+    cut = stem.encode()[:room].decode(errors="ignore")
+    return cut + mark + suffix
 
 
 def reason_path(destination: Path) -> Path:
@@ -91,18 +114,28 @@ def reason_path(destination: Path) -> Path:
 def move_file(source: Path, destination: Path) -> Path:
     """Rename ``source`` to ``destination`` without overwriting anything; return where it went.
 
-    Names carry the ledger id so a clash means a leftover from an earlier crash; the new
-    file then gets a ``.N`` suffix instead of replacing it.
+    Names carry the ledger id, and ids are kept above every id in the folders
+    (:mod:`service.inventory`), so a clash means a leftover from an earlier crash; the new
+    file then gets a ``~N`` mark before its extension (``000007-day1~1.jsonl``), so its
+    name stays one the worker reads.
     """
     target = destination
     n = 0
     while os.path.lexists(target):
         n += 1
-        target = destination.with_name(f"{destination.name}.{n}")
+        target = destination.with_name(_marked(destination.name, n))
     os.rename(source, target)
     _sync_folder(source.parent)
     _sync_folder(target.parent)
     return target
+
+
+def _marked(name: str, n: int) -> str:
+    """``name`` with ``~n`` before its data extension (or at its end if it has none)."""
+    for suffix in (".jsonl.gz", ".jsonl"):
+        if name.endswith(suffix):
+            return f"{name[: -len(suffix)]}~{n}{suffix}"
+    return f"{name}~{n}"
 
 
 def write_text_atomic(path: Path, text: str) -> None:

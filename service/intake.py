@@ -3,11 +3,14 @@
 Checks run in a fixed order, and the first that fails rejects the file with a reason a
 person can act on (which file, which line, what to do):
 
-1. a symbolic link (never followed);
-2. not a regular file (FIFO, socket, device);
-3. a name other than ``*.jsonl`` / ``*.jsonl.gz``;
-4. larger than ``watcher.max_file_bytes``;
-5. :func:`trainer.formats.validate_file`: a whole-file problem, or any invalid line
+1. a name that is not valid UTF-8 (the ledger, the event log and the API hold text, so
+   it is recorded, and moved, under :func:`printable_name`);
+2. a symbolic link (never followed);
+3. a folder (moved as a whole: only the inbox top level receives drops);
+4. not a regular file (FIFO, socket, device);
+5. a name other than ``*.jsonl`` / ``*.jsonl.gz``;
+6. larger than ``watcher.max_file_bytes``;
+7. :func:`trainer.formats.validate_file`: a whole-file problem, or any invalid line
    (strict: a file with one bad line is not trained on at all).
 
 A file that passes is recorded ``queued``, or ``duplicate`` when the same content is
@@ -23,6 +26,7 @@ import dataclasses
 import logging
 import os
 import stat
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,9 @@ log = logging.getLogger(__name__)
 
 SHOWN_LINES = 10
 """Bad line numbers named in a strict rejection's one-line reason."""
+MAX_PRINTABLE_NAME_BYTES = 200
+"""Longest printable form of a non-UTF-8 name: escapes make a name up to four times longer,
+and ``<id>-<name>.reason.txt`` must still fit the usual 255-byte limit of a file name."""
 
 
 class FileChangedError(RuntimeError):
@@ -85,14 +92,14 @@ class Intake:
         A record found by path whose file is elsewhere already (the crash came between
         the move and the path update) gets its path repaired, and ``path`` is new.
         """
-        record = self.ledger.find_by_path(str(path))
+        record = self.ledger.find_by_path(recorded_path(path))
         if record is None:
             return None
         if _holds(record, path):
             log.warning(
                 "%s was recorded (id %d, %s) but not moved, probably because of a crash; "
                 "finishing the move",
-                path.name,
+                record.name,
                 record.id,
                 record.state,
             )
@@ -106,14 +113,17 @@ class Intake:
         return None
 
     def inspect(self, path: Path) -> Verdict | None:
-        """Check ``path``; ``None`` when it vanished or is a directory (nothing to record)."""
+        """Check ``path``; ``None`` when it vanished (nothing to record)."""
         try:
             before = os.lstat(path)
         except FileNotFoundError:
-            log.info("%s vanished before it was checked", path)
+            log.info("%s vanished before it was checked", printable_name(str(path)))
             return None
         name = path.name
         mode = before.st_mode
+        if not is_utf8(name):
+            # First: every later reason would carry the name into the ledger, which holds text.
+            return _rejected(path, _undecodable_reason(name), size=before.st_size)
         if stat.S_ISLNK(mode):
             return _rejected(
                 path,
@@ -122,7 +132,12 @@ class Intake:
                 size=before.st_size,
             )
         if stat.S_ISDIR(mode):
-            return None
+            return _rejected(
+                path,
+                f"{name} is a folder; traind takes files, not folders: move the *.jsonl files "
+                "inside it into the inbox",
+                size=before.st_size,
+            )
         if not stat.S_ISREG(mode):
             return _rejected(
                 path,
@@ -157,19 +172,19 @@ class Intake:
             return None
         return _rejected(
             path,
-            f"{path.name} could not be checked ({attempts} attempts; last error "
+            f"{printable_name(path.name)} could not be checked ({attempts} attempts; last error "
             f"{type(error).__name__}: {error}); make sure traind can read it, then drop it again",
             size=size,
         )
 
     def commit(self, verdict: Verdict) -> FileRecord:
         """Record ``verdict`` in the ledger, announce it, and move the file where it belongs."""
-        name = verdict.path.name
+        name = printable_name(verdict.path.name)
         if verdict.accepted:
             assert verdict.sha256 is not None and verdict.format is not None
             record = self.ledger.record_file(
                 name=name,
-                path=str(verdict.path),
+                path=recorded_path(verdict.path),
                 sha256=verdict.sha256,
                 size=verdict.size,
                 format=verdict.format,
@@ -178,7 +193,7 @@ class Intake:
         else:
             record = self.ledger.record_rejected(
                 name=name,
-                path=str(verdict.path),
+                path=recorded_path(verdict.path),
                 reason=verdict.reason or "rejected",
                 sha256=verdict.sha256,
                 size=verdict.size,
@@ -201,7 +216,7 @@ class Intake:
             write_text_atomic(reason_path(destination), reason_text(record))
         target = move_file(path, destination)
         self.ledger.set_path(record.id, str(target))
-        log.debug("moved %s to %s", path.name, target)
+        log.debug("moved %s to %s", record.name, target)
         return dataclasses.replace(record, path=str(target))
 
     def _validate(self, path: Path) -> Verdict | None:
@@ -292,6 +307,44 @@ class Intake:
             )
 
 
+def is_utf8(name: str) -> bool:
+    """Whether a file name (as ``os`` decodes it) was valid UTF-8 on disk.
+
+    Bytes that are not UTF-8 come back from ``os`` as lone surrogates, which no UTF-8
+    encoder (SQLite, JSON, HTTP) accepts.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_name(name: str) -> str:
+    """``name`` as printable UTF-8 text, for the ledger, the logs and the rejected/ folder.
+
+    A valid UTF-8 name comes back unchanged. Otherwise each byte that is not UTF-8, and
+    each control character, is written as a ``\\xNN`` escape, and an escaped name longer
+    than :data:`MAX_PRINTABLE_NAME_BYTES` keeps its start and its end around ``...``.
+    The result depends on the name alone: a crash between the ledger write and the move
+    finds the record again by it.
+    """
+    if is_utf8(name):
+        return name
+    raw = name.encode("utf-8", "surrogateescape") if _escaped_bytes_only(name) else None
+    if raw is None:
+        text = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    else:
+        text = raw.decode("utf-8", "backslashreplace")
+    text = "".join(f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" else c for c in text)
+    return _shortened(text, MAX_PRINTABLE_NAME_BYTES)
+
+
+def recorded_path(path: Path) -> str:
+    """The text the ledger records for a file at ``path`` (see :func:`printable_name`)."""
+    return str(path.with_name(printable_name(path.name)))
+
+
 def strict_reason(report: ValidationReport) -> str:
     """The one-line reason for rejecting a file that has some invalid lines."""
     numbers = [str(e.line) for e in report.errors[:SHOWN_LINES]]
@@ -325,6 +378,35 @@ def reason_text(record: FileRecord) -> str:
             where = f"line {problem.line}" if problem.line is not None else "file"
             lines.append(f"  {where}: {problem.reason}")
     return "\n".join(lines) + "\n"
+
+
+def _undecodable_reason(name: str) -> str:
+    shown = printable_name(name)
+    where = ""
+    if _escaped_bytes_only(name):
+        raw = name.encode("utf-8", "surrogateescape")
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            where = f"byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}; "
+    return (
+        f"{shown}: the file name is not valid UTF-8 ({where}each such byte is shown here as "
+        "\\xNN); rename it with a UTF-8 name and drop it again"
+    )
+
+
+def _escaped_bytes_only(name: str) -> bool:
+    """Whether every surrogate in ``name`` stands for one undecodable byte (as ``os`` makes)."""
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in name)
+
+
+def _shortened(text: str, limit: int) -> str:
+    encoded = text.encode("utf-8")
+    if len(encoded) <= limit:
+        return text
+    tail = text[-24:]
+    room = limit - len(tail.encode("utf-8")) - len("...")
+    return encoded[:room].decode("utf-8", "ignore") + "..." + tail
 
 
 def _rejected(path: Path, reason: str, **fields: Any) -> Verdict:
@@ -369,7 +451,8 @@ def _check_unchanged(path: Path, before: os.stat_result) -> None:
 
 def _link_target(path: Path) -> str:
     try:
-        return str(path.readlink())
+        # A target is any bytes; the reason that names it goes into the ledger as text.
+        return printable_name(str(path.readlink()))
     except OSError:
         return "an unreadable target"
 

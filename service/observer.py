@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -41,7 +44,18 @@ LINUX = sys.platform.startswith("linux")
 """inotify, and with it close-after-write events, is available."""
 
 # Not opens, reads or closes without writing: traind's own reads would flood the queue.
-EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent]
+# Folders too: a folder dropped into the inbox is rejected whole, and should be seen at once
+# rather than at the next rescan (changes inside it show in its mtime, re-stat'ed anyway).
+EVENTS = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+]
 
 
 class Note(NamedTuple):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import threading
 import time
 from collections import deque
@@ -31,8 +30,8 @@ from typing import Any
 from watchdog.observers.api import BaseObserver
 
 from service.arrivals import Arrival, Arrivals, Origin, signature
-from service.inbox import InboxLayout, is_ignored
-from service.intake import FileChangedError, Intake, Verdict
+from service.inbox import ACCEPTED, DUPLICATES, REJECTED, InboxLayout, is_ignored
+from service.intake import FileChangedError, Intake, Verdict, printable_name
 from service.ledger.records import FileRecord
 from service.observer import LINUX, Note, NoteTaker, is_alive, start_observer, stop_observer
 from service.openfiles import open_for_writing
@@ -47,6 +46,8 @@ HELD_RECHECK_S = 1.0
 """How often a file found open for writing is looked at again (each look scans /proc)."""
 IDLE_TICK_S = 1.0
 """Longest sleep of the processing thread (it also refreshes the health timestamp)."""
+OWN_FOLDERS = frozenset({ACCEPTED, REJECTED, DUPLICATES})
+"""traind's own sub-folders of the inbox; every other folder at the top level is a drop."""
 _RETRY_LATER = object()
 
 
@@ -120,7 +121,11 @@ class InboxWatcher:
             stop_observer(observer)
 
     def rescan(self) -> list[str]:
-        """Note every candidate file at the inbox top level; return the names newly noted."""
+        """Note every candidate drop at the inbox top level; return the names newly noted.
+
+        A drop is anything there but traind's own folders and ignored names: a folder is
+        one too, to be rejected (only the top level receives drops).
+        """
         with self._lock:
             now = time.monotonic()
             self._next_rescan = now + self.settings.rescan_interval_s
@@ -128,7 +133,7 @@ class InboxWatcher:
             added = []
             with os.scandir(self.inbox) as entries:
                 for entry in entries:
-                    if is_ignored(entry.name) or _is_dir(entry):
+                    if is_ignored(entry.name) or (entry.name in OWN_FOLDERS and _is_dir(entry)):
                         continue
                     present.add(entry.name)
                     if entry.name not in self._arrivals:
@@ -159,7 +164,9 @@ class InboxWatcher:
                 pids = writers.get(os.path.realpath(path))
                 if pids:
                     if arrival.name not in self._held:
-                        log.info("%s is still open for writing (pid %s); waiting", path, pids)
+                        log.info(
+                            "%s is still open for writing (pid %s); waiting", _shown(path), pids
+                        )
                     self._held[arrival.name] = now + HELD_RECHECK_S
                     continue
                 self._held.pop(arrival.name, None)
@@ -215,12 +222,14 @@ class InboxWatcher:
                     return None
                 record = None if verdict is None else self.intake.commit(verdict)
         except FileChangedError:
-            log.info("%s changed while it was checked; waiting for it to settle", path)
+            log.info("%s changed while it was checked; waiting for it to settle", _shown(path))
             self._arrivals.unsettle(name, now)
             return None
         except Exception:
             # Not the file's fault (the ledger, the disk): retried without limit.
-            log.exception("could not record %s; it stays in the inbox until the next rescan", path)
+            log.exception(
+                "could not record %s; it stays in the inbox until the next rescan", _shown(path)
+            )
             self._arrivals.forget(name)
             return None
         self._forget(name)
@@ -238,20 +247,18 @@ class InboxWatcher:
                 log.exception(
                     "checking %s failed (attempt %d of %d); it stays in the inbox and is "
                     "retried at the next rescan",
-                    path,
+                    _shown(path),
                     attempts,
                     MAX_ATTEMPTS,
                 )
                 self._arrivals.forget(name)
                 return _RETRY_LATER
-            log.exception("checking %s failed %d times; rejecting it", path, attempts)
+            log.exception("checking %s failed %d times; rejecting it", _shown(path), attempts)
             return self.intake.unreadable(path, error=exc, attempts=attempts)
 
     def _drain_notes(self) -> None:
         while self._notes:
             note = self._notes.popleft()
-            if note.is_directory:
-                continue
             if note.kind == "moved":
                 self._gone(note.src)
                 name = self._top_level_name(note.dest)
@@ -264,7 +271,11 @@ class InboxWatcher:
             name = self._top_level_name(note.src)
             if name is None:
                 continue
-            if note.kind == "closed":
+            if note.is_directory:
+                # No close event ever comes for a folder: it is taken once its listing (its
+                # mtime) has been still for the settle time.
+                self._arrivals.found(name, note.at)
+            elif note.kind == "closed":
                 self._arrivals.closed(name, note.at)
             else:
                 self._arrivals.written(name, note.at)
@@ -278,7 +289,7 @@ class InboxWatcher:
         if not raw:
             return None
         path = Path(raw)
-        if path.parent != self.inbox or is_ignored(path.name):
+        if path.parent != self.inbox or is_ignored(path.name) or path.name in OWN_FOLDERS:
             return None
         return path.name
 
@@ -287,10 +298,7 @@ class InboxWatcher:
             try:
                 result = os.lstat(self.inbox / name)
             except FileNotFoundError:
-                log.debug("%s left the inbox before it was taken", name)
-                self._forget(name)
-                continue
-            if stat.S_ISDIR(result.st_mode):
+                log.debug("%s left the inbox before it was taken", printable_name(name))
                 self._forget(name)
                 continue
             self._arrivals.observe(name, signature(result), now)
@@ -332,6 +340,11 @@ class InboxWatcher:
             self.layout.create()
             self._observer = self._start_observer()
             self.rescan()
+
+
+def _shown(path: Path) -> str:
+    # A name that is not UTF-8 would break a log handler that writes strict UTF-8.
+    return printable_name(str(path))
 
 
 def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:

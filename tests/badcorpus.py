@@ -49,6 +49,12 @@ class Bad:
     data: bytes | None = None
     make: Callable[[Path], None] | None = None
     in_place: bool = False
+    recorded: str | None = None
+    """The name the ledger records, where it differs from ``name`` (a name not UTF-8)."""
+
+    @property
+    def recorded_name(self) -> str:
+        return self.recorded or self.name
 
 
 def _symlink(path: Path) -> None:
@@ -59,6 +65,15 @@ def _symlink(path: Path) -> None:
 
 def _fifo(path: Path) -> None:
     os.mkfifo(path)
+
+
+def _folder(path: Path) -> None:
+    path.mkdir()
+    (path / "inside.jsonl").write_bytes(jl(TEXT))
+
+
+NOT_UTF8 = os.fsdecode(b"day\xff1.jsonl")
+"""A name whose byte 0xff is not UTF-8 (``os`` gives it as a lone surrogate)."""
 
 
 BAD = [
@@ -139,6 +154,23 @@ BAD = [
         json.dumps([TEXT]).encode()),
     Bad("no extension", "README", "only *.jsonl and *.jsonl.gz files are taken", None, b"hi\n",
         in_place=True),
+    Bad("file name not UTF-8", NOT_UTF8,
+        "the file name is not valid UTF-8 (byte 0xff at byte 4; each such byte is shown here "
+        "as \\xNN); rename it with a UTF-8 name and drop it again", None, jl(TEXT),
+        recorded="day\\xff1.jsonl"),
+    Bad("a folder", "folder.jsonl",
+        "is a folder; traind takes files, not folders: move the *.jsonl files inside it into "
+        "the inbox", None, make=_folder),
+    Bad("chat without an assistant turn", "no-reply.jsonl",
+        'has no "assistant" message, so there is nothing to train on', 2,
+        jl(CHAT, {"messages": [{"role": "system", "content": "be brief"},
+                               {"role": "user", "content": "2+2?"}]})),
+    Bad("chat with only empty replies", "empty-replies.jsonl",
+        'every "assistant" message is empty, so there is nothing to train on', 1,
+        jl({"messages": [{"role": "user", "content": "2+2?"},
+                         {"role": "assistant", "content": ""}]},
+           {"messages": [{"role": "user", "content": "3+3?"},
+                         {"role": "assistant", "content": " "}]})),
 ]  # fmt: skip
 
 GOOD = {
@@ -147,7 +179,13 @@ GOOD = {
     "blank-lines.jsonl": b"\n" + jl(TEXT) + b"\n\n  \n" + jl({"text": "another"}) + b"\n",
     "extra-keys.jsonl": jl({**QA, "id": 7, "source": "web"}, {**QA, "meta": {"a": 1}}),
     "extra-keys-chat.jsonl": jl(
-        {"messages": [{"role": "user", "content": "hi", "name": "bob"}], "id": "x1"}
+        {
+            "messages": [
+                {"role": "user", "content": "hi", "name": "bob"},
+                {"role": "assistant", "content": "hello", "weight": 1},
+            ],
+            "id": "x1",
+        }
     ),
     "données d'été 2024 (v2).jsonl": jl({"text": "héhé, ça marche 🎉"}),
     "compressed.jsonl.gz": gz(jl(*[CHAT] * 10)),

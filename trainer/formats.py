@@ -8,6 +8,9 @@ three formats:
 - ``messages``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}]}``,
   trained on the assistant turns.
 
+Every valid line has something to train on: a text or completion that is empty, or a
+conversation without an assistant turn that has content, is an invalid line.
+
 Keys beyond a format's own (``"id"``, ``"source"``, ``"name"`` on a message, ...) are allowed
 and ignored, as real exports carry them. The first valid line decides the file's format;
 lines in another format are errors. Blank lines are skipped. Files are read as a stream,
@@ -307,7 +310,7 @@ class ExampleStream:
         try:
             fmt, value = _classify(obj)
         except _InvalidLineError as problem:
-            self._record(number, str(problem))
+            self._record(number, str(problem), problem.action)
             return None
         if self._format is None:
             self._format, self._format_line = fmt, number
@@ -351,7 +354,11 @@ class ExampleStream:
 
 
 class _InvalidLineError(Exception):
-    """Why one parsed line is not a valid example."""
+    """Why one parsed line is not a valid example, and what to do about it."""
+
+    def __init__(self, reason: str, action: str = _FIX) -> None:
+        super().__init__(reason)
+        self.action = action
 
 
 def _type_name(value: Any) -> str:
@@ -426,7 +433,22 @@ def _messages(messages: Any) -> tuple[tuple[str, str], ...]:
                 f'message {index} has unknown role {shown}; use "system", "user" or "assistant"'
             )
         turns.append((role, _string(message["content"], f'message {index} "content"')))
+    _require_a_reply(turns)
     return tuple(turns)
+
+
+def _require_a_reply(turns: list[tuple[str, str]]) -> None:
+    """Only assistant turns are trained on: a line without one would teach nothing."""
+    if any(role == "assistant" and content.strip() for role, content in turns):
+        return
+    if any(role == "assistant" for role, _ in turns):
+        reason = 'every "assistant" message is empty'
+    else:
+        reason = 'has no "assistant" message'
+    raise _InvalidLineError(
+        f"{reason}, so there is nothing to train on (only assistant turns are trained on)",
+        "add the assistant's reply or remove the line",
+    )
 
 
 __all__ = [

@@ -8,7 +8,14 @@ import stat
 import httpx
 import pytest
 
-from api.auth import BindError, TokenError, check_bind, is_loopback, resolve_token
+from api.auth import (
+    MAKE_TOKEN,
+    BindError,
+    TokenError,
+    check_bind,
+    is_loopback,
+    resolve_token,
+)
 from api.server import run_server
 from tests.api.conftest import VALID, LiveApi, api_settings
 
@@ -135,7 +142,7 @@ def test_is_loopback(host: str | None, loopback: bool) -> None:
 def test_check_bind_refuses_a_public_address_without_a_token(clean_env) -> None:
     with pytest.raises(BindError, match=r"'0\.0\.0\.0'.*set server\.token"):
         check_bind(api_settings(clean_env, server={"host": "0.0.0.0"}))
-    check_bind(api_settings(clean_env, server={"host": "0.0.0.0", "token": "long-secret"}))
+    check_bind(api_settings(clean_env, server={"host": "0.0.0.0", "token": "a-long-random-secret"}))
     check_bind(api_settings(clean_env, server={"host": "::1"}))
     check_bind(api_settings(clean_env))
 
@@ -148,6 +155,60 @@ def test_serve_exits_2_on_a_public_address_without_a_token(
         assert run_server(settings) == 2
     assert "server.token is not set" in caplog.text
     assert not settings.paths.state.exists()  # refused before anything started
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+@pytest.mark.parametrize("token", [" ", "\t\n  "])
+def test_a_whitespace_token_that_would_guard_nothing_is_refused_on_any_address(
+    clean_env, host: str, token: str
+) -> None:
+    settings = api_settings(clean_env, server={"host": host, "token": token})
+    expected = r"server\.token \(or TRAIND_SERVER__TOKEN\) is empty or only whitespace"
+    with pytest.raises(BindError, match=expected) as refused:
+        check_bind(settings)
+    assert MAKE_TOKEN in str(refused.value)
+    with pytest.raises(TokenError, match=expected):
+        resolve_token(settings)
+
+
+@pytest.mark.parametrize(
+    ("token", "length"), [("x", 1), ("  fifteen-chars!!  ", 15), ("012345678901234\n", 15)]
+)
+def test_a_short_token_is_refused_for_a_public_address(clean_env, token: str, length: int) -> None:
+    settings = api_settings(clean_env, server={"host": "0.0.0.0", "token": token})
+    with pytest.raises(BindError) as refused:
+        check_bind(settings)
+    message = str(refused.value)
+    assert f"server.token (or TRAIND_SERVER__TOKEN) has only {length} character" in message
+    assert "'0.0.0.0'" in message and "at least 16 random characters" in message
+    assert MAKE_TOKEN in message and "bind to 127.0.0.1" in message
+    with pytest.raises(TokenError, match="too few to guard"):
+        resolve_token(settings)
+    # The same token is fine on loopback, where only this machine can try it.
+    loopback = api_settings(clean_env, server={"host": "127.0.0.1", "token": token})
+    check_bind(loopback)
+    assert resolve_token(loopback) == token.strip()
+    sixteen = api_settings(clean_env, server={"host": "0.0.0.0", "token": " 0123456789abcdef\n"})
+    check_bind(sixteen)
+    assert resolve_token(sixteen) == "0123456789abcdef"
+
+
+def test_serve_exits_2_on_a_public_address_with_a_short_token(
+    clean_env, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = api_settings(clean_env, server={"host": "0.0.0.0", "token": "hunter2"})
+    with caplog.at_level(logging.ERROR, logger="api.server"):
+        assert run_server(settings) == 2
+    assert "server.token (or TRAIND_SERVER__TOKEN) has only 7 characters" in caplog.text
+    assert MAKE_TOKEN in caplog.text
+    assert "hunter2" not in caplog.text  # the refusal never prints the secret
+    assert not settings.paths.state.exists()  # refused before anything started
+
+
+def test_a_token_set_with_surrounding_whitespace_works_without_it(api_factory) -> None:
+    api = api_factory(server={"token": "  s3cret-from-settings\n"})
+    assert api.token == "s3cret-from-settings"
+    assert api.post("/v1/pause", token="s3cret-from-settings").status_code == 202
 
 
 def test_the_token_is_compared_whole(api: LiveApi) -> None:

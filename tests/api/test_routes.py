@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from service.ledger import DesiredState, FileState, WorkerState
 from tests.api.conftest import INVALID, VALID, LiveApi, wait_for
@@ -63,6 +66,39 @@ def test_readyz_is_503_when_the_heartbeat_is_stale(api_factory) -> None:
     response = api.get("/readyz")
     assert response.status_code == 503
     assert "last heartbeat was" in response.json()["checks"]["worker"]["detail"]
+
+
+def test_readyz_never_shows_the_sql_of_a_failing_ledger(
+    api: LiveApi, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    statement = "SELECT files.state, count(*) AS n FROM files GROUP BY files.state"
+
+    def database_down(*args: object) -> None:
+        raise OperationalError(statement, {"token": "s3cret"}, sqlite3.OperationalError("locked"))
+
+    def watcher_broken() -> None:
+        raise RuntimeError("/srv/traind/inbox: internal detail")
+
+    monkeypatch.setattr(api.ledger, "counts_by_state", database_down)
+    monkeypatch.setattr(api.ledger, "worker_status", database_down)
+    monkeypatch.setattr(api.daemon.watcher, "health", watcher_broken)
+    with caplog.at_level(logging.WARNING, logger="api.routes"):
+        response = api.get("/readyz")
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["ledger"] == {
+        "ok": False,
+        "detail": "the ledger database did not answer (OperationalError); see the service log",
+    }
+    assert checks["worker"] == checks["ledger"]
+    assert checks["inbox_watcher"] == {
+        "ok": False,
+        "detail": "the check failed (RuntimeError); see the service log",
+    }
+    for secret in ("SELECT", "GROUP BY", "s3cret", "locked", "/srv/traind", "internal detail"):
+        assert secret not in response.text
+    # The operator still gets the whole error, in the log.
+    assert statement in caplog.text and "internal detail" in caplog.text
 
 
 # Status ----------------------------------------------------------------------------

@@ -39,14 +39,16 @@ def test_every_bad_drop_ends_rejected_and_good_files_still_train(tmp_path, servi
         f.name: f for f in wait_for(settled, timeout=180, what="every drop to settle", every=0.3)
     }
     for bad in BAD:
-        record = files[bad.name]
+        record = files[bad.recorded_name]
         assert record.state is FileState.REJECTED, (bad.kind, record.state, record.error)
-        assert bad.reason in record.error and bad.name in record.error, bad.kind
+        assert bad.reason in record.error and bad.recorded_name in record.error, bad.kind
         if bad.line is not None:
             assert f"line {bad.line}" in record.error, bad.kind
         assert os.path.lexists(record.path) and "/rejected/" in record.path, bad.kind
     for name in [*GOOD, good_drops[0].name, good_drops[1].name]:
         assert files[name].state is FileState.DONE, (name, files[name].error)
+    # Only traind's folders remain: a folder and a name that is not UTF-8 were taken too.
+    assert sorted(p.name for p in service.inbox.iterdir()) == ["accepted", "duplicates", "rejected"]
     status = service.status()
     assert status["state"] == "idle" and status["queue"]["rejected"] == len(BAD)
     assert status["queue"]["done"] == len(GOOD) + 2

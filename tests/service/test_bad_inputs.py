@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from service.intake import is_utf8
 from service.ledger import FileState, Ledger
 from service.ledger.records import FileRecord
 from service.sections import WatcherSection
@@ -62,8 +63,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     watcher = InboxWatcher(inbox, ledger=ledger, settings=settings, events=EventLog(root / "ev"))
     watcher.start()
     try:
-        (inbox / "folder.jsonl").mkdir()  # a directory: ignored, never recorded
-        (inbox / "folder.jsonl" / "inside.jsonl").write_bytes(jl(TEXT))
         for bad in BAD:
             drop(staging, inbox, bad.name, data=bad.data, make=bad.make, in_place=bad.in_place)
         for name, data in GOOD.items():
@@ -90,15 +89,15 @@ def test_the_corpus_has_enough_kinds() -> None:
 
 @pytest.mark.parametrize("bad", BAD, ids=[b.kind for b in BAD])
 def test_bad_drop_is_rejected_with_its_reason_and_kept(run: Run, bad: Bad) -> None:
-    record = run.records[bad.name]
+    record = run.records[bad.recorded_name]
     assert record.state is FileState.REJECTED
     assert record.error is not None
     assert bad.reason in record.error
-    assert bad.name in record.error  # the reason names the file
+    assert bad.recorded_name in record.error  # the reason names the file
     if bad.line is not None:
         assert f"line {bad.line}" in record.error
         assert bad.line in [p.line for p in record.invalid_lines]
-    kept = run.inbox / "rejected" / f"{record.id:06d}-{bad.name}"
+    kept = run.inbox / "rejected" / f"{record.id:06d}-{bad.recorded_name}"
     assert record.path == str(kept)
     assert os.path.lexists(kept)
     assert not os.path.lexists(run.inbox / bad.name)
@@ -108,7 +107,9 @@ def test_bad_drop_is_rejected_with_its_reason_and_kept(run: Run, bad: Bad) -> No
     assert bad.reason in reason
     if bad.line is not None:
         assert f"line {bad.line}:" in reason
-    (event,) = [e for e in run.events if e["event"] == "file_rejected" and e["file"] == bad.name]
+    (event,) = [
+        e for e in run.events if e["event"] == "file_rejected" and e["file"] == bad.recorded_name
+    ]
     assert event["id"] == record.id
     assert event["reason"] == record.error
     if bad.line is not None:
@@ -130,15 +131,24 @@ def test_good_drops_in_the_same_run_are_queued(run: Run, name: str) -> None:
     assert record.n_invalid == 0
 
 
-def test_a_directory_named_like_a_drop_is_left_alone(run: Run) -> None:
-    assert "folder.jsonl" not in run.records
-    assert (run.inbox / "folder.jsonl" / "inside.jsonl").read_bytes() == jl(TEXT)
+def test_a_folder_is_rejected_whole_and_what_is_inside_is_kept_unrecorded(run: Run) -> None:
+    kept = Path(run.records["folder.jsonl"].path)
+    assert kept.is_dir()
+    assert (kept / "inside.jsonl").read_bytes() == jl(TEXT)
     assert "inside.jsonl" not in run.records
 
 
-def test_only_ignored_things_remain_at_the_top_level(run: Run) -> None:
+def test_a_name_that_is_not_utf8_is_kept_under_a_utf8_name(run: Run) -> None:
+    kept = Path(run.records["day\\xff1.jsonl"].path)
+    assert kept.name.endswith("-day\\xff1.jsonl")
+    beside = sorted(p.name for p in kept.parent.iterdir() if p.name.startswith(kept.name))
+    assert beside == [kept.name, kept.name + ".reason.txt"]
+    assert all(is_utf8(p.name) for p in kept.parent.iterdir())
+
+
+def test_nothing_but_traind_s_folders_remains_at_the_top_level(run: Run) -> None:
     left = sorted(p.name for p in run.inbox.iterdir())
-    assert left == ["accepted", "duplicates", "folder.jsonl", "rejected"]
+    assert left == ["accepted", "duplicates", "rejected"]
 
 
 @pytest.mark.skipif(not LINUX, reason="the writer check reads /proc")

@@ -16,6 +16,7 @@ import service.observer
 from service.arrivals import Arrivals
 from service.ledger import FileState, Ledger
 from service.ledger.records import FileRecord
+from service.observer import Note
 from service.sections import WatcherSection
 from service.watcher import MAX_ATTEMPTS, InboxWatcher
 from trainer.events import EventLog
@@ -98,6 +99,17 @@ def wait_placed(rig: Rig, count: int = 1, timeout: float = 10.0) -> list[FileRec
     return rig.records()
 
 
+def events_of(rig: Rig, kind: str) -> list[dict]:
+    """The events of one kind, once there is one: intake writes it just after the move,
+    so a test that saw the file placed may look before it is there."""
+
+    def found() -> list[dict]:
+        return [e for e in rig.event_log() if e["event"] == kind]
+
+    wait_for(found)
+    return found()
+
+
 def later(seconds: float = 10.0) -> float:
     return time.monotonic() + seconds
 
@@ -118,7 +130,7 @@ def test_a_renamed_in_file_is_queued_at_once_and_moved(rig: Rig) -> None:
     assert not (rig.inbox / "day1.jsonl").exists()
     # A rename is ready at once, no settle wait (the bound is generous for slow CI).
     assert elapsed < 2.0
-    (event,) = [e for e in rig.event_log() if e["event"] == "file_queued"]
+    (event,) = events_of(rig, "file_queued")
     assert event["id"] == record.id
     assert event["file"] == "day1.jsonl"
     assert event["sha256"] == record.sha256
@@ -253,7 +265,7 @@ def test_the_same_content_twice_is_a_duplicate_moved_to_duplicates(rig: Rig) -> 
     assert second.duplicate_of == first.id
     assert second.path == str(rig.inbox / "duplicates" / f"{second.id:06d}-second.jsonl")
     assert Path(second.path).read_text() == lines("same")
-    (event,) = [e for e in rig.event_log() if e["event"] == "file_duplicate"]
+    (event,) = events_of(rig, "file_duplicate")
     assert (event["id"], event["file"], event["duplicate_of"]) == (
         second.id,
         "second.jsonl",
@@ -267,9 +279,10 @@ def test_ignored_names_are_left_alone_until_renamed(rig: Rig) -> None:
     ignored = [".hidden.jsonl", "upload.jsonl.tmp", "download.jsonl.part", ".x.jsonl.tmp"]
     for name in ignored:
         (rig.inbox / name).write_text(lines(name))
-    folder = rig.inbox / "folder.jsonl"
-    folder.mkdir()
-    (folder / "inner.jsonl").write_text(lines("inner"))
+    folders = [".git", "export.jsonl.part"]  # a hidden folder, one still being filled
+    for name in folders:
+        (rig.inbox / name).mkdir()
+        (rig.inbox / name / "inner.jsonl").write_text(lines("inner"))
     rig.drop("marker.jsonl", lines("marker"))
     wait_placed(rig)
     time.sleep(0.3 * 2 + SETTLE_S)  # rescans and settle times pass
@@ -277,10 +290,184 @@ def test_ignored_names_are_left_alone_until_renamed(rig: Rig) -> None:
     assert [r.name for r in rig.records()] == ["marker.jsonl"]
     for name in ignored:
         assert (rig.inbox / name).read_text() == lines(name)
-    assert (folder / "inner.jsonl").exists()
+    for name in folders:
+        assert (rig.inbox / name / "inner.jsonl").exists()
     (rig.inbox / "upload.jsonl.tmp").rename(rig.inbox / "upload.jsonl")
     wait_placed(rig, 2)
     assert rig.record("upload.jsonl").state is FileState.QUEUED
+
+
+def write_raw(path: bytes, data: bytes) -> None:
+    """Create a file under a name given as bytes (any bytes, UTF-8 or not)."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+NOT_UTF8_REASON = (
+    "day\\xff1.jsonl: the file name is not valid UTF-8 (byte 0xff at byte 4; each such byte "
+    "is shown here as \\xNN); rename it with a UTF-8 name and drop it again"
+)
+
+
+def test_a_non_utf8_name_is_rejected_once_not_retried_with_a_traceback_forever(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    watcher = rig.watcher(rescan_interval_s=0.3)
+    watcher.start()
+    staged = bytes(rig.staging) + b"/day\xff1.jsonl"
+    write_raw(staged, lines("fine content").encode())
+    os.rename(staged, bytes(rig.inbox) + b"/day\xff1.jsonl")
+    (record,) = wait_placed(rig)
+    assert record.state is FileState.REJECTED
+    assert record.name == "day\\xff1.jsonl"  # printable text, valid UTF-8
+    assert record.error == NOT_UTF8_REASON
+    kept = rig.inbox / "rejected" / f"{record.id:06d}-day\\xff1.jsonl"
+    assert record.path == str(kept)
+    assert kept.read_text() == lines("fine content")  # kept as dropped
+    reason = kept.with_name(kept.name + ".reason.txt").read_text(encoding="utf-8")
+    assert f"reason: {NOT_UTF8_REASON}" in reason
+    assert sorted(p.name for p in rig.inbox.iterdir()) == ["accepted", "duplicates", "rejected"]
+    (event,) = events_of(rig, "file_rejected")
+    assert (event["id"], event["file"], event["reason"]) == (record.id, record.name, record.error)
+    time.sleep(0.3 * 2 + SETTLE_S)  # rescans pass: nothing is taken or logged again
+    assert watcher.rescan() == []
+    assert watcher.process_ready(later()) == []
+    assert len(rig.records()) == 1
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_a_non_utf8_name_recorded_just_before_a_crash_is_moved_not_recorded_twice(
+    rig: Rig,
+) -> None:
+    watcher = rig.watcher()
+    watcher.layout.create()
+    write_raw(bytes(rig.inbox) + b"/day\xff1.jsonl", lines("c").encode())
+    # What a crash between the ledger write and the move leaves behind.
+    rig.ledger.record_rejected(
+        name="day\\xff1.jsonl",
+        path=str(rig.inbox / "day\\xff1.jsonl"),
+        reason=NOT_UTF8_REASON,
+        size=len(lines("c")),
+    )
+    watcher.rescan()
+    (record,) = watcher.process_ready(later())
+    assert [r.id for r in rig.records()] == [record.id]
+    kept = rig.inbox / "rejected" / f"{record.id:06d}-day\\xff1.jsonl"
+    assert record.path == str(kept) and kept.read_text() == lines("c")
+    assert kept.with_name(kept.name + ".reason.txt").exists()
+
+
+def test_a_long_non_utf8_name_still_fits_in_rejected_with_its_reason_file(rig: Rig) -> None:
+    # Each bad byte takes four characters once escaped: 250 of them would make a name far
+    # over the 255-byte limit, and the move would fail at every rescan.
+    watcher = rig.watcher()
+    watcher.layout.create()
+    write_raw(bytes(rig.inbox) + b"/" + b"\xe9" * 240 + b".jsonl", lines("x").encode())
+    watcher.rescan()
+    (record,) = watcher.process_ready(later())
+    assert record.state is FileState.REJECTED
+    assert len(record.name.encode()) <= 200
+    assert record.name.startswith("\\xe9\\xe9") and record.name.endswith("\\xe9.jsonl")
+    kept = Path(record.path)
+    assert kept.parent == rig.inbox / "rejected"
+    assert kept.read_text() == lines("x")
+    assert kept.with_name(kept.name + ".reason.txt").exists()
+    assert "the file name is not valid UTF-8 (byte 0xe9 at byte 1;" in (record.error or "")
+
+
+def test_a_long_name_is_filed_under_a_name_that_fits_beside_its_reason(rig: Rig) -> None:
+    """A 250-byte UTF-8 name is valid, but ``<id>-<name>.reason.txt`` would not fit in a
+    file name: before, writing the reason failed with a traceback at every rescan."""
+    watcher = rig.watcher()
+    watcher.layout.create()
+    name = "é" * 120 + ".jsonl"  # 246 bytes
+    (rig.inbox / name).write_text("not json\n")
+    watcher.rescan()
+    (record,) = watcher.process_ready(later())
+    assert record.state is FileState.REJECTED and record.name == name
+    kept = Path(record.path)
+    assert kept.parent == rig.inbox / "rejected" and kept.read_text() == "not json\n"
+    assert kept.name.endswith(".jsonl") and kept.name.startswith("000001-éé")
+    reason = kept.with_name(kept.name + ".reason.txt")
+    assert reason.exists() and len(reason.name.encode()) <= 255
+    assert not list(rig.inbox.glob("*.jsonl"))
+
+
+FOLDER_REASON = (
+    "batch is a folder; traind takes files, not folders: move the *.jsonl files inside it "
+    "into the inbox"
+)
+
+
+def test_a_folder_renamed_into_the_inbox_is_rejected_whole_not_silently_ignored(
+    rig: Rig,
+) -> None:
+    watcher = rig.watcher(rescan_interval_s=0.3)
+    watcher.start()
+    staged = rig.staging / "batch"
+    staged.mkdir()
+    (staged / "day1.jsonl").write_text(lines("one"))
+    (staged / "nested").mkdir()
+    (staged / "nested" / "day2.jsonl").write_text(lines("two"))
+    staged.rename(rig.inbox / "batch")
+    (record,) = wait_placed(rig)
+    assert (record.name, record.state, record.error) == (
+        "batch",
+        FileState.REJECTED,
+        FOLDER_REASON,
+    )
+    kept = rig.inbox / "rejected" / f"{record.id:06d}-batch"
+    assert record.path == str(kept)
+    assert (kept / "day1.jsonl").read_text() == lines("one")  # moved whole, nothing lost
+    assert (kept / "nested" / "day2.jsonl").read_text() == lines("two")
+    reason = kept.with_name(kept.name + ".reason.txt").read_text(encoding="utf-8")
+    assert f"reason: {FOLDER_REASON}" in reason
+    assert sorted(p.name for p in rig.inbox.iterdir()) == ["accepted", "duplicates", "rejected"]
+    (event,) = events_of(rig, "file_rejected")
+    assert (event["file"], event["reason"]) == ("batch", FOLDER_REASON)
+    time.sleep(0.3 * 2)  # rescans pass; traind's own folders are never taken
+    assert len(rig.records()) == 1
+
+
+def test_a_folder_being_filled_in_place_is_taken_only_once_it_has_settled(rig: Rig) -> None:
+    watcher = rig.watcher()
+    watcher.layout.create()
+    folder = rig.inbox / "batch"
+    folder.mkdir()
+    assert watcher.rescan() == ["batch"]
+    now = time.monotonic()
+    assert watcher.process_ready(now) == []
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    (folder / "day1.jsonl").write_text(lines("one"))  # a new entry changes the folder's mtime
+    assert watcher.process_ready(now + SETTLE_S * 0.75) == []
+    assert watcher.process_ready(now + SETTLE_S + 0.01) == []  # still within its new quiet time
+    (record,) = watcher.process_ready(now + SETTLE_S * 1.75 + 0.01)
+    assert (record.name, record.state, record.error) == (
+        "batch",
+        FileState.REJECTED,
+        FOLDER_REASON,
+    )
+    assert (Path(record.path) / "day1.jsonl").read_text() == lines("one")
+
+
+def test_a_folder_event_starts_the_settle_time_as_for_a_file_found_by_a_rescan(
+    rig: Rig,
+) -> None:
+    # Folder notes carry no close event; waiting for one would hold the folder until the
+    # fallback (the rescan interval) instead of the settle time.
+    watcher = rig.watcher(rescan_interval_s=60.0)
+    watcher.layout.create()
+    (rig.inbox / "batch").mkdir()
+    now = time.monotonic()
+    watcher._notes.append(Note("created", str(rig.inbox / "batch"), "", True, now))
+    for own in ("accepted", "rejected", "duplicates"):
+        watcher._notes.append(Note("modified", str(rig.inbox / own), "", True, now))
+    assert watcher.process_ready(now) == []
+    (record,) = watcher.process_ready(now + SETTLE_S + 0.01)
+    assert (record.name, record.error) == ("batch", FOLDER_REASON)
 
 
 def test_a_failing_check_does_not_stop_the_watcher(

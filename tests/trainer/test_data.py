@@ -107,6 +107,31 @@ BAD_LINES = [
     ),
     pytest.param(CHAT, {"messages": ["hi"]}, "message 1 must be an object", id="msgs-item"),
     pytest.param(
+        CHAT,
+        {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "x"}]},
+        'has no "assistant" message, so there is nothing to train on',
+        id="msgs-no-assistant",
+    ),
+    pytest.param(
+        CHAT,
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}]},
+        'every "assistant" message is empty, so there is nothing to train on',
+        id="msgs-assistant-empty",
+    ),
+    pytest.param(
+        CHAT,
+        {
+            "messages": [
+                {"role": "user", "content": "x"},
+                {"role": "assistant", "content": " \n"},
+                {"role": "user", "content": "y"},
+                {"role": "assistant", "content": ""},
+            ]
+        },
+        'every "assistant" message is empty',
+        id="msgs-assistant-blank",
+    ),
+    pytest.param(
         CHAT, {"messages": [{"content": "x"}]}, 'message 1 needs "role" and "content"', id="no-role"
     ),
     pytest.param(TEXT, PC, "this file is in text format (from line 1); line 2 is", id="mixed"),
@@ -173,7 +198,13 @@ def test_bom_blank_lines_and_extra_keys(tmp_path: Path) -> None:
     assert (report.format, report.n_examples, report.n_invalid) == ("text", 2, 0)
     assert report.n_empty_lines == 3
     assert report.ok
-    chat = {"messages": [{"role": "user", "content": "x", "name": "bob"}], "id": "a"}
+    chat = {
+        "messages": [
+            {"role": "user", "content": "x", "name": "bob"},
+            {"role": "assistant", "content": "y", "weight": 1},
+        ],
+        "id": "a",
+    }
     assert validate_file(write_lines(tmp_path / "c.jsonl", [chat])).format == "messages"
 
 
@@ -233,6 +264,33 @@ def test_whole_file_problems(tmp_path: Path, name: str, content: bytes, reason: 
         validate_file(path)
     assert str(err.value).startswith(f"{name}: ")
     assert err.value.line is None
+
+
+def test_exact_wording_of_a_conversation_without_a_reply(tmp_path: Path) -> None:
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}
+    path = write_lines(tmp_path / "a.jsonl", [CHAT, row])
+    (error,) = validate_file(path).errors
+    assert error.message == (
+        'a.jsonl line 2: every "assistant" message is empty, so there is nothing to train on '
+        "(only assistant turns are trained on); add the assistant's reply or remove the line"
+    )
+
+
+def test_a_file_of_conversations_without_replies_is_rejected_naming_the_lines(
+    tmp_path: Path,
+) -> None:
+    # Accepted, it would be "trained" for its step budget on zero target tokens.
+    rows = [
+        {"messages": [{"role": "user", "content": "hi"}]},
+        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "?"}]},
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}]},
+    ]
+    path = write_lines(tmp_path / "a.jsonl", rows)
+    with pytest.raises(DataError, match="no valid example") as err:
+        validate_file(path)
+    assert [e.line for e in err.value.errors] == [1, 2, 3]
+    assert str(err.value).startswith('a.jsonl line 1: has no "assistant" message')
+    assert "add the assistant's reply" in str(err.value)
 
 
 def test_file_with_only_invalid_lines(tmp_path: Path) -> None:
@@ -410,10 +468,11 @@ def test_messages_targets_only_assistant_turns(tmp_path: Path) -> None:
 
 def test_messages_truncated_from_the_right(tmp_path: Path) -> None:
     row = chat(("user", "hello there"), ("assistant", "a long answer"))
-    path = write_lines(tmp_path / "a.jsonl", [row])
+    # A short second line keeps something to learn in the file as a whole.
+    path = write_lines(tmp_path / "a.jsonl", [row, chat(("assistant", "ok"))])
     tf = tokenize(path, tmp_path, block_size=20)
     assert tf.n_truncated == 1
-    assert tf.lengths.tolist() == [21]
+    assert tf.lengths.tolist() == [21, 15]
     prefix = [257, *b"user\nhello there", 258, 10, 257, *b"a"]
     assert sequence(tf, 0) == prefix
     assert tf.n_no_target == 1  # the cut removed the only assistant turn
@@ -421,14 +480,14 @@ def test_messages_truncated_from_the_right(tmp_path: Path) -> None:
     assert targets(tf, 0) == list(b"a lo")
 
 
-def test_conversation_without_assistant_turn(tmp_path: Path) -> None:
+def test_a_conversation_without_a_reply_is_never_a_zero_target_sequence(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "a.jsonl", [chat(("user", "hi")), CHAT])
-    tf = tokenize(path, tmp_path)
-    assert tf.n_sequences == 2
-    assert tf.n_no_target == 1
-    assert tf.target_counts.tolist() == [0, 3]
-    _, y = tf.batch([0])
-    assert (y == -1).all()
+    with pytest.raises(DataError, match='line 1: has no "assistant" message'):
+        tokenize(path, tmp_path)
+    tf = tokenize(path, tmp_path, allow_invalid=True)
+    assert tf.n_sequences == 1
+    assert tf.n_no_target == 0
+    assert tf.target_counts.tolist() == [3]
 
 
 def test_messages_with_a_tokenizer_without_chat_markers(tmp_path: Path) -> None:
