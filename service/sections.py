@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from trainer.config import LrSchedule, ModelConfig, Precision
+from trainer.config import LostCheckpoints, LrSchedule, ModelConfig, Precision
 
 BYTES_TOKENIZER = "bytes"
 
@@ -79,7 +79,7 @@ class ServerSection(_Section):
         None,
         min_length=1,
         repr=False,
-        examples=["change-me"],
+        examples=["use-a-long-random-secret-of-32-characters"],
         description="Bearer token the mutating API routes require (unset by default).",
     )
 
@@ -153,7 +153,21 @@ class WorkerSection(_Section):
         3,
         ge=1,
         description="A file whose training crashed the worker this many times is marked "
-        "failed (with the error) instead of being retried forever.",
+        "failed (with the error) instead of being retried forever; clean stops, restarts "
+        "and slow steps never count.",
+    )
+    hang_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="A worker whose heartbeat stops this long (longer than any step, "
+        "evaluation, checkpoint or tokenization takes) is reported hung, killed and "
+        "replaced; the hang counts as a crash of the file it was training.",
+    )
+    disk_retry_s: float = Field(
+        10.0,
+        gt=0,
+        description="While a disk is full, the worker tries the failed write again this often "
+        "(it waits, reporting the error; nothing counts against the file).",
     )
 
 
@@ -279,6 +293,11 @@ class TrainSection(_Section):
         le=1,
         examples=[0.9],
         description="Cap on the worker's share of GPU memory, in (0, 1] (unset: no cap).",
+    )
+    on_lost_checkpoints: LostCheckpoints = Field(
+        "refuse",
+        description="When every step-* checkpoint of a lineage is gone or broken: refuse to "
+        "start (and say what to do), or continue from gold. Never a silent new lineage.",
     )
 
     @field_validator("device")

@@ -185,6 +185,7 @@ class Settings(BaseSettings):
         return LineageSpec(
             preset=self.model.preset,
             tokenizer=self.model.tokenizer,
+            tokenizer_set="tokenizer" in self.model.model_fields_set,
             dropout=self.model.dropout,
             overrides=dict(self.model.overrides),
         )

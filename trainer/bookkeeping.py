@@ -11,14 +11,29 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from trainer.checkpoint import CheckpointContent, rotate, step_dir_name, write_checkpoint
+from trainer.checkpoint import (
+    CheckpointContent,
+    CheckpointError,
+    rotate,
+    step_dir_name,
+    write_checkpoint,
+)
 from trainer.events import round_loss
-from trainer.export import write_export
-from trainer.gold import GOLD, Rollback
+from trainer.export import verify_export, write_export
+from trainer.gold import GOLD
+from trainer.manifest import EXPORT_DIR, RETIRED_DIR
+from trainer.parking import park_current
 from trainer.rng import capture_rng
+from trainer.rollback import Rollback, finish_rollback
+from trainer.space import DiskFullError
 from trainer.state import CompletedFile
+from trainer.traces import owner
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +42,14 @@ class Bookkeeping:
     """Checkpoint, gold, export and event-record methods of :class:`trainer.loop.Trainer`."""
 
     def record_rollback(self, rollback: Rollback) -> None:
-        """Log and record a rollback to gold that happened as this trainer opened."""
-        abandoned = self.state.current_file
+        """Record the rollback to gold done as this trainer opened, commit the lineage at
+        gold with it, and only then call the rollback done (``trainer.rollback``)."""
+        state = self.state
+        abandoned = state.current_file
+        if rollback.request is not None:
+            state.rollback_served = rollback.request
+        undone = {f.get("sha256") for f in state.files_rolled_back}
+        state.files_rolled_back += [f for f in rollback.files_undone if f["sha256"] not in undone]
         self.events.emit(
             "rolled_back_to_gold",
             gold_step=rollback.gold_step,
@@ -36,11 +57,18 @@ class Bookkeeping:
             moved=list(rollback.moved),
             kept_in=str(rollback.kept_in) if rollback.kept_in else None,
             in_progress=abandoned.name if abandoned else None,
+            training=(rollback.in_progress or {}).get("name"),
+            files_undone=[f["name"] for f in rollback.files_undone],
+            resumed=rollback.resumed,
         )
         if abandoned is not None:
-            # Gold is usually taken mid-file; that file's rest is not trained again, as
-            # the point of going back is to keep gold's model and move on.
-            self.abandon_current(reason=f"rolled back to gold at step {rollback.gold_step}")
+            # Gold is usually taken mid-file; that file's rest is not trained on its own, as
+            # the point of going back is to keep gold's model and move on. Parked, it
+            # continues from gold's position if it is retried.
+            self.park_current(reason=f"rolled back to gold at step {rollback.gold_step}")
+        else:
+            self.save_checkpoint(reason="rollback")
+        finish_rollback(self.paths.checkpoints)
 
     def _reconcile_file_complete(self) -> None:
         """Emit the ``file_complete`` a crash may have cut off after its checkpoint committed."""
@@ -55,24 +83,10 @@ class Bookkeeping:
         log.info("recording the completion of %s that a crash cut off", last.name)
         self._emit_file_complete(last)
 
-    def abandon_current(self, *, reason: str) -> None:
-        """Drop the file in progress (what it taught stays in the weights; its steps stay
-        counted); for content that is no longer to be trained, e.g. cancelled."""
-        current = self.state.current_file
-        if current is None:
-            return
-        self.state.current_file = None
-        log.warning("abandoning %s at step %d: %s", current.name, self.state.global_step, reason)
-        self.events.emit(
-            "file_abandoned",
-            file=current.name,
-            sha256=current.sha256,
-            start_step=current.start_step,
-            target_step=current.target_step,
-            step=self.state.global_step,
-            reason=reason,
-        )
-        self.save_checkpoint(reason="abandon")
+    def park_current(self, *, reason: str) -> None:
+        """Set the file in progress aside unfinished (what it taught stays in the weights;
+        training the same content again continues it): see ``trainer.parking``."""
+        park_current(self, reason=reason)
 
     def _emit_file_complete(self, done: CompletedFile) -> None:
         fields = dataclasses.asdict(done)
@@ -82,8 +96,11 @@ class Bookkeeping:
         """Commit the state at this optimizer-step boundary as ``step-NNNNNNNN``."""
         state = self.state
         started = time.monotonic()
-        path = write_checkpoint(
-            self.paths.checkpoints, step_dir_name(state.global_step), self._content()
+        content = self._content()
+        path = self.with_space(
+            lambda: write_checkpoint(
+                self.paths.checkpoints, step_dir_name(state.global_step), content
+            )
         )
         self._last_saved_step = state.global_step
         removed = rotate(self.paths.checkpoints, keep=self.train.keep_checkpoints, protect=(path,))
@@ -117,27 +134,49 @@ class Bookkeeping:
 
     def save_gold(self) -> Path:
         """Write the state at this step as ``gold`` (atomic, like every checkpoint)."""
-        return write_checkpoint(self.paths.checkpoints, GOLD, self._content())
+        self._refuse_foreign(GOLD)
+        content = self._content()
+        return self.with_space(lambda: write_checkpoint(self.paths.checkpoints, GOLD, content))
+
+    def with_space(self, write: Callable[[], T]) -> T:
+        """``write()``; when the disk is full, ``on_disk_full`` (if set) waits for space
+        and it is tried again, so no step is lost and no file is blamed. Without it, the
+        DiskFullError goes to the caller (``traind train`` stops with it)."""
+        while True:
+            try:
+                return write()
+            except DiskFullError as exc:
+                if self.on_disk_full is None:
+                    raise
+                self.on_disk_full(exc)
+
+    def _refuse_foreign(self, name: str) -> None:
+        """One lineage never overwrites another's gold or export (design rule 15)."""
+        folder = self.paths.checkpoints / name
+        other = owner(folder)
+        if other is not None and other != self.state.lineage_id:
+            raise CheckpointError(
+                f"{folder} belongs to lineage {other[:8]}, not to this one "
+                f"({self.state.lineage_id[:8]}); traind never overwrites another lineage's "
+                f"{name}: move it aside (e.g. under {self.paths.checkpoints / RETIRED_DIR}/)"
+            )
+
+    def restore_export(self) -> None:
+        """Write the export again if a crash (or a person) left none where the lineage has
+        finished files: it is not to wait for the next file."""
+        if not self.export_config.enabled or not self.state.files_completed:
+            return
+        problem = verify_export(self.paths.checkpoints / EXPORT_DIR, deep=False)
+        if problem is None:
+            return
+        log.warning("checkpoints/%s is not usable (%s); writing it again", EXPORT_DIR, problem)
+        self.export(reason="restore")
 
     def export(self, *, reason: str = "file_end") -> Path:
         """Write the half-precision copy for inference to ``checkpoints/export``."""
         started = time.monotonic()
-        path = write_export(
-            self.paths.checkpoints,
-            model=self.model,
-            config=self.lineage.model_config.to_dict(),
-            tokenizer_json=self.tokenizer.to_json(),
-            dtype=self.export_config.dtype,
-            info={
-                "step": self.state.global_step,
-                "lineage_id": self.state.lineage_id,
-                # Only a committed checkpoint is a source one can go back to.
-                "source_checkpoint": None
-                if self.unsaved_steps
-                else step_dir_name(self.state.global_step),
-                "reason": reason,
-            },
-        )
+        self._refuse_foreign(EXPORT_DIR)
+        path = self.with_space(lambda: self._write_export(reason))
         duration = time.monotonic() - started
         log.info(
             "export written to %s (%s, %s, step %d, %.2fs)",
@@ -156,6 +195,24 @@ class Bookkeeping:
             duration_s=round(duration, 3),
         )
         return path
+
+    def _write_export(self, reason: str) -> Path:
+        return write_export(
+            self.paths.checkpoints,
+            model=self.model,
+            config=self.lineage.model_config.to_dict(),
+            tokenizer_json=self.tokenizer.to_json(),
+            dtype=self.export_config.dtype,
+            info={
+                "step": self.state.global_step,
+                "lineage_id": self.state.lineage_id,
+                # Only a committed checkpoint is a source one can go back to.
+                "source_checkpoint": None
+                if self.unsaved_steps
+                else step_dir_name(self.state.global_step),
+                "reason": reason,
+            },
+        )
 
     @property
     def unsaved_steps(self) -> int:

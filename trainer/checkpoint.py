@@ -40,9 +40,12 @@ from trainer.manifest import (
     write_json,
     write_manifest,
 )
+from trainer.space import as_disk_full, ensure_space
 
 log = logging.getLogger(__name__)
 
+SLACK_BYTES = 1 << 20
+"""Room for the small files of a checkpoint (config, tokenizer, state, manifest)."""
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
 
@@ -112,9 +115,22 @@ class CheckpointContent:
     """Progress, data position, RNG and hyper-parameters (``training_state.json``)."""
 
 
+def content_bytes(content: CheckpointContent) -> int:
+    """About how many bytes ``content`` takes on disk (weights and optimizer moments)."""
+    tensors = list(model_tensors(content.model).values())
+    for moments in content.optimizer_state.get("state", {}).values():
+        tensors += [v for v in moments.values() if isinstance(v, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors) + SLACK_BYTES
+
+
 def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
-    """Write ``root/name`` atomically; an existing valid folder of that name is replaced."""
+    """Write ``root/name`` atomically; an existing valid folder of that name is replaced.
+
+    DiskFullError (nothing written) when the filesystem cannot hold it, whether seen
+    before writing (free space under the content's size) or while writing.
+    """
     root.mkdir(parents=True, exist_ok=True)
+    ensure_space(root, need=content_bytes(content), what=f"checkpoint {name}")
     staging = root / f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
@@ -137,8 +153,11 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
         install_folder(staging, root / name)
         fault_point("checkpoint:after_rename")
         fsync_path(root)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        full = as_disk_full(exc, path=root, what=f"checkpoint {name}")
+        if isinstance(exc, Exception) and full is not None:
+            raise full from exc
         raise
     return root / name
 

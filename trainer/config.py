@@ -15,6 +15,7 @@ MlpType = Literal["gelu", "swiglu"]
 NormType = Literal["layernorm", "rmsnorm"]
 LrSchedule = Literal["constant", "cosine", "inverse_sqrt"]
 Precision = Literal["auto", "fp32", "bf16"]
+LostCheckpoints = Literal["refuse", "gold"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,6 +122,9 @@ class TrainConfig:
     """Window, in global steps, over which non-finite skips are counted."""
     cuda_memory_fraction: float | None = None
     """If set, ``torch.cuda.set_per_process_memory_fraction`` caps the worker's memory."""
+    on_lost_checkpoints: LostCheckpoints = "refuse"
+    """When every ``step-*`` checkpoint of a lineage is gone or broken: ``refuse`` to start
+    (saying what to do), or continue from ``gold``. Never a silent new lineage."""
 
     def __post_init__(self) -> None:
         if self.micro_batch_size < 1 or self.grad_accum_steps < 1:
@@ -167,6 +171,10 @@ class LineageSpec:
     """Named architecture preset (see ``trainer.presets``)."""
     tokenizer: str = "bytes"
     """``bytes`` (built-in byte-level) or a path to a Hugging Face ``tokenizer.json``."""
+    tokenizer_set: bool = False
+    """Whether ``tokenizer`` was chosen in the settings (not left at its default): only
+    then does a new lineage started from another checkpoint (``--init-from``) take it
+    instead of the checkpoint's own."""
     dropout: float = 0.0
     """Dropout applied on top of the preset."""
     overrides: dict[str, Any] = field(default_factory=dict)

@@ -42,6 +42,7 @@ from trainer.formats import (
     validate_file,
 )
 from trainer.packing import Holdout, tokenize_stream
+from trainer.space import as_disk_full
 from trainer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def tokenize_file(
     if loaded is None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         _remove_dead_staging(cache_dir, key)
-        loaded = _build_entry(
+        loaded = _built_entry(
             path,
             entry=entry,
             key=key,
@@ -299,6 +300,17 @@ def _remove_dead_staging(cache_dir: Path, key: str) -> None:
             pass  # alive, owned by another user
 
 
+def _built_entry(path: Path, *, entry: Path, **options: Any) -> tuple[dict, TokenizedFile]:
+    """``_build_entry``, with a full disk named as such (the file is not at fault)."""
+    try:
+        return _build_entry(path, entry=entry, **options)
+    except OSError as exc:
+        full = as_disk_full(exc, path=entry.parent, what=f"the tokenized cache of {path.name}")
+        if full is not None:
+            raise full from exc
+        raise
+
+
 def _build_entry(
     path: Path,
     *,
@@ -339,6 +351,13 @@ def _build_entry(
         if counts["n_sequences"] == 0:
             raise DataError(
                 f"{path.name}: no example is long enough to train on (each needs 2 tokens)",
+                path=path,
+            )
+        if counts["n_targets"] == 0:
+            raise DataError(
+                f"{path.name}: no token to learn from: in every example the part trained on "
+                f"(completion, assistant turns) falls beyond the model's context of {block_size} "
+                "tokens; shorten the prompts or raise model.overrides.block_size",
                 path=path,
             )
         meta = _meta(report, counts, key=key, tokenizer=tokenizer, block_size=block_size)

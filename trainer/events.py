@@ -8,6 +8,7 @@ crash loses at most the line being written.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -15,6 +16,8 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from trainer.space import as_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,16 @@ class EventLog:
         if not self.enabled:
             return record
         line = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
+        try:
+            self._append(line)
+        except OSError as exc:
+            full = as_disk_full(exc, path=self.path.parent, what=f"the {event} event")
+            if full is not None:
+                raise full from exc
+            raise
+        return record
+
+    def _append(self, line: bytes) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             size = os.fstat(fd).st_size
@@ -60,11 +73,15 @@ class EventLog:
                 # A crash tore the last line; end it, or this event would be glued onto it
                 # and lost to every reader.
                 line = b"\n" + line
-            os.write(fd, line)
+            written = os.write(fd, line)
+            if written != len(line):
+                # A short append on a filesystem that just ran out of room: cut it back, so
+                # no reader ever sees half a line.
+                os.ftruncate(fd, size)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             os.fsync(fd)
         finally:
             os.close(fd)
-        return record
 
     def last(self, event: str, *, max_bytes: int = 8 * 2**20) -> dict[str, Any] | None:
         """The newest record of one kind, reading backwards from the end of the log."""

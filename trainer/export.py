@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from trainer.checkpoint import (
     CONFIG,
     MANIFEST,
+    SLACK_BYTES,
     STAGING_PREFIX,
     STATE,
     TOKENIZER,
@@ -46,13 +47,13 @@ from trainer.config import ModelConfig
 from trainer.durable import fsync_path
 from trainer.events import utc_now
 from trainer.faults import fault_point
-from trainer.manifest import EXPORT_FILES, EXPORT_INFO, write_json
+from trainer.manifest import EXPORT_DIR, EXPORT_FILES, EXPORT_INFO, write_json
 from trainer.model import GPT
+from trainer.space import as_disk_full, ensure_space
 from trainer.tokenizer import Tokenizer, TokenizerError
 
 log = logging.getLogger(__name__)
 
-EXPORT_DIR = "export"
 INFO = EXPORT_INFO
 EXPORT_FORMAT = "traind-export"
 EXPORT_FORMAT_VERSION = 1
@@ -111,6 +112,11 @@ def write_export(
     """
     half = export_dtype(dtype)
     root.mkdir(parents=True, exist_ok=True)
+    ensure_space(
+        root,
+        need=sum(p.numel() for p in model.parameters()) * half.itemsize + SLACK_BYTES,
+        what="the export",
+    )
     staging = root / f"{STAGING_PREFIX}{EXPORT_DIR}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
@@ -149,8 +155,11 @@ def write_export(
         install_folder(staging, root / EXPORT_DIR)
         fault_point("export:after_rename")
         fsync_path(root)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        full = as_disk_full(exc, path=root, what="the export")
+        if isinstance(exc, Exception) and full is not None:
+            raise full from exc
         raise
     log.debug("exported %s (%s, step %s)", root / EXPORT_DIR, dtype, info.get("step"))
     return root / EXPORT_DIR

@@ -10,8 +10,8 @@ A new best validation loss (strictly below the current gold's) becomes gold only
 "Best" is measured against the gold, not against blocked candidates: a blocked candidate
 is never kept, so the next eval below the gold is a candidate again. A tie is not better.
 
-:func:`decide_gold` is pure so each guard can be tested on scripted sequences;
-:func:`roll_back_to_gold` makes gold the lineage's newest checkpoint.
+:func:`decide_gold` is pure so each guard can be tested on scripted sequences; going back
+to gold is :mod:`trainer.rollback`.
 """
 
 from __future__ import annotations
@@ -19,30 +19,18 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from trainer.checkpoint import (
-    STAGING_PREFIX,
-    CheckpointError,
-    install_folder,
-    read_checkpoint,
-    step_checkpoints,
-    step_dir_name,
-)
 from trainer.config import GoldConfig
-from trainer.durable import fsync_path
+from trainer.manifest import GOLD_DIR, ROLLED_BACK_DIR
 
 log = logging.getLogger(__name__)
 
-GOLD = "gold"
+GOLD = GOLD_DIR
 """Folder name of the gold checkpoint under the checkpoints root."""
-ROLLED_BACK = "rolled-back"
+ROLLED_BACK = ROLLED_BACK_DIR
 """Folder under the checkpoints root that keeps checkpoints newer than gold after a
 rollback (moved, never deleted: a rollback loses nothing)."""
 
@@ -164,64 +152,3 @@ def _regressions(
                 f"{gold['step']} ({loss:.4f} vs {at_gold:.4f}, limit {threshold:.0%})"
             )
     return problems
-
-
-@dataclass(frozen=True, kw_only=True)
-class Rollback:
-    """What :func:`roll_back_to_gold` did."""
-
-    gold_step: int
-    """The step the lineage continues from."""
-    from_step: int
-    """The newest checkpoint's step before the rollback."""
-    moved: tuple[str, ...]
-    """Checkpoints newer than gold, moved under ``rolled-back/``."""
-    kept_in: Path | None
-    """Where they were moved (None when there were none)."""
-
-
-def roll_back_to_gold(root: Path) -> Rollback:
-    """Make gold the lineage's newest checkpoint; call with the lineage lock held.
-
-    Gold is first installed as ``step-<its step>`` (atomically), and only then are newer
-    checkpoints moved aside, so a crash at any point leaves either the old newest or gold
-    as the checkpoint to resume from, never an older one or none.
-    """
-    gold_dir = root / GOLD
-    try:
-        gold = read_checkpoint(gold_dir)
-    except CheckpointError as exc:
-        raise CheckpointError(f"no usable gold checkpoint to roll back to: {exc}") from exc
-    newest = step_checkpoints(root)
-    from_step = newest[0][0] if newest else gold.step
-    target = root / step_dir_name(gold.step)
-    staging = root / f"{STAGING_PREFIX}{target.name}-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(gold_dir, staging)
-    for entry in staging.iterdir():
-        fsync_path(entry)
-    fsync_path(staging)
-    install_folder(staging, target)
-    fsync_path(root)
-    newer = [path for step, path in newest if step > gold.step]
-    kept_in = None
-    if newer:
-        kept_in = root / ROLLED_BACK / f"from-{from_step:08d}-{uuid.uuid4().hex[:6]}"
-        kept_in.mkdir(parents=True)
-        for path in newer:
-            os.rename(path, kept_in / path.name)
-        fsync_path(kept_in)
-        fsync_path(root)
-    log.warning(
-        "rolled the lineage back to gold at step %d (was at step %d); %d newer checkpoint(s) "
-        "kept in %s",
-        gold.step,
-        from_step,
-        len(newer),
-        kept_in or "-",
-    )
-    return Rollback(
-        gold_step=gold.step,
-        from_step=from_step,
-        moved=tuple(p.name for p in newer),
-        kept_in=kept_in,
-    )

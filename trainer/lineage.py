@@ -25,7 +25,6 @@ from trainer.checkpoint import (
     load_model_weights,
     model_tensors_names,
     resolve_checkpoint,
-    step_checkpoints,
 )
 from trainer.config import LineageSpec, ModelConfig, TrainConfig
 from trainer.model import GPT
@@ -34,6 +33,7 @@ from trainer.presets import model_config_for
 from trainer.rng import restore_rng
 from trainer.state import TrainingState
 from trainer.tokenizer import Tokenizer, load_tokenizer
+from trainer.traces import lineage_traces, refusal, retire
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class Lineage:
     """The checkpoint folder resumed, or None for a new lineage."""
     notices: list[dict[str, Any]]
     """Loud things to put in the event log (optimizer resets, dropped weights)."""
+    retired: Path | None = None
+    """Where an earlier lineage's folders were moved when this one started on purpose."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,18 +80,43 @@ def open_lineage(
     train: TrainConfig,
     device: torch.device,
     init_from: Path | None = None,
+    new_lineage: bool = False,
+    expected: str | None = None,
 ) -> Lineage:
-    if init_from is not None:
-        if step_checkpoints(checkpoints):
-            raise LineageError(
-                f"{checkpoints} already holds a lineage; --init-from starts a new one. "
-                "Point paths.checkpoints at an empty folder, or drop --init-from to resume."
-            )
-        return _start_from(resolve_checkpoint(init_from), spec=spec, train=train, device=device)
-    found = latest_checkpoint(checkpoints)
+    """Resume the lineage under ``checkpoints``, or start one where none exists.
+
+    Never a silent new lineage (design rule 15): where the folder holds traces of one
+    (gold, export, rolled-back or broken checkpoints) or ``expected`` says one must exist
+    (e.g. the ledger records trained files), but no step checkpoint can be resumed,
+    LineageError says what to do. ``new_lineage`` starts one on purpose, after moving the
+    old lineage's folders to ``retired/``.
+    """
+    retired = None
+    if new_lineage:
+        retired = retire(checkpoints, lineage_traces(checkpoints))
+    broken: dict[str, str] = {}
+    found = None
+    if init_from is None:
+        found = latest_checkpoint(checkpoints, on_skip=lambda p, why: broken.update({p.name: why}))
     if found is None:
-        return _start_fresh(spec=spec, train=train, device=device)
-    return _resume(found, spec=spec, train=train, device=device)
+        traces = lineage_traces(checkpoints, broken=broken)
+        if init_from is not None and traces:
+            raise LineageError(
+                f"{checkpoints} already holds a lineage ({'; '.join(traces.found)}); "
+                "--init-from starts a new one. Point paths.checkpoints at an empty folder, "
+                "drop --init-from to resume, or add --new-lineage to move the old lineage's "
+                "folders aside first."
+            )
+        if traces or (expected and init_from is None):
+            raise LineageError(refusal(checkpoints, traces, expected=expected))
+    if init_from is not None:
+        lineage = _start_from(resolve_checkpoint(init_from), spec=spec, train=train, device=device)
+    elif found is None:
+        lineage = _start_fresh(spec=spec, train=train, device=device)
+    else:
+        return _resume(found, spec=spec, train=train, device=device)
+    lineage.retired = retired
+    return lineage
 
 
 def spec_record(spec: LineageSpec) -> dict[str, Any]:
@@ -138,6 +165,7 @@ def _start_from(
     source: LoadedCheckpoint, *, spec: LineageSpec, train: TrainConfig, device: torch.device
 ) -> Lineage:
     config = ModelConfig.from_dict({**source.config, "dropout": spec.dropout})
+    tokenizer = _tokenizer_for(source, spec=spec, config=config)
     torch.manual_seed(train.seed)
     model = GPT(config)
     load_model_weights(model, source.weights())
@@ -156,12 +184,39 @@ def _start_from(
     return Lineage(
         model=model,
         optimizer=build_optimizer(model, train),
-        tokenizer=Tokenizer.from_json(source.tokenizer_json),
+        tokenizer=tokenizer,
         model_config=config,
         state=state,
         resumed_from=None,
         notices=[],
     )
+
+
+def _tokenizer_for(
+    source: LoadedCheckpoint, *, spec: LineageSpec, config: ModelConfig
+) -> Tokenizer:
+    """The source checkpoint's tokenizer, unless the settings name another one: a new
+    lineage is the one moment a tokenizer may change, as long as the model's embedding has
+    a row for each of its tokens."""
+    own = Tokenizer.from_json(source.tokenizer_json)
+    if not spec.tokenizer_set:
+        return own
+    chosen = load_tokenizer(spec.tokenizer)
+    if chosen.fingerprint == own.fingerprint:
+        return own
+    if chosen.vocab_size > config.vocab_size:
+        raise LineageError(
+            f"model.tokenizer ({spec.tokenizer}) has {chosen.vocab_size} tokens, but the model "
+            f"of {source.path} has {config.vocab_size} embedding rows; pick a tokenizer with at "
+            "most that many tokens, or leave model.tokenizer unset to keep the checkpoint's"
+        )
+    log.warning(
+        "new lineage with model.tokenizer %s instead of the tokenizer saved in %s "
+        "(embedding rows are kept by token id)",
+        spec.tokenizer,
+        source.path,
+    )
+    return chosen
 
 
 def _resume(
@@ -249,7 +304,9 @@ def _wanted_config(
     if recorded.get("tokenizer", now["tokenizer"]) != now["tokenizer"]:
         log.warning(
             "model.tokenizer is %r but the lineage was started with %r; it keeps the tokenizer "
-            "saved in %s (start a new lineage with --init-from to change it)",
+            "saved in %s (a lineage never changes its tokenizer: to train these weights with "
+            "another one, start a new lineage from them with `traind train --init-from "
+            "<this checkpoint>` and model.tokenizer set, into an empty paths.checkpoints)",
             now["tokenizer"],
             recorded["tokenizer"],
             found.path.name,

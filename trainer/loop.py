@@ -14,7 +14,6 @@ import dataclasses
 import enum
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,25 +21,24 @@ from pathlib import Path
 import torch
 
 from trainer.bookkeeping import Bookkeeping
-from trainer.checkpoint import (
-    recover_root,
-)
 from trainer.checkup import Checkup
-from trainer.config import EvalConfig, ExportConfig, GoldConfig, LineageSpec, RunPaths, TrainConfig
+from trainer.config import EvalConfig, ExportConfig, GoldConfig, RunPaths, TrainConfig
 from trainer.data import TokenizedFile, tokenize_file
 from trainer.digest import file_sha256
 from trainer.evaluate import Evaluator
 from trainer.events import EventLog, round_loss
 from trainer.faults import fault_point
-from trainer.gold import Rollback, roll_back_to_gold
 from trainer.guard import record_skip, recover_from_oom, roll_back_if_needed
-from trainer.lineage import Lineage, LineageError, open_lineage, resolve_device
+from trainer.lineage import Lineage
 from trainer.lock import LineageLock
-from trainer.memory import MemoryEstimate, estimate_training_memory
+from trainer.opening import Opening
+from trainer.parking import note_split, unpark
 from trainer.progress import ProgressMeter
+from trainer.rollback import Rollback
 from trainer.sampler import FileSampler
 from trainer.scalars import Scalars
 from trainer.schedule import lr_at
+from trainer.space import DiskFullError
 from trainer.state import CompletedFile, FileProgress
 from trainer.step import StepRunner
 
@@ -77,7 +75,7 @@ class StepReport:
     """Wall time of this step."""
 
 
-class Trainer(Bookkeeping):
+class Trainer(Bookkeeping, Opening):
     """A resident model that trains files on one lineage. Not thread-safe."""
 
     def __init__(
@@ -112,6 +110,9 @@ class Trainer(Bookkeeping):
         """Called after each promotion to gold with (folder, step)."""
         self.rollback: Rollback | None = None
         """The rollback to gold done as this trainer opened, if any."""
+        self.on_disk_full: Callable[[DiskFullError], None] | None = None
+        """Called when a checkpoint, gold or export write finds the disk full: it returns
+        when the write is worth trying again, or raises to give up (see ``with_space``)."""
         self._session_start = time.monotonic()
         self._session_start_step = self.state.global_step
         self._session_start_tokens = self.state.tokens_processed
@@ -131,115 +132,6 @@ class Trainer(Bookkeeping):
             paths.state / "tensorboard" if self.evaluation.tensorboard else None,
             step=self.state.global_step,
         )
-
-    # ----------------------------------------------------------------- opening
-    @classmethod
-    def open(
-        cls,
-        *,
-        spec: LineageSpec,
-        train: TrainConfig,
-        paths: RunPaths,
-        init_from: Path | None = None,
-        events: EventLog | None = None,
-        lock_wait_s: float = 0.0,
-        evaluation: EvalConfig | None = None,
-        gold: GoldConfig | None = None,
-        export: ExportConfig | None = None,
-        from_gold: bool = False,
-    ) -> Trainer:
-        """Open (or start) the lineage under ``paths.checkpoints`` and hold it.
-
-        ``from_gold`` first rolls the lineage back to its gold checkpoint (newer
-        checkpoints are kept under ``rolled-back/``).
-        """
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size > 1:
-            # Every rank would train the whole file and write the same checkpoints.
-            raise LineageError(
-                f"WORLD_SIZE={world_size}: multi-process (torchrun) training is not supported by "
-                "this version; run a single process per lineage"
-            )
-        device = resolve_device(train.device)
-        if device.type == "cuda":
-            if train.cuda_memory_fraction is not None:
-                torch.cuda.set_per_process_memory_fraction(train.cuda_memory_fraction, device)
-            torch.backends.cuda.matmul.allow_tf32 = True
-        lock = LineageLock(paths.checkpoints)
-        lock.acquire(wait_s=lock_wait_s)
-        try:
-            recover_root(paths.checkpoints)
-            events = events or EventLog(paths.events)
-            rollback = roll_back_to_gold(paths.checkpoints) if from_gold else None
-            lineage = open_lineage(
-                paths.checkpoints, spec=spec, train=train, device=device, init_from=init_from
-            )
-            trainer = cls(
-                lineage,
-                train=train,
-                paths=paths,
-                events=events,
-                device=device,
-                evaluation=evaluation,
-                gold=gold,
-                export=export,
-            )
-        except BaseException:
-            lock.release()
-            raise
-        if rollback is not None:
-            trainer.rollback = rollback
-            trainer.record_rollback(rollback)
-        trainer._lock = lock
-        memory = trainer._check_memory()
-        for notice in lineage.notices:
-            events.emit("optimizer_reset", **notice)
-        trainer._reconcile_file_complete()
-        events.emit(
-            "training_start",
-            global_step=trainer.state.global_step,
-            resumed_from=str(lineage.resumed_from) if lineage.resumed_from else None,
-            lineage_id=trainer.state.lineage_id,
-            device=str(device),
-            model={"parameters": trainer.model.num_params(), **lineage.model_config.to_dict()},
-            train_config=train.to_dict(),
-            eval_config=trainer.evaluation.to_dict(),
-            gold_config=trainer.gold_config.to_dict(),
-            gold_step=trainer.state.gold["step"] if trainer.state.gold else None,
-            memory_estimate_bytes=memory.total,
-            files_completed=len(trainer.state.files_completed),
-            current_file=trainer.state.current_file.name if trainer.state.current_file else None,
-        )
-        if lineage.resumed_from is None:
-            trainer.save_checkpoint(reason="lineage_start")
-        trainer.evaluator.restore_recent(
-            [(f.name, f.sha256, f.holdout_fraction) for f in trainer.state.files_completed]
-        )
-        return trainer
-
-    def _check_memory(self) -> MemoryEstimate:
-        """Log the training-memory estimate; warn when it will not fit under the CUDA cap."""
-        estimate = estimate_training_memory(
-            self.lineage.model_config,
-            n_params=self.model.num_params(),
-            micro_batch=self.state.micro_batch_size,
-            activation_bytes=2 if self.steps.half_precision else 4,
-        )
-        log.info(
-            "memory estimate at micro-batch %d: %s",
-            self.state.micro_batch_size,
-            estimate.describe(),
-        )
-        if self.device.type == "cuda":
-            total = torch.cuda.get_device_properties(self.device).total_memory
-            cap = total * (self.train.cuda_memory_fraction or 1.0)
-            if estimate.total > cap:
-                log.warning(
-                    "the estimate exceeds the %.1f GiB this process may use; expect OOM recovery "
-                    "to shrink the micro-batch, or lower train.micro_batch_size",
-                    cap / 2**30,
-                )
-        return estimate
 
     # ------------------------------------------------------------- data
     def prepare(
@@ -261,11 +153,18 @@ class Trainer(Bookkeeping):
         )
 
     def _holdout_for(self, path: Path, sha256: str | None) -> float:
-        """The file in progress keeps the holdout it started with (its sequences, and so
-        its cursor and budget, depend on it); a new file takes the setting."""
-        current = self.state.current_file
-        if current is not None and (sha256 or file_sha256(path)) == current.sha256:
+        """A file in progress or parked keeps the holdout it started with (its sequences,
+        and so its cursor and budget, depend on it); a new file takes the setting."""
+        state = self.state
+        if state.current_file is None and not state.parked:
+            return self.evaluation.holdout_fraction
+        sha256 = sha256 or file_sha256(path)
+        current = state.current_file
+        if current is not None and sha256 == current.sha256:
             return current.holdout_fraction
+        parked = state.parked_file(sha256)
+        if parked is not None:
+            return parked.holdout_fraction
         return self.evaluation.holdout_fraction
 
     # ------------------------------------------------------------- training
@@ -285,14 +184,18 @@ class Trainer(Bookkeeping):
         current = state.current_file
         if current is not None and current.sha256 != data.sha256:
             raise RuntimeError(f"{current.name} is in progress; finish it before starting {name}")
-        if current is not None and current.holdout_fraction != data.holdout_fraction:
+        started = current or state.parked_file(data.sha256)
+        if started is not None and started.holdout_fraction != data.holdout_fraction:
             raise RuntimeError(
                 f"{name} was prepared with holdout {data.holdout_fraction}, but it started "
-                f"with {current.holdout_fraction}; use Trainer.prepare"
+                f"with {started.holdout_fraction}; use Trainer.prepare"
             )
         self.evaluator.add_recent(data.sha256, data.holdout)
         self._sampler = FileSampler(data, seed=state.seed)
         if current is None:
+            current = unpark(self, data.sha256, name=name)
+        if current is None:
+            per_step = state.micro_batch_size * state.grad_accum_steps * self.world_size
             steps = steps_for_file(
                 data.n_sequences,
                 epochs=self.train.epochs_per_file,
@@ -309,6 +212,7 @@ class Trainer(Bookkeeping):
                 target_step=state.global_step + steps,
                 holdout_fraction=data.holdout_fraction,
                 n_holdout=data.holdout.n_sequences if data.holdout else 0,
+                sequences_per_step=per_step,
             )
             state.current_file = current
             self.events.emit(
@@ -322,6 +226,7 @@ class Trainer(Bookkeeping):
                 n_tokens=data.n_tokens,
                 format=data.format,
                 n_holdout=current.n_holdout,
+                sequences_per_step=per_step,
             )
             log.info(
                 "%s: %d sequences, %d steps (global %d -> %d)",
@@ -340,6 +245,7 @@ class Trainer(Bookkeeping):
                 current.epoch,
                 current.cursor,
             )
+        note_split(self, current)
         meter = ProgressMeter(
             file_name=name,
             start_step=current.start_step,
@@ -422,7 +328,9 @@ class Trainer(Bookkeeping):
     ) -> tuple[float | None, int]:
         """One optimizer step over ``micro * accum`` sequences; returns (mean loss, tokens)."""
         state = self.state
-        count = state.micro_batch_size * state.grad_accum_steps * self.world_size
+        # The file's own step size (rule 14), not the split in force: micro-batches of
+        # state.micro_batch_size cover it, the last one shorter if it does not divide.
+        count = current.sequences_per_step
         indices = self._sampler.indices(current.cursor, count)
         n_targets = data.targets_of(indices)
         while True:

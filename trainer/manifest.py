@@ -29,6 +29,14 @@ EXPORT_INFO = "export.json"
 EXPORT_FILES = (CONFIG, WEIGHTS, TOKENIZER, EXPORT_INFO)
 """The files of the export folder."""
 STEP_DIR = re.compile(r"^step-(\d{8,})$")
+GOLD_DIR = "gold"
+"""The guarded best checkpoint, never rotated."""
+EXPORT_DIR = "export"
+"""The half-precision copy for inference."""
+ROLLED_BACK_DIR = "rolled-back"
+"""Checkpoints newer than gold that rollbacks to gold moved aside (never deleted)."""
+RETIRED_DIR = "retired"
+"""What an earlier lineage left when a new one was started on purpose (never deleted)."""
 
 
 def write_json(path: Path, data: Any) -> None:

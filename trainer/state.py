@@ -14,9 +14,11 @@ from typing import Any
 
 from trainer.events import utc_now
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Layout version written. 1: the first release. 2: adds evaluation history, gold records
-and each file's holdout; version 1 files are upgraded on read (``upgrade``)."""
+and each file's holdout. 3: adds each file's sequences per optimizer step (fixed when it
+starts), parked files, the rollback served and the files a rollback undid. Older files
+are upgraded on read (``upgrade``)."""
 
 
 @dataclass(kw_only=True)
@@ -51,6 +53,14 @@ class FileProgress:
     """Fraction of the file's examples held out from training, fixed when it starts."""
     n_holdout: int = 0
     """Held-out sequences (evaluated in the ``recent`` set, never trained on)."""
+    sequences_per_step: int = 0
+    """Sequences each optimizer step of this file takes, fixed when it starts (design rule
+    14): the budget was computed from it, so a batch setting changed mid-file changes only
+    how a step is split into micro-batches, never how much of the file a step consumes."""
+    parked_at: int | None = None
+    """Global step at which the file was set aside unfinished (failed, cancelled, rolled
+    back), or None while it is the file in progress. A parked file that trains again
+    continues at its cursor with the steps it had left."""
 
     @property
     def epoch(self) -> int:
@@ -137,11 +147,34 @@ class TrainingState:
     """The current gold: ``{step, val_loss, train_loss, sets, prev_best, promoted_at}``."""
     gold_history: list[dict[str, Any]] = field(default_factory=list)
     """Every promotion to gold, oldest first (same records as ``gold``)."""
+    parked: list[FileProgress] = field(default_factory=list)
+    """Files set aside unfinished, oldest first (see ``FileProgress.parked_at``): what the
+    lineage holds of each, so that training one again never repeats a sequence."""
+    rollback_served: str | None = None
+    """The time (ISO) of the newest rollback-to-gold request this lineage carried out or
+    refused, so that a request is served once whatever restarts come between."""
+    files_rolled_back: list[dict[str, Any]] = field(default_factory=list)
+    """Files finished after gold that rollbacks to gold undid on purpose (``name``,
+    ``sha256``, ``start_step``, ``end_step``): the ledger keeps them done, not lost."""
     format_version: int = FORMAT_VERSION
     """Layout version of this file."""
 
     def completed(self, sha256: str) -> CompletedFile | None:
         return next((f for f in self.files_completed if f.sha256 == sha256), None)
+
+    def parked_file(self, sha256: str) -> FileProgress | None:
+        return next((f for f in self.parked if f.sha256 == sha256), None)
+
+    def holds(self, sha256: str) -> bool:
+        """Whether the lineage knows this content: trained, in progress, parked or
+        deliberately undone by a rollback to gold."""
+        current = self.current_file
+        return (
+            self.completed(sha256) is not None
+            or (current is not None and current.sha256 == sha256)
+            or self.parked_file(sha256) is not None
+            or any(f.get("sha256") == sha256 for f in self.files_rolled_back)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -156,14 +189,18 @@ class TrainingState:
         data = upgrade(data)
         current = data.pop("current_file", None)
         completed = data.pop("files_completed", [])
+        parked = data.pop("parked", [])
         known = {f.name for f in dataclasses.fields(cls)}
         state = cls(**{k: v for k, v in data.items() if k in known})
         state.configured_batch = tuple(state.configured_batch)
-        if current:
-            current = {k: v for k, v in current.items() if k != "epoch"}
-        state.current_file = FileProgress(**current) if current else None
+        state.current_file = _progress(current) if current else None
+        state.parked = [_progress(f) for f in parked]
         state.files_completed = [CompletedFile(**f) for f in completed]
         return state
+
+
+def _progress(data: dict[str, Any]) -> FileProgress:
+    return FileProgress(**{k: v for k, v in data.items() if k != "epoch"})
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:
@@ -191,5 +228,19 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
                 record.setdefault("holdout_fraction", 0.0)
                 record.setdefault("n_holdout", 0)
         version = 2
+    if version == 2:
+        # Version 2 sized every step by the split in force, which was also the one the file
+        # in progress started with unless the settings changed meanwhile (the bug version 3
+        # fixes); nothing was parked or rolled back on record.
+        current = data.get("current_file")
+        if current:
+            current.setdefault(
+                "sequences_per_step",
+                int(data.get("micro_batch_size", 1)) * int(data.get("grad_accum_steps", 1)),
+            )
+        data.setdefault("parked", [])
+        data.setdefault("rollback_served", None)
+        data.setdefault("files_rolled_back", [])
+        version = 3
     data["format_version"] = version
     return data

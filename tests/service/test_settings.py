@@ -319,8 +319,14 @@ def test_conversions_to_trainer_config(tmp_path: Path) -> None:
     assert isinstance(train, TrainConfig)
     assert (train.micro_batch_size, train.grad_accum_steps, train.device) == (2, 4, "cpu")
     assert settings.lineage_spec() == LineageSpec(
-        preset="small", tokenizer=str(tokenizer.resolve()), dropout=0.1, overrides={}
+        preset="small",
+        tokenizer=str(tokenizer.resolve()),
+        tokenizer_set=True,
+        dropout=0.1,
+        overrides={},
     )
+    # Left at its default, the tokenizer is not a choice (--init-from keeps the source's).
+    assert not load_settings().lineage_spec().tokenizer_set
     paths = settings.run_paths()
     assert isinstance(paths, RunPaths)
     assert paths.checkpoints == (tmp_path / "ck").resolve()

@@ -65,6 +65,9 @@ def open_trainer(run_paths):
         gold=None,
         export=None,
         from_gold=False,
+        new_lineage=False,
+        expected_lineage=None,
+        rollback_request=None,
         **train,
     ) -> Trainer:
         paths = paths or run_paths
@@ -80,6 +83,9 @@ def open_trainer(run_paths):
             gold=gold,
             export=export,
             from_gold=from_gold,
+            new_lineage=new_lineage,
+            expected_lineage=expected_lineage,
+            rollback_request=rollback_request,
         )
         opened.append(trainer)
         return trainer

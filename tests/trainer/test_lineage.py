@@ -79,3 +79,53 @@ def test_no_creep_over_many_files(tmp_path, open_trainer):
     assert _rss_bytes() - rss < 40 * 2**20, (
         "resident memory grew by more than 40 MiB over 170 files"
     )
+
+
+def _word_tokenizer(path: Path, n: int) -> Path:
+    """A word-level tokenizer of exactly ``n`` tokens, with an end-of-text token."""
+    from tokenizers import models as hf_models
+
+    vocab = {"</s>": 0, "<unk>": 1, **{f"w{i}": i + 2 for i in range(n - 2)}}
+    hf = HfTokenizer(hf_models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf.add_special_tokens(["</s>"])
+    hf.save(str(path))
+    return path
+
+
+def test_init_from_takes_the_tokenizer_the_settings_name(tmp_path, open_trainer, run_paths):
+    """A new lineage is the one moment the tokenizer may change: --init-from with
+    model.tokenizer set uses it (the resume warning sends people there)."""
+    import pytest
+
+    from trainer.config import RunPaths
+    from trainer.lineage import LineageError
+
+    source = open_trainer()
+    source_rows = source.lineage.model_config.vocab_size
+    source.close()
+    user = _word_tokenizer(tmp_path / "user.json", 100)
+    paths = RunPaths(checkpoints=tmp_path / "new" / "ck", state=tmp_path / "new" / "st")
+    spec = LineageSpec(preset="test", tokenizer=str(user), tokenizer_set=True)
+    fresh = open_trainer(paths=paths, spec=spec, init_from=run_paths.checkpoints)
+    assert fresh.tokenizer.fingerprint == Tokenizer.from_json(user.read_text()).fingerprint
+    assert fresh.lineage.model_config.vocab_size == source_rows  # the weights' own rows
+    saved = latest_checkpoint(paths.checkpoints)
+    assert Tokenizer.from_json(saved.tokenizer_json).fingerprint == fresh.tokenizer.fingerprint
+    fresh.close()
+    # Left at its default, the checkpoint's tokenizer is kept.
+    kept = RunPaths(checkpoints=tmp_path / "kept" / "ck", state=tmp_path / "kept" / "st")
+    same = open_trainer(paths=kept, init_from=run_paths.checkpoints)
+    assert (
+        same.tokenizer.fingerprint
+        == Tokenizer.from_json(latest_checkpoint(run_paths.checkpoints).tokenizer_json).fingerprint
+    )
+    # A tokenizer with more tokens than the model has embedding rows cannot fit.
+    big = _word_tokenizer(tmp_path / "big.json", source_rows + 10)
+    other = RunPaths(checkpoints=tmp_path / "big" / "ck", state=tmp_path / "big" / "st")
+    with pytest.raises(LineageError, match=rf"{source_rows + 10} tokens.*{source_rows} embedding"):
+        open_trainer(
+            paths=other,
+            spec=LineageSpec(preset="test", tokenizer=str(big), tokenizer_set=True),
+            init_from=run_paths.checkpoints,
+        )
