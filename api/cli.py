@@ -86,11 +86,16 @@ def init(
     " * world_size)) optimizer steps, counted from the step the file starts at.\n\n"
     "Run the same command again after a crash to resume: files the lineage already"
     " completed (same content) are skipped, the interrupted one continues at its exact"
-    " position."
+    " position.\n\n"
+    "With --from gold or --new-lineage, FILE may be left out: the lineage is rolled back"
+    " (or started) and checkpointed, and nothing is trained.\n\n"
+    "Exit status: 0 done; 1 a file was rejected; 2 a usage, settings or lineage problem;"
+    " 75 out of disk space (free some, run it again); 128+N stopped by signal N (run it"
+    " again to resume)."
 )
 def train(
     files: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(
             help="JSONL drops to train on, in the order given.",
             metavar="FILE",
@@ -99,7 +104,7 @@ def train(
             readable=True,
             show_default=False,
         ),
-    ],
+    ] = None,
     config: ConfigOption = None,
     init_from: Annotated[
         Path | None,
@@ -122,15 +127,27 @@ def train(
             "checkpoints/rolled-back/, the file gold was in the middle of is not resumed).",
         ),
     ] = Source.LATEST,
+    new_lineage: Annotated[
+        bool,
+        typer.Option(
+            "--new-lineage",
+            help="Start a new lineage even though paths.checkpoints holds one (or the traces "
+            "of one: gold, export, broken checkpoints); the old lineage's folders are moved "
+            "to checkpoints/retired/, nothing is deleted. traind never does this unasked.",
+        ),
+    ] = False,
     log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
     """Train on FILE... in order (the help text is the decorator's, kept on single lines)."""
-    if init_from is not None and from_ is Source.GOLD:
+    if (init_from is not None or new_lineage) and from_ is Source.GOLD:
         typer.echo(
-            "error: --init-from starts a new lineage and --from gold rolls back the "
-            "existing one; use one of them",
+            "error: --init-from and --new-lineage start a new lineage and --from gold rolls "
+            "back the existing one; use one of them",
             err=True,
         )
+        raise typer.Exit(2)
+    if not files and from_ is not Source.GOLD and not new_lineage:
+        typer.echo("error: give at least one FILE to train on", err=True)
         raise typer.Exit(2)
     settings = settings_or_exit(config)
     configure_logging(log_level.value)
@@ -140,9 +157,10 @@ def train(
     raise typer.Exit(
         train_files(
             settings,
-            files,
+            files or [],
             init_from=init_from,
             from_gold=from_ is Source.GOLD,
+            new_lineage=new_lineage,
         )
     )
 

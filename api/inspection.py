@@ -177,6 +177,7 @@ def _training(state: TrainingSummary) -> Table:
         ("global step", count(state.global_step)),
         ("tokens", count(state.tokens_processed)),
         ("current file", _current(state)),
+        *([("parked", _parked(state))] if state.parked else []),
         ("batch", _batch(state)),
         (
             "incidents",
@@ -213,7 +214,20 @@ def _current(state: TrainingSummary) -> str:
         text += f" · epoch {file.epoch}"
     if file.cursor is not None and file.n_sequences:
         text += f" (sequence {count(file.cursor)} of {count(file.n_sequences)} per epoch)"
+    if file.sequences_per_step:
+        text += f" · {count(file.sequences_per_step)} sequences a step"
     return text
+
+
+def _parked(state: TrainingSummary) -> str:
+    """Files set aside unfinished, each with the steps a retry still trains."""
+    return "; ".join(
+        f"{f.name} ({count(f.target_step - f.parked_at)} steps left from step "
+        f"{count(f.parked_at)}; retry it to continue)"
+        if f.parked_at is not None
+        else f.name
+        for f in state.parked
+    )
 
 
 def _batch(state: TrainingSummary) -> str:

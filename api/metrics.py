@@ -35,8 +35,9 @@ from prometheus_client.utils import floatToGoString
 from api.auth import require_read_access
 from api.schemas import ErrorOut, errors
 from service.daemon import Daemon
+from service.diskspace import free_bytes
 from service.ledger import DesiredState, FileState, WorkerStatus
-from service.status import STALE_AFTER_BEATS
+from service.status import STALE_AFTER_BEATS, read_status
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,40 @@ class LedgerCollector(Collector):
         yield from collect_queue(ledger.counts_by_state())
         paused = ledger.get_control().desired_state is DesiredState.PAUSED
         yield gauge("paused", "1 while the operator has paused training, else 0.", int(paused))
+        yield from collect_health(daemon)
+
+
+def collect_health(daemon: Daemon) -> Iterator[Metric]:
+    """Whether the service is in error (the reason is in /v1/status), and free disk space
+    where it writes, so an alert can fire before and while a disk is full."""
+    settings = daemon.settings
+    status = read_status(
+        daemon.ledger,
+        heartbeat_s=settings.worker.heartbeat_s,
+        stopping=daemon.stopping.is_set(),
+        fatal=daemon.fatal,
+        supervisor=daemon.supervisor.status() if daemon.supervisor else None,
+        hang_timeout_s=settings.worker.hang_timeout_s,
+    )
+    yield gauge(
+        "error",
+        "1 while /v1/status reports the state error (a full disk, a hung worker, a worker "
+        "that refuses its settings); its error field says what.",
+        int(status["state"] == "error"),
+    )
+    family = GaugeMetricFamily(
+        PREFIX + "disk_free_bytes",
+        "Free bytes on the filesystem of each folder traind writes.",
+        labels=["folder"],
+    )
+    for folder, path in (
+        ("checkpoints", settings.paths.checkpoints),
+        ("state", settings.paths.state),
+    ):
+        free = free_bytes(path)
+        if free is not None:
+            family.add_metric([folder], free)
+    yield family
 
 
 def metrics_router() -> APIRouter:
@@ -83,7 +118,8 @@ def metrics_router() -> APIRouter:
             "Prometheus text format (or OpenMetrics when the `Accept` header asks for it), "
             "read from the ledger at scrape time: global step, tokens processed, train loss, "
             "learning rate, tokens per second, files by state, optimizer-step duration "
-            "histogram, NaN skips, checkpoint age, paused, worker heartbeat age and up."
+            "histogram, NaN skips, checkpoint age, paused, worker heartbeat age and up, "
+            "error, and free disk space per folder."
         ),
         response_class=PlainTextResponse,
         responses={

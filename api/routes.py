@@ -171,6 +171,8 @@ def get_status(request: Request, daemon: Running) -> dict[str, Any]:
         heartbeat_s=settings.worker.heartbeat_s,
         stopping=daemon.stopping.is_set(),
         fatal=daemon.fatal,
+        supervisor=daemon.supervisor.status() if daemon.supervisor else None,
+        hang_timeout_s=settings.worker.hang_timeout_s,
     )
     digest: EventDigest = request.app.state.digest
     data["eta_queue_s"] = _queue_eta(daemon, data)

@@ -70,7 +70,10 @@ class FileOut(_Out):
     start_step: int | None = Field(description="Global step when its training started.")
     target_step: int | None = Field(description="start_step + its fixed step budget.")
     end_step: int | None = Field(description="Global step when it finished.")
-    attempts: int = Field(description="Times a worker claimed it.")
+    attempts: int = Field(
+        description="Times training it crashed the worker (clean stops and restarts do not "
+        "count); at worker.max_attempts it fails. Retry starts it at 0."
+    )
     lease_owner: str | None = Field(description="Worker holding the claim, while training.")
     lease_expires_at: datetime | None
     duplicate_of: int | None = Field(description="For a duplicate: the file with that content.")

@@ -2,9 +2,10 @@
 
 Run: ``traind serve [--config traind.toml]``. SIGTERM or Ctrl-C stops it cleanly: the
 worker checkpoints at its next optimizer step (within ``worker.stop_grace_s``), then the
-process exits 0. It exits non-zero only on a real failure (bad settings, a port in use,
-a worker that refuses its settings), and 2 without starting when ``server.host`` is not
-loopback and ``server.token`` is unset.
+process exits 0. Exit status 2 means "a person must act, restarting will not help": bad
+settings, a non-loopback ``server.host`` without a strong ``server.token``, another
+service on the same folders, or a worker that refuses its settings or its lineage. 1: the
+API did not start; 3: uvicorn could not bind the port.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from api.app import create_app
 from api.auth import BindError, TokenError, check_bind
 from api.events import close_event_streams
 from service.daemon import Daemon
+from service.instance import ServiceLockedError, ServiceLocks
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,12 +63,26 @@ class _Server(uvicorn.Server):
 
 
 def run_server(settings: Settings) -> int:
-    """Serve until stopped; the exit status (2: the settings refuse to serve)."""
+    """Serve until stopped; the exit status (2: the settings refuse to serve, or another
+    service runs on the same folders)."""
     try:
         check_bind(settings)
     except BindError as exc:
         log.error("%s", exc)
         return 2
+    locks = ServiceLocks(settings)
+    try:
+        locks.acquire()
+    except ServiceLockedError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        return _serve(settings)
+    finally:
+        locks.release()
+
+
+def _serve(settings: Settings) -> int:
     daemon = Daemon(settings)
     try:
         app = create_app(settings, daemon=daemon)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from service.inventory import take_inventory
 from service.ledger import Ledger
 from service.readiness import Readiness
 from service.settings import Settings
@@ -35,7 +36,9 @@ class Daemon:
             settings.paths.inbox, ledger=self.ledger, settings=settings.watcher, events=self.events
         )
         self.supervisor = (
-            Supervisor(settings, ledger=self.ledger, on_fatal=self._fatal) if start_worker else None
+            Supervisor(settings, ledger=self.ledger, events=self.events, on_fatal=self._fatal)
+            if start_worker
+            else None
         )
         self.readiness = Readiness(settings, ledger=self.ledger, supervisor=self.supervisor)
         self.stopping = threading.Event()
@@ -44,6 +47,14 @@ class Daemon:
 
     def start(self) -> None:
         self.settings.paths.checkpoints.mkdir(parents=True, exist_ok=True)
+        # Before the watcher: a new drop must not take an id an old file carries.
+        take_inventory(
+            self.watcher.layout,
+            self.ledger,
+            checkpoints=self.settings.paths.checkpoints,
+            events=self.events,
+            max_line_bytes=self.settings.watcher.max_line_bytes,
+        )
         self.watcher.start()
         self.readiness.start()  # before the worker: it must know the previous run's heartbeat
         if self.supervisor is not None:

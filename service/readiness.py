@@ -51,8 +51,9 @@ MAX_TICK_S = 1.0
 """The thread looks at the heartbeat at least this often."""
 
 # A worker in one of these states is not (yet, or any more) training: it is loading its
-# model, leaving, or has failed and is about to be restarted by the supervisor.
-_TRANSIENT = (WorkerState.STARTING, WorkerState.STOPPING, WorkerState.ERROR)
+# model, or leaving. (An ERROR worker that still reports, e.g. one waiting for disk space,
+# is judged like an idle one: alive while its heartbeats keep coming.)
+_TRANSIENT = (WorkerState.STARTING, WorkerState.STOPPING)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -318,6 +319,11 @@ class Readiness:
             beat = None
         pid = self._worker_pid()
         verdict = self.judge.assess(beat, worker_pid=pid, now=now)
+        space = self.supervisor.status().space if self.supervisor else ()
+        if space and not verdict.alive:
+            # A full disk stops the heartbeat too (the ledger cannot be written): waiting for
+            # space is what the service should do, and a restart would not help.
+            verdict = Verdict(alive=True, reason=f"waiting for disk space ({space[0]})")
         if not self.ready and self._listening and not self._stopping and self._loaded(beat, pid):
             self.ready = True
             self._last_ping = now  # systemd arms the watchdog at READY
@@ -359,9 +365,11 @@ class Readiness:
                 else "starting: the API is not listening yet"
             )
         else:
-            fatal = self.supervisor.status().fatal if self.supervisor else None
             status = read_status(
-                self.ledger, heartbeat_s=self.settings.worker.heartbeat_s, fatal=fatal
+                self.ledger,
+                heartbeat_s=self.settings.worker.heartbeat_s,
+                supervisor=self.supervisor.status() if self.supervisor else None,
+                hang_timeout_s=self.settings.worker.hang_timeout_s,
             )
             watched = self.timing.watchdog_s is not None
             note = f"watchdog: {verdict.reason}" if watched and not verdict.alive else None

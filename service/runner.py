@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
+EXIT_DISK_FULL = 75
+"""EX_TEMPFAIL: out of disk space; free some and run the same command again."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,9 +55,35 @@ def train_files(
     *,
     init_from: Path | None = None,
     from_gold: bool = False,
+    new_lineage: bool = False,
     stop: StopFlag | None = None,
 ) -> int:
     """Train ``files`` in order on the configured lineage; returns a process exit code."""
+    from trainer.space import DiskFullError
+
+    try:
+        return _train(
+            settings,
+            files,
+            init_from=init_from,
+            from_gold=from_gold,
+            new_lineage=new_lineage,
+            stop=stop,
+        )
+    except DiskFullError as exc:
+        log.error("%s; then run the same command again: it resumes from its last checkpoint", exc)
+        return EXIT_DISK_FULL
+
+
+def _train(
+    settings: Settings,
+    files: list[Path],
+    *,
+    init_from: Path | None,
+    from_gold: bool,
+    new_lineage: bool,
+    stop: StopFlag | None,
+) -> int:
     from trainer.checkpoint import CheckpointError
     from trainer.evaluate import EvalSetError
     from trainer.lineage import LineageError
@@ -77,6 +105,7 @@ def train_files(
             gold=settings.gold_config(),
             export=settings.export_config(),
             from_gold=from_gold,
+            new_lineage=new_lineage,
         )
     except (LineageError, LineageLockedError, CheckpointError, TokenizerError, EvalSetError) as exc:
         log.error("%s", exc)

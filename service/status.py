@@ -1,4 +1,10 @@
-"""The service's state as one dictionary, read from the ledger (for /v1/status)."""
+"""The service's state as one dictionary, read from the ledger (for /v1/status).
+
+``state`` is ``error`` while something needs a person or is being repaired: a worker
+that refused its settings (``fatal``), a full disk or a hung worker (the supervisor's
+``problem``), or a worker that reports an error (e.g. waiting for disk space). ``error``
+then says what, in words a person can act on.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.ledger import DesiredState, Ledger, WorkerState
+from service.supervisor import SupervisorStatus
 
 STALE_AFTER_BEATS = 10
 """A worker silent for this many heartbeat intervals is reported as not running."""
 
 
 def read_status(
-    ledger: Ledger, *, heartbeat_s: float, stopping: bool = False, fatal: str | None = None
+    ledger: Ledger,
+    *,
+    heartbeat_s: float,
+    stopping: bool = False,
+    fatal: str | None = None,
+    supervisor: SupervisorStatus | None = None,
+    hang_timeout_s: float | None = None,
 ) -> dict[str, Any]:
     control = ledger.get_control()
     worker = ledger.worker_status()
@@ -20,11 +33,39 @@ def read_status(
     now = datetime.now(UTC)
     age = (now - worker.heartbeat_at).total_seconds() if worker else None
     alive = worker is not None and age is not None and age <= STALE_AFTER_BEATS * heartbeat_s
-    state = _state(
-        control.desired_state, worker.state if alive else None, stopping=stopping, fatal=fatal
+    # A running worker that stopped reporting is busy (a long checkpoint, evaluation or
+    # tokenization) or hung; either way it is not idle.
+    silent = (
+        not alive
+        and worker is not None
+        and supervisor is not None
+        and supervisor.pid is not None
+        and supervisor.pid == worker.pid
     )
+    shown = alive or silent
+    fatal = fatal or (supervisor.fatal if supervisor else None)
+    state = _state(
+        control.desired_state, worker.state if shown else None, stopping=stopping, fatal=fatal
+    )
+    error = fatal
+    problem = supervisor.problem if supervisor else None
+    if error is None and state != "stopping":
+        if problem:
+            state, error = "error", problem
+        elif shown and worker.state is WorkerState.ERROR:
+            error = worker.message or "the worker reported an error; see its log"
+        elif silent:
+            error = (
+                f"no report from the worker (pid {worker.pid}) for {age:.0f}s: a long step, "
+                "evaluation or checkpoint, or a hang"
+                + (
+                    f" (it is replaced after {hang_timeout_s:g}s without one)"
+                    if hang_timeout_s
+                    else ""
+                )
+            )
     current = None
-    if alive and worker.file_id is not None:
+    if shown and worker.file_id is not None:
         record = ledger.get_file(worker.file_id)
         start, target, step = worker.start_step, worker.target_step, worker.global_step
         progress = None
@@ -55,7 +96,7 @@ def read_status(
             "model_loaded": bool(worker and worker.model_loaded and alive),
             "heartbeat_age_s": round(age, 3) if age is not None else None,
         },
-        "error": fatal,
+        "error": error,
     }
 
 
@@ -66,10 +107,10 @@ def _state(
         return "error"
     if stopping or worker is WorkerState.STOPPING:
         return "stopping"
+    if worker is WorkerState.ERROR:
+        return "error"
     if worker is WorkerState.TRAINING:
         return "training"
     if worker is WorkerState.PAUSED or desired is DesiredState.PAUSED:
         return "paused"
-    if worker is WorkerState.ERROR:
-        return "error"
     return "idle"

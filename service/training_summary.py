@@ -2,8 +2,9 @@
 script reads: the lineage's files and their step ranges, the file in progress, counters,
 evaluations and gold records, without the RNG states.
 
-Reads ``format_version`` 1 and 2 (2 adds ``eval_history``, ``gold``, ``gold_history`` and
-per-file holdout counts; a version-1 file simply has none). Plain JSON in, frozen
+Reads ``format_version`` 1 to 3 (2 adds ``eval_history``, ``gold``, ``gold_history`` and
+per-file holdout counts; 3 adds each file's step size, parked files and the files
+rollbacks undid; an older file simply has none). Plain JSON in, frozen
 dataclasses out: no torch, so ``traind inspect`` can use it anywhere.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-KNOWN_FORMAT = 2
+KNOWN_FORMAT = 3
 """Newest ``training_state.json`` format_version whose fields this module knows."""
 
 
@@ -94,6 +95,10 @@ class CurrentFile:
     """Share held out for validation (format 2)."""
     n_holdout: int | None = None
     """Sequences held out (format 2)."""
+    sequences_per_step: int | None = None
+    """Sequences each of its optimizer steps takes, fixed when it started (format 3)."""
+    parked_at: int | None = None
+    """For a parked file: the step it was set aside at (format 3)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +147,11 @@ class TrainingSummary:
     """The current gold record (format 2)."""
     gold_history: tuple[EvalRecord, ...] = ()
     """Gold promotions, oldest first (format 2)."""
+    parked: tuple[CurrentFile, ...] = ()
+    """Files set aside unfinished (cancelled, failed, rolled back): a retry continues
+    each where it stopped (format 3)."""
+    files_rolled_back: tuple[dict[str, Any], ...] = ()
+    """Files finished after gold that rollbacks to gold undid on purpose (format 3)."""
 
 
 def summarize_training(raw: dict[str, Any], *, notes: list[str]) -> TrainingSummary:
@@ -191,6 +201,8 @@ def summarize_training(raw: dict[str, Any], *, notes: list[str]) -> TrainingSumm
         eval_history=tuple(_eval(r) for r in raw.get("eval_history") or ()),
         gold=_eval(gold) if isinstance(gold, dict) else None,
         gold_history=tuple(_eval(r) for r in raw.get("gold_history") or ()),
+        parked=tuple(_current_file(f, step) for f in raw.get("parked") or ()),
+        files_rolled_back=tuple(raw.get("files_rolled_back") or ()),
     )
 
 
@@ -232,6 +244,8 @@ def _current_file(raw: dict[str, Any], step: int) -> CurrentFile:
         started_at=raw.get("started_at"),
         holdout_fraction=float_or_none(raw.get("holdout_fraction")),
         n_holdout=int_or_none(raw.get("n_holdout")),
+        sequences_per_step=int_or_none(raw.get("sequences_per_step")),
+        parked_at=int_or_none(raw.get("parked_at")),
     )
 
 

@@ -6,15 +6,16 @@ model once and keeps it in memory between files and while paused. It shares only
 ledger, the checkpoints and the event log with the other processes: control (pause,
 resume) arrives through the ledger, progress leaves through heartbeats.
 
-At start the checkpoint is the truth of what was trained: files it finished are marked
-done in the ledger, and the file it was in the middle of is claimed first and resumes at
-its exact position. SIGTERM checkpoints at the next step boundary, releases the claim
-and exits 0.
+At start the checkpoint is the truth of what was trained (:mod:`service.reconcile`).
+SIGTERM checkpoints at the next step boundary, releases the claim and exits 0. A full
+disk makes it wait and retry, never fail (:mod:`service.diskspace`). A crash is counted
+against the file it was training by the supervisor, which saw it (design rule 13).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import logging
 import os
@@ -26,67 +27,25 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from service.diskspace import SpaceWait, StopWaitingError
 from service.ledger import DesiredState, FileRecord, FileState, Ledger, WorkerState
+from service.reconcile import reconcile, resettle, resume_target
+from service.refusal import reject_after_intake
 from service.requests import OperatorRequests
 from service.settings import Settings, SettingsError, load_settings
 from service.signals import StopFlag
+from service.stephook import StepHook
 from service.steptimes import StepTimes
-from service.supervisor import EXIT_BAD_SETTINGS
+from service.supervisor import EXIT_BAD_SETTINGS, WORKER_ID_ENV
 from trainer.checkpoint import step_checkpoints
 from trainer.data import DataError
 from trainer.evaluate import EvalSetError
+from trainer.lineage import LineageError
 from trainer.loop import FileOutcome, Trainer
+from trainer.space import DiskFullError
+from trainer.tokenizer import TokenizerError
 
 log = logging.getLogger(__name__)
-
-
-class StepHook:
-    """Called by the trainer before every optimizer step: stop, pause, lease, heartbeat."""
-
-    def __init__(self, worker: Worker, record: FileRecord) -> None:
-        self.worker = worker
-        self.record = record
-        self.reason: str | None = None
-        self._next_poll = 0.0
-        self._next_beat = 0.0
-        self._steps_recorded = record.start_step is not None
-
-    def __call__(self) -> str | None:
-        worker = self.worker
-        if worker.stop():
-            self.reason = "stop"
-            return self.reason
-        now = time.monotonic()
-        if not self._steps_recorded and worker.trainer.state.current_file is not None:
-            current = worker.trainer.state.current_file
-            worker.ledger.set_steps(
-                self.record.id, start_step=current.start_step, target_step=current.target_step
-            )
-            self._steps_recorded = True
-        report = worker.trainer.last_report
-        if report is not None:
-            worker.step_times.observe(report.step, report.seconds)
-        if now >= self._next_poll:
-            self._next_poll = now + worker.settings.worker.poll_s
-            control = worker.ledger.get_control()
-            if control.desired_state is DesiredState.PAUSED:
-                self.reason = "pause"
-                return self.reason
-            if worker.cancel_requested(self.record):
-                self.reason = "cancel"
-                return self.reason
-            if worker.requests.rollback_wanted(control):
-                self.reason = "rollback"
-                return self.reason
-            worker.requests.serve_at_boundary(control)
-        if now >= self._next_beat:
-            self._next_beat = now + worker.settings.worker.heartbeat_s
-            lease_s = worker.settings.ledger.lease_s
-            if not worker.ledger.renew_lease(self.record.id, worker_id=worker.id, lease_s=lease_s):
-                self.reason = "lease_lost"
-                return self.reason
-            worker.beat(WorkerState.TRAINING, file=self.record)
-        return None
 
 
 class Worker:
@@ -95,7 +54,10 @@ class Worker:
     def __init__(self, settings: Settings, *, stop: StopFlag) -> None:
         self.settings = settings
         self.stop = stop
-        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.id = (
+            os.environ.get(WORKER_ID_ENV)
+            or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
         self.started_at = datetime.now(UTC)
         self.ledger = Ledger.open(
             settings.database_url(), busy_timeout_ms=settings.ledger.busy_timeout_ms
@@ -103,28 +65,49 @@ class Worker:
         self.trainer: Trainer | None = None
         self.step_times = StepTimes()
         self.requests: OperatorRequests | None = None
+        self.current: FileRecord | None = None
+        """The file being trained, for the heartbeat while waiting for disk space."""
+        self._idle_beat_at = 0.0
+        self.space = SpaceWait(
+            retry_s=settings.worker.disk_retry_s,
+            stop=stop,
+            report=self._report_space,
+            events=lambda event, fields: self.trainer.events.emit(event, **fields),
+        )
 
-    def beat(self, state: WorkerState, *, file: FileRecord | None = None, message=None) -> None:
+    # ----------------------------------------------------------------- reports
+    def beat(self, state: WorkerState, *, file: FileRecord | None = None, message=None) -> bool:
+        """Report to the ledger; a full disk under the ledger only loses the report (then
+        False)."""
         trainer = self.trainer
         report = trainer.last_report if trainer else None
         current = trainer.state.current_file if trainer else None
-        self.ledger.heartbeat(
-            worker_id=self.id,
-            pid=os.getpid(),
-            state=state,
-            model_loaded=trainer is not None,
-            started_at=self.started_at,
-            global_step=trainer.state.global_step if trainer else None,
-            file_id=file.id if file else None,
-            start_step=current.start_step if current else None,
-            target_step=current.target_step if current else None,
-            loss=report.loss if report else None,
-            lr=report.lr if report else None,
-            tokens_per_s=report.tokens_per_s if report and file else None,
-            eta_s=report.eta_s if report and file else None,
-            message=message,
-            extra=self.extra() if trainer else None,
-        )
+        if self.space.problem and state is not WorkerState.ERROR:
+            state, message = WorkerState.ERROR, self.space.problem
+        try:
+            self.ledger.heartbeat(
+                worker_id=self.id,
+                pid=os.getpid(),
+                state=state,
+                model_loaded=trainer is not None,
+                started_at=self.started_at,
+                global_step=trainer.state.global_step if trainer else None,
+                file_id=file.id if file else None,
+                start_step=current.start_step if current else None,
+                target_step=current.target_step if current else None,
+                loss=report.loss if report else None,
+                lr=report.lr if report else None,
+                tokens_per_s=report.tokens_per_s if report and file else None,
+                eta_s=report.eta_s if report and file else None,
+                message=message,
+                extra=self.extra() if trainer else None,
+            )
+        except DiskFullError as exc:
+            # Said once per outage: the wait itself logs what is full.
+            level = logging.DEBUG if self.space.problem else logging.WARNING
+            log.log(level, "could not write the heartbeat: %s", exc)
+            return False
+        return True
 
     def extra(self) -> dict:
         """Counters for /metrics: they live in the worker, so they travel in the heartbeat."""
@@ -137,44 +120,83 @@ class Worker:
             **self.step_times.export(),
         }
 
+    def _report_space(self, problem: str | None) -> None:
+        if problem is not None:
+            self.beat(WorkerState.ERROR, file=self.current, message=problem)
+            if self.current is not None:
+                # On a full ledger the lease stays as it is: the supervisor never reaps the
+                # live worker's lease anyway.
+                with contextlib.suppress(DiskFullError):
+                    self.ledger.renew_lease(
+                        self.current.id, worker_id=self.id, lease_s=self.settings.ledger.lease_s
+                    )
+
     # ----------------------------------------------------------------- life
     def run(self) -> int:
         self.beat(WorkerState.STARTING)
         try:
-            self.trainer = Trainer.open(
-                spec=self.settings.lineage_spec(),
-                train=self.settings.train_config(),
-                paths=self.settings.run_paths(),
-                # A replaced worker may still be shutting down: wait for its lineage lock.
-                lock_wait_s=self.settings.worker.stop_grace_s,
-                evaluation=self.settings.eval_config(),
-                gold=self.settings.gold_config(),
-                export=self.settings.export_config(),
-            )
-        except EvalSetError as exc:
-            # A settings problem, like a bad key: restarting cannot fix it.
+            self.trainer = self.open_trainer(expected_lineage=self.expected_lineage())
+        except (EvalSetError, LineageError, TokenizerError) as exc:
+            # A settings or lineage problem: restarting cannot fix it, a person must.
             log.error("%s", exc)
             self.beat(WorkerState.ERROR, message=str(exc))
             return EXIT_BAD_SETTINGS
-        self.attach(self.trainer)
+        except StopWaitingError:
+            return 0
         self.requests = OperatorRequests(self)
         try:
-            first = self.reconcile()
+            first = self.settle(reconcile)
             self.beat(WorkerState.IDLE)
             log.info("worker %s ready at global step %d", self.id, self.trainer.state.global_step)
             self.loop(first)
+        except StopWaitingError:
+            log.warning("stopping while waiting for disk space; unsaved steps are trained again")
         finally:
             self.beat(WorkerState.STOPPING)
-            self.trainer.finish()
+            try:
+                self.trainer.finish()
+            except DiskFullError:
+                self.trainer.close()
         return 0
 
-    def attach(self, trainer: Trainer) -> None:
-        """Hook a (re)opened trainer's checkpoints to the ledger."""
+    def open_trainer(self, **options) -> Trainer:
+        """Open the lineage with the settings (waiting out a full disk) and hook it up."""
+        settings = self.settings
+        while True:
+            try:
+                trainer = Trainer.open(
+                    spec=settings.lineage_spec(),
+                    train=settings.train_config(),
+                    paths=settings.run_paths(),
+                    # A replaced worker may still be shutting down: wait for its lineage lock.
+                    lock_wait_s=settings.worker.stop_grace_s,
+                    evaluation=settings.eval_config(),
+                    gold=settings.gold_config(),
+                    export=settings.export_config(),
+                    on_disk_full=self.space,
+                    **options,
+                )
+                break
+            except DiskFullError as exc:
+                self.space(exc)
         trainer.on_checkpoint = self.record_checkpoint
         trainer.on_gold = self.record_gold
+        return trainer
+
+    def expected_lineage(self) -> str | None:
+        """Why a lineage must exist, from the ledger (design rule 15), if it says so."""
+        done, total = self.ledger.list_files(states=[FileState.DONE], limit=1)
+        if not total:
+            return None
+        first = done[0]
+        return (
+            f"the ledger records {total} file(s) as trained (e.g. #{first.id} {first.name}, "
+            f"steps {first.start_step}-{first.end_step})"
+        )
 
     def record_checkpoint(self, path: Path, step: int, removed: list[Path]) -> None:
         """Keep the ledger's list of checkpoints in step with the folder."""
+        self.space.recovered()
         self.ledger.record_checkpoint(name=path.name, kind="step", step=step, path=str(path))
         self.ledger.forget_checkpoints(p.name for p in removed)
 
@@ -191,161 +213,165 @@ class Worker:
             c["name"] for c in self.ledger.list_checkpoints(kind="step") if c["name"] not in names
         )
 
-    def reconcile(self) -> FileRecord | None:
-        """Bring the ledger in line with the checkpoint; return the file to resume first."""
-        state = self.trainer.state
-        self.sync_checkpoints()
-        # The lineage lock makes this the only worker: claims of earlier ones are void.
-        for record in self.ledger.list_files(states=[FileState.TRAINING], limit=10_000)[0]:
-            self.ledger.release(record.id, worker_id=record.lease_owner)
-        for record in self.ledger.queue_order():
-            done = state.completed(record.sha256)
-            if done is not None:
-                log.info(
-                    "file #%d %s was already trained (steps %d-%d)",
-                    record.id,
-                    record.name,
-                    done.start_step,
-                    done.end_step,
-                )
-                self.ledger.mark_done_from_checkpoint(
-                    record.sha256, start_step=done.start_step, end_step=done.end_step
-                )
-        return self.resume_target()
-
-    def resume_target(self) -> FileRecord | None:
-        """The queued record of the file the lineage is in the middle of, if any; a lineage
-        whose file has no such record any more (cancelled, removed) abandons it."""
-        current = self.trainer.state.current_file
-        if current is None:
-            return None
-        for record in self.ledger.find_by_sha(current.sha256):
-            if record.state in (FileState.QUEUED, FileState.TRAINING):
-                if record.cancel_requested_at is not None:
-                    # Cancelled while training, and a crash came before the worker acted.
-                    self.finish_cancel(record)
-                    return None
-                return record
-        self.trainer.abandon_current(
-            reason="the ledger has no queued file with this content (cancelled or removed)"
-        )
-        return None
+    def settle(self, step):
+        """``step(self)``, done again after waiting out a full disk until it gets through."""
+        while True:
+            try:
+                return step(self)
+            except DiskFullError as exc:
+                self.space(exc)
 
     def loop(self, first: FileRecord | None) -> None:
-        poll_s = self.settings.worker.poll_s
-        lease_s = self.settings.ledger.lease_s
         pending = first
-        last_beat = 0.0
         while not self.stop():
-            if self.ledger.get_control().desired_state is DesiredState.PAUSED:
-                self.hold_paused(file=None)
-                continue
-            pending = pending or self.resume_target()
-            if pending is not None:
-                record = self.ledger.claim(pending.id, worker_id=self.id, lease_s=lease_s)
-                pending = None
-                if record is None:
-                    self.trainer.abandon_current(
-                        reason="its ledger record can no longer be claimed"
-                    )
-                    continue
-            else:
-                self.ledger.reap_expired()
-                record = self.ledger.claim_next(worker_id=self.id, lease_s=lease_s)
+            try:
+                pending = self.turn(pending)
+            except DiskFullError as exc:
+                # Raised between two steps (a ledger write, an event, the cache): the model
+                # and the lineage are whole in memory. Wait, then pick up where it was.
+                self.space(exc)
+                pending = self.settle(resettle)
+
+    def turn(self, pending: FileRecord | None) -> FileRecord | None:
+        """One round of the loop: train the next file, or idle; the next pending record."""
+        ledger, settings = self.ledger, self.settings
+        lease_s = settings.ledger.lease_s
+        if ledger.get_control().desired_state is DesiredState.PAUSED:
+            self.requests.hold_paused(file=None)
+            return pending
+        pending = pending or resume_target(self)
+        if pending is not None:
+            record = ledger.claim(pending.id, worker_id=self.id, lease_s=lease_s)
             if record is None:
-                control = self.ledger.get_control()
-                if self.requests.rollback_wanted(control):
-                    self.requests.roll_back(control, file=None)
-                    continue
-                self.requests.serve_at_boundary(control)
-                if time.monotonic() - last_beat >= self.settings.worker.heartbeat_s:
-                    self.beat(WorkerState.IDLE)
-                    last_beat = time.monotonic()
-                time.sleep(poll_s)
-                continue
+                self.trainer.park_current(reason="its ledger record can no longer be claimed")
+                return None
+        else:
+            ledger.reap_expired(alive=self.id)
+            record = ledger.claim_next(worker_id=self.id, lease_s=lease_s)
+        if record is None:
+            control = ledger.get_control()
+            if self.requests.rollback_wanted(control):
+                self.requests.roll_back(control, file=None)
+                return None
+            self.requests.serve_at_boundary(control)
+            if time.monotonic() - self._idle_beat_at >= settings.worker.heartbeat_s:
+                if self.beat(WorkerState.IDLE):
+                    self.space.recovered()
+                self._idle_beat_at = time.monotonic()
+            time.sleep(settings.worker.poll_s)
+            return None
+        self.current = record
+        try:
             self.train(record)
+        finally:
+            self.current = None
+        return None
 
     def train(self, record: FileRecord) -> None:
-        trainer = self.trainer
+        trainer, ledger = self.trainer, self.ledger
         done = trainer.state.completed(record.sha256)
         if done is not None:
-            self.ledger.complete(record.id, start_step=done.start_step, end_step=done.end_step)
+            ledger.complete(
+                record.id,
+                start_step=done.start_step,
+                end_step=done.end_step,
+                lineage_id=trainer.state.lineage_id,
+            )
             return
         current = trainer.state.current_file
         if current is not None and current.sha256 != record.sha256:
             # The loop claims the lineage's own file first; this is a ledger changed under us.
-            self.ledger.release(record.id, worker_id=self.id)
+            ledger.release(record.id, worker_id=self.id)
             return
         limit = self.settings.worker.max_attempts
-        if record.attempts > limit:
-            reason = (
-                f"{record.name}: training crashed the worker {record.attempts - 1} times "
-                f"(worker.max_attempts = {limit}); the worker log has the errors"
+        if record.attempts >= limit:
+            # The supervisor fails a file at its limit; this one reached it under a higher
+            # setting (worker.max_attempts was lowered since).
+            self.fail(
+                record,
+                reason=f"{record.name}: {record.error or 'it crashed the worker'} "
+                f"({record.attempts} crashes, worker.max_attempts = {limit})",
             )
-            log.error("file #%d failed: %s", record.id, reason)
-            self.ledger.fail(record.id, error=reason)
-            trainer.events.emit("file_failed", id=record.id, file=record.name, reason=reason)
-            if current is not None:
-                trainer.abandon_current(reason=reason)
             return
         record = self.settled(record)
         try:
             data = trainer.prepare(Path(record.path), sha256=record.sha256)
-        except (DataError, OSError) as exc:
-            reason = f"{record.name}: {exc}" if isinstance(exc, OSError) else str(exc)
-            log.error("file #%d failed: %s", record.id, reason)
-            self.ledger.fail(record.id, error=reason)
-            trainer.events.emit("file_failed", id=record.id, file=record.name, reason=reason)
+        except DiskFullError:
+            raise
+        except DataError as exc:
+            reject_after_intake(self, record, reason=str(exc))
+            return
+        except OSError as exc:
+            self.fail(record, reason=f"{record.name}: {exc}")
             return
         hook = StepHook(self, record)
         while True:
             hook.reason = None
             try:
                 outcome = trainer.train_file(data, name=record.name, should_stop=hook)
+            except (DiskFullError, StopWaitingError):
+                raise
             except Exception as exc:
-                # Crash the worker (the supervisor restarts it and the file is retried, up to
-                # worker.max_attempts), but leave the reason where the API can show it.
+                # Crash the worker (the supervisor restarts it and counts the crash against
+                # the file, up to worker.max_attempts), but leave the reason for the API.
                 log.exception("training file #%d failed", record.id)
                 self.beat(WorkerState.ERROR, file=record, message=f"{type(exc).__name__}: {exc}")
                 raise
             if outcome is FileOutcome.COMPLETED:
                 finished = trainer.state.files_completed[-1]
-                self.ledger.complete(
-                    record.id, start_step=finished.start_step, end_step=finished.end_step
+                ledger.complete(
+                    record.id,
+                    start_step=finished.start_step,
+                    end_step=finished.end_step,
+                    lineage_id=trainer.state.lineage_id,
                 )
                 self.beat(WorkerState.IDLE)
                 return
-            if hook.reason == "cancel":
-                self.finish_cancel(record)
+            if not self.after_stop(record, hook.reason):
                 return
-            if hook.reason == "rollback":
-                self.requests.roll_back(self.ledger.get_control(), file=record)
-                return
-            if hook.reason == "pause":
-                if self.hold_paused(file=record) == "rollback":
-                    return
-                if self.stop():
-                    self.ledger.release(record.id, worker_id=self.id)
-                    return
-                if self.cancel_requested(record):
-                    self.finish_cancel(record)
-                    return
-                continue  # resume the same file, same step, same resident model
-            if hook.reason == "lease_lost":
-                # A step outlasted the lease and the reaper requeued the file; this worker
-                # holds the lineage lock, so it is still the one to train it.
-                again = self.ledger.claim(
-                    record.id, worker_id=self.id, lease_s=self.settings.ledger.lease_s
-                )
-                if again is not None:
-                    log.warning(
-                        "claim on file #%d lapsed during a step; claimed it again", record.id
-                    )
-                    continue
-                trainer.abandon_current(reason=f"file #{record.id} was taken out of the queue")
-                return
-            self.ledger.release(record.id, worker_id=self.id)
-            return
+
+    def after_stop(self, record: FileRecord, reason: str | None) -> bool:
+        """Act on why the trainer stopped mid-file; True to go on training the file."""
+        requests = self.requests
+        if reason == "cancel":
+            requests.finish_cancel(record)
+            return False
+        if reason == "rollback":
+            requests.roll_back(self.ledger.get_control(), file=record)
+            return False
+        if reason == "pause":
+            if requests.hold_paused(file=record) == "rollback":
+                return False
+            if self.stop():
+                self.ledger.release(record.id, worker_id=self.id)
+                return False
+            if requests.cancel_requested(record):
+                requests.finish_cancel(record)
+                return False
+            return True  # resume the same file, same step, same resident model
+        if reason == "lease_lost":
+            # Only another process can have taken the claim (the supervisor never reaps
+            # ours); this worker holds the lineage lock, so it is still the one to train it.
+            again = self.ledger.claim(
+                record.id, worker_id=self.id, lease_s=self.settings.ledger.lease_s
+            )
+            if again is not None:
+                log.warning("claim on file #%d was lost; claimed it again", record.id)
+                return True
+            self.trainer.park_current(reason=f"file #{record.id} was taken out of the queue")
+            return False
+        self.ledger.release(record.id, worker_id=self.id)
+        return False
+
+    def fail(self, record: FileRecord, *, reason: str) -> None:
+        """The file cannot be trained now: failed, with the reason; what the lineage holds
+        of it is parked, so a retry continues it."""
+        log.error("file #%d failed: %s", record.id, reason)
+        self.ledger.fail(record.id, error=reason)
+        self.trainer.events.emit("file_failed", id=record.id, file=record.name, reason=reason)
+        current = self.trainer.state.current_file
+        if current is not None and current.sha256 == record.sha256:
+            self.trainer.park_current(reason=reason)
 
     def settled(self, record: FileRecord, *, wait_s: float = 5.0) -> FileRecord:
         """The record once its file is where the ledger says.
@@ -358,50 +384,6 @@ class Worker:
             time.sleep(0.05)
             record = self.ledger.get_file(record.id) or record
         return record
-
-    def cancel_requested(self, record: FileRecord) -> bool:
-        current = self.ledger.get_file(record.id)
-        return current is not None and current.cancel_requested_at is not None
-
-    def finish_cancel(self, record: FileRecord) -> None:
-        """Stop a file on request: what it taught so far stays in the weights."""
-        trainer = self.trainer
-        step = trainer.state.global_step
-        trainer.abandon_current(reason=f"cancelled on request at step {step}")
-        cancelled = self.ledger.finish_cancel(record.id, step=step)
-        trainer.events.emit(
-            "file_cancelled", id=record.id, file=record.name, step=step, reason=cancelled.error
-        )
-        self.beat(WorkerState.IDLE)
-
-    def hold_paused(self, *, file: FileRecord | None) -> str | None:
-        """Hold the model (already checkpointed at a step boundary) until resumed or stopped;
-        ``"rollback"`` if a rollback to gold was served meanwhile (``file`` is then over)."""
-        trainer = self.trainer
-        step = trainer.state.global_step
-        if trainer.unsaved_steps:
-            trainer.save_checkpoint(reason="pause")
-        trainer.events.emit("paused", step=step, file=file.name if file else None)
-        log.info("paused at step %d", step)
-        lease_s = self.settings.ledger.lease_s
-        while not self.stop():
-            if file is not None:
-                self.ledger.renew_lease(file.id, worker_id=self.id, lease_s=lease_s)
-            self.beat(WorkerState.PAUSED, file=file)
-            control = self.ledger.get_control()
-            if self.requests.rollback_wanted(control):
-                if self.requests.roll_back(control, file=file):
-                    return "rollback"
-                trainer = self.trainer
-            self.requests.serve_at_boundary(control)
-            if file is not None and self.cancel_requested(file):
-                return None  # a paused worker is at a step boundary: the cancel can act now
-            if control.desired_state is DesiredState.RUNNING:
-                trainer.events.emit("resumed", step=trainer.state.global_step)
-                log.info("resumed at step %d", trainer.state.global_step)
-                return None
-            time.sleep(self.settings.worker.poll_s)
-        return None
 
 
 def die_with_parent() -> None:

@@ -4,7 +4,7 @@
 Everything outside this package uses ``Ledger``, ``LedgerError`` and the records.
 """
 
-from service.ledger.errors import LedgerError
+from service.ledger.errors import LedgerError, LedgerFullError
 from service.ledger.ledger import Ledger
 from service.ledger.records import (
     ACTIVE_STATES,
@@ -25,6 +25,7 @@ __all__ = [
     "FileState",
     "Ledger",
     "LedgerError",
+    "LedgerFullError",
     "LineProblem",
     "WorkerState",
     "WorkerStatus",

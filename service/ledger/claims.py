@@ -3,8 +3,13 @@ finishing them, and returning the files of a dead worker to the queue.
 
 A worker owns a file while it trains it: the row is ``training`` with ``lease_owner`` set
 and ``lease_expires_at`` in the future. The worker renews the lease as it goes; if it
-dies, ``reap_expired`` puts the file back in the queue once the lease lapses. Part of
-``Ledger``; see ``service.ledger.ledger``.
+dies, its supervisor calls ``record_crash`` at once, and ``reap_expired`` puts the files
+of a worker that died unseen back in the queue once their lease lapses. The lease of the
+live worker is never reaped (a long step, evaluation or checkpoint is not a death).
+
+Only a crash is an attempt (design rule 13): claiming never counts, ``record_crash``
+does, and ``retry`` starts the count afresh. Part of ``Ledger``; see
+``service.ledger.ledger``.
 """
 
 from __future__ import annotations
@@ -48,11 +53,12 @@ class ClaimQueries(Store):
             _take(row, worker_id=worker_id, lease_s=lease_s)
             record = row.record()
         log.info(
-            "file #%d (%s) claimed by %s (attempt %d)",
+            "file #%d (%s) claimed by %s (%d crash%s so far)",
             record.id,
             record.name,
             worker_id,
             record.attempts,
+            "" if record.attempts == 1 else "es",
         )
         return record
 
@@ -112,18 +118,18 @@ class ClaimQueries(Store):
             row.target_step = target_step
             row.updated_at = utcnow()
 
-    def complete(self, file_id: int, *, start_step: int, end_step: int) -> None:
-        """The file is trained (its end is in a committed checkpoint): mark it done.
-
-        Calling it again for a done file changes nothing.
-        """
+    def complete(
+        self, file_id: int, *, start_step: int, end_step: int, lineage_id: str | None = None
+    ) -> None:
+        """The file is trained (its end is in a committed checkpoint of ``lineage_id``):
+        mark it done. Calling it again for a done file changes nothing."""
         with self._writing() as session:
             row = self._locked_file(session, file_id)
             if row.state == _DONE:
                 return
             if row.state not in (_QUEUED, _TRAINING):
                 raise LedgerError(f"file #{file_id} is {row.state}; it cannot become done")
-            _finish(row, start_step=start_step, end_step=end_step)
+            _finish(row, start_step=start_step, end_step=end_step, lineage_id=lineage_id)
             name = row.name
         log.info("file #%d (%s) done, steps %d..%d", file_id, name, start_step, end_step)
 
@@ -143,6 +149,22 @@ class ClaimQueries(Store):
             name = row.name
         log.warning("file #%d (%s) failed: %s", file_id, name, error)
 
+    def reject(self, file_id: int, *, error: str) -> FileRecord:
+        """The worker found a claimed file untrainable for this model (e.g. everything
+        it would train on is cut off by the context length): rejected, like at intake."""
+        with self._writing() as session:
+            row = self._locked_file(session, file_id)
+            if row.state not in (_QUEUED, _TRAINING):
+                raise LedgerError(f"file #{file_id} is {row.state}; it cannot be rejected now")
+            now = utcnow()
+            row.state = FileState.REJECTED.value
+            row.error = error
+            row.lease_owner = None
+            row.lease_expires_at = None
+            row.finished_at = now
+            row.updated_at = now
+            return row.record()
+
     def release(self, file_id: int, *, worker_id: str) -> None:
         """Give the file back to the queue (worker stopping or pausing mid-file); its steps
         are kept, so it resumes on the same budget. No-op if the lease is not ours."""
@@ -158,8 +180,12 @@ class ClaimQueries(Store):
             name = row.name
         log.info("file #%d (%s) released by %s", file_id, name, worker_id)
 
-    def reap_expired(self, *, now: datetime | None = None) -> list[int]:
-        """Return training files whose lease lapsed before ``now`` to the queue; their ids."""
+    def reap_expired(self, *, now: datetime | None = None, alive: str | None = None) -> list[int]:
+        """Return training files whose lease lapsed before ``now`` to the queue; their ids.
+
+        ``alive`` is a worker known to be running (its supervisor sees the process): its
+        leases are left alone, however late, since a slow step is not a dead worker.
+        """
         now = now or utcnow()
         query = (
             select(FileRow)
@@ -169,6 +195,8 @@ class ClaimQueries(Store):
             # A row being renewed right now is skipped: its lease is about to be fresh.
             .with_for_update(skip_locked=True)
         )
+        if alive is not None:
+            query = query.where(or_(FileRow.lease_owner.is_(None), FileRow.lease_owner != alive))
         reaped = []
         with self._writing() as session:
             for row in session.scalars(query):
@@ -186,8 +214,45 @@ class ClaimQueries(Store):
                 reaped.append(row.id)
         return reaped
 
+    def record_crash(self, *, worker_id: str, reason: str, max_attempts: int) -> list[FileRecord]:
+        """The worker ``worker_id`` died abnormally (its supervisor saw it): each file it
+        was training gets one more attempt and goes back to the queue, or fails once it
+        has crashed the worker ``max_attempts`` times. The files, as they are now."""
+        query = (
+            select(FileRow)
+            .where(FileRow.state == _TRAINING)
+            .where(FileRow.lease_owner == worker_id)
+            .order_by(FileRow.id)
+            .with_for_update()
+        )
+        changed = []
+        with self._writing() as session:
+            for row in session.scalars(query):
+                now = utcnow()
+                row.attempts += 1
+                row.lease_owner = None
+                row.lease_expires_at = None
+                row.updated_at = now
+                if row.attempts >= max_attempts:
+                    row.state = FileState.FAILED.value
+                    row.finished_at = now
+                    row.error = (
+                        f"training {row.name} crashed the worker {row.attempts} times "
+                        f"(worker.max_attempts = {max_attempts}); last: {reason}. Fix the "
+                        "cause, then retry it: it continues where the lineage left it"
+                    )
+                else:
+                    row.state = _QUEUED
+                    row.error = (
+                        f"crash {row.attempts} of at most {max_attempts}: {reason}; queued again"
+                    )
+                changed.append(row.record())
+        for record in changed:
+            log.warning("file #%d (%s): %s", record.id, record.name, record.error)
+        return changed
+
     def mark_done_from_checkpoint(
-        self, sha256: str, *, start_step: int, end_step: int
+        self, sha256: str, *, start_step: int, end_step: int, lineage_id: str | None = None
     ) -> list[int]:
         """The checkpoint says this content is trained: every queued or training record of
         it becomes done with these steps (the checkpoint is the truth). Their ids."""
@@ -201,7 +266,7 @@ class ClaimQueries(Store):
         marked = []
         with self._writing() as session:
             for row in session.scalars(query):
-                _finish(row, start_step=start_step, end_step=end_step)
+                _finish(row, start_step=start_step, end_step=end_step, lineage_id=lineage_id)
                 marked.append(row.id)
         for file_id in marked:
             log.info(
@@ -214,18 +279,19 @@ class ClaimQueries(Store):
 
 
 def _take(row: FileRow, *, worker_id: str, lease_s: float) -> None:
-    """Make ``worker_id`` the owner of the row under a fresh lease: one more attempt."""
+    """Make ``worker_id`` the owner of the row under a fresh lease (not an attempt: only a
+    crash is one)."""
     now = utcnow()
     row.state = _TRAINING
     row.lease_owner = worker_id
     row.lease_expires_at = now + timedelta(seconds=lease_s)
-    row.attempts += 1
     row.started_at = row.started_at or now
     row.updated_at = now
 
 
-def _finish(row: FileRow, *, start_step: int, end_step: int) -> None:
+def _finish(row: FileRow, *, start_step: int, end_step: int, lineage_id: str | None) -> None:
     now = utcnow()
+    row.lineage_id = lineage_id or row.lineage_id
     row.state = _DONE
     row.start_step = start_step
     row.end_step = end_step

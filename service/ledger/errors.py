@@ -1,6 +1,8 @@
-"""The one error the ledger raises on purpose."""
+"""The errors the ledger raises on purpose."""
 
 from __future__ import annotations
+
+from trainer.space import DiskFullError
 
 
 class LedgerError(RuntimeError):
@@ -9,3 +11,8 @@ class LedgerError(RuntimeError):
     The message is for a person and says what to do, e.g. ``file #3 is training; cancel
     it through the worker`` or ``no file #99``.
     """
+
+
+class LedgerFullError(DiskFullError):
+    """The ledger's database cannot be written for want of disk space. Nothing is wrong
+    with the request: free space and it succeeds (the worker waits and retries)."""

@@ -47,7 +47,7 @@ class FileQueries(Store):
         """Record a valid drop: ``queued``, or ``duplicate`` if its content is already
         queued, training or done (decided atomically with the insert)."""
         now = utcnow()
-        row = _new_row(
+        row = new_row(
             now,
             state=FileState.QUEUED,
             name=name,
@@ -95,7 +95,7 @@ class FileQueries(Store):
     ) -> FileRecord:
         """Record a drop that will not train, with the reason a person can act on."""
         now = utcnow()
-        row = _new_row(
+        row = new_row(
             now,
             state=FileState.REJECTED,
             name=name,
@@ -259,12 +259,31 @@ class FileQueries(Store):
             row.state = FileState.QUEUED.value
             row.error = None
             row.end_step = None
+            # The operator fixed the cause: the crashes before do not count any more.
+            row.attempts = 0
             row.lease_owner = None
             row.lease_expires_at = None
             row.finished_at = None
             row.updated_at = utcnow()
             record = row.record()
         log.info("file #%d (%s) queued again on request", file_id, record.name)
+        return record
+
+    def reopen(self, file_id: int, *, reason: str) -> FileRecord:
+        """A done file the lineage does not hold after all (its checkpoints were lost):
+        queue it again, first in line, with ``reason`` (the checkpoint is the truth)."""
+        with self._writing() as session:
+            row = self._locked_file(session, file_id)
+            if FileState(row.state) is not FileState.DONE:
+                raise LedgerError(f"file #{file_id} is {row.state}, not done; nothing to reopen")
+            row.state = FileState.QUEUED.value
+            row.error = reason
+            row.end_step = None
+            row.lineage_id = None
+            row.finished_at = None
+            row.updated_at = utcnow()
+            record = row.record()
+        log.warning("file #%d (%s) reopened: %s", file_id, record.name, reason)
         return record
 
 
@@ -299,7 +318,7 @@ def _active_twin(session: Session, sha256: str | None) -> FileRow | None:
     return session.scalars(query).first()
 
 
-def _new_row(
+def new_row(
     now: datetime,
     *,
     state: FileState,

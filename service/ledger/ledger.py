@@ -3,8 +3,8 @@
 The watcher records drops, the worker claims and finishes them, the API reads and takes
 the operator's cancel, retry and pause. Each method is one short transaction and returns
 frozen records (``service.ledger.records``), never ORM objects. The methods live in
-``files.py``, ``claims.py`` and ``status.py``; this class puts them together and adds
-opening and migrating.
+``files.py``, ``claims.py``, ``status.py`` and ``restore.py``; this class puts them
+together and adds opening and migrating.
 
 Try it::
 
@@ -23,12 +23,13 @@ from types import TracebackType
 from service import migrate as migrations
 from service.ledger.claims import ClaimQueries
 from service.ledger.files import FileQueries
+from service.ledger.restore import RestoreQueries
 from service.ledger.status import StatusQueries
 
 log = logging.getLogger(__name__)
 
 
-class Ledger(FileQueries, ClaimQueries, StatusQueries):
+class Ledger(FileQueries, ClaimQueries, StatusQueries, RestoreQueries):
     """The ledger database at ``url`` (a SQLAlchemy URL: SQLite or PostgreSQL).
 
     ``busy_timeout_ms`` is how long SQLite waits for another process's write lock.

@@ -125,6 +125,7 @@ class FileRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lineage_id: Mapped[str | None] = mapped_column(String(64))
 
     def record(self) -> FileRecord:
         """This row as a frozen record."""
@@ -156,6 +157,7 @@ class FileRow(Base):
             finished_at=self.finished_at,
             updated_at=self.updated_at,
             cancel_requested_at=self.cancel_requested_at,
+            lineage_id=self.lineage_id,
         )
 
 

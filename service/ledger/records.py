@@ -90,7 +90,8 @@ class FileRecord:
     end_step: int | None
     """Global step when it finished."""
     attempts: int
-    """Times a worker claimed it."""
+    """Times training it ended in a crash of the worker (not a clean stop, a released
+    claim, a lapsed lease or a restart: design rule 13); ``retry`` starts it at 0."""
     lease_owner: str | None
     """Worker id holding the claim, while training."""
     lease_expires_at: datetime | None
@@ -107,6 +108,9 @@ class FileRecord:
     """Last change (UTC)."""
     cancel_requested_at: datetime | None = None
     """When cancelling it was asked while it trained (the worker stops at a step boundary)."""
+    lineage_id: str | None = None
+    """The lineage that trained it (set when it is done), so that a lineage can tell its own
+    files from an earlier lineage's."""
 
 
 @dataclass(frozen=True, kw_only=True)

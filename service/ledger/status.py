@@ -115,9 +115,12 @@ class StatusQueries(Store):
         with self._writing() as session:
             self._upsert(session, WorkerRow, values=values, keys=("worker_id",))
 
-    def worker_status(self) -> WorkerStatus | None:
-        """The most recent heartbeat of any worker, or None if none ever reported."""
+    def worker_status(self, *, worker_id: str | None = None) -> WorkerStatus | None:
+        """The most recent heartbeat of any worker (or of ``worker_id``), or None if none
+        ever reported."""
         query = select(WorkerRow).order_by(WorkerRow.heartbeat_at.desc()).limit(1)
+        if worker_id is not None:
+            query = query.where(WorkerRow.worker_id == worker_id)
         with self._reading() as session:
             row = session.scalars(query).first()
             return row.record() if row else None

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.ledger.engine import READ_OPTIONS, create_ledger_engine
-from service.ledger.errors import LedgerError
+from service.ledger.errors import LedgerError, LedgerFullError
 from service.ledger.models import Base, FileRow
+from trainer.space import as_disk_full, describe, free_bytes
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +64,38 @@ class Store:
     @contextmanager
     def _writing(self) -> Iterator[Session]:
         """A write transaction (on SQLite ``BEGIN IMMEDIATE``: the write lock is taken first,
-        so whatever it reads stays true until it commits)."""
-        with self._writer() as session, session.begin():
-            yield session
+        so whatever it reads stays true until it commits). A full disk is raised as
+        LedgerFullError, whatever the database calls it."""
+        try:
+            with self._writer() as session, session.begin():
+                yield session
+        except OperationalError as exc:
+            full = self._full(exc)
+            if full is not None:
+                raise full from exc
+            raise
+
+    def _full(self, exc: OperationalError) -> LedgerFullError | None:
+        """The LedgerFullError that ``exc`` is, if the database ran out of space."""
+        orig = exc.orig
+        database = self._engine.url.database
+        folder = Path(database).parent if database and not self._postgres else Path.cwd()
+        if getattr(orig, "sqlstate", None) == "53100" or (
+            getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        ):
+            free = free_bytes(folder) if not self._postgres else None
+            return LedgerFullError(
+                f"out of disk space: the ledger ({self._shown_url()}) cannot be written "
+                f"({orig}); {describe(free)} free there; free some space",
+                path=folder,
+            )
+        if self._postgres:
+            return None
+        full = as_disk_full(exc, path=folder, what="the ledger")
+        return LedgerFullError(full.message, path=folder) if full is not None else None
+
+    def _shown_url(self) -> str:
+        return self._engine.url.render_as_string(hide_password=True)
 
     def _lock_content(self, session: Session, sha256: str | None) -> None:
         """Serialise transactions about one content hash until this one ends.

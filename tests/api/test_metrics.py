@@ -128,7 +128,18 @@ def test_without_a_worker_only_what_is_known(tmp_path: Path) -> None:
         empty = scrape(live)
         live.daemon.ledger.record_checkpoint(name="gold", kind="gold", step=700, path="/c/gold")
         with_checkpoint = scrape(live)
-    assert set(empty) == {"traind_worker_up", "traind_queue_files", "traind_paused"}
+    assert set(empty) == {
+        "traind_worker_up",
+        "traind_queue_files",
+        "traind_paused",
+        "traind_error",
+        "traind_disk_free_bytes",
+    }
+    assert value(empty, "traind_error") == 0
+    assert {s.labels["folder"] for s in empty["traind_disk_free_bytes"][1]} == {
+        "checkpoints",
+        "state",
+    }
     assert value(empty, "traind_worker_up") == 0
     assert value(empty, "traind_paused") == 0
     assert {s.value for s in empty["traind_queue_files"][1]} == {0}

@@ -39,20 +39,21 @@ def wait_for(predicate: Callable[[], object], *, timeout: float, what: str, ever
 
 
 def service_env(root: Path, *, port: int, **extra: str) -> dict[str, str]:
-    """``traind_env`` plus what a daemon needs: a port and quick watcher and worker loops."""
-    return traind_env(
-        root,
-        TRAIND_SERVER__PORT=str(port),
-        TRAIND_WATCHER__SETTLE_S="0.3",
-        TRAIND_WATCHER__RESCAN_INTERVAL_S="2",
-        TRAIND_WORKER__POLL_S="0.1",
-        TRAIND_WORKER__HEARTBEAT_S="0.2",
-        TRAIND_WORKER__RESTART_BACKOFF_S="0.2",
-        TRAIND_WORKER__STOP_GRACE_S="30",
-        TRAIND_LEDGER__LEASE_S="5",
-        PYTHONPATH=str(REPO),
-        **extra,
-    )
+    """``traind_env`` plus what a daemon needs: a port and quick watcher and worker loops
+    (``extra`` may override any of them)."""
+    quick = {
+        "TRAIND_SERVER__PORT": str(port),
+        "TRAIND_WATCHER__SETTLE_S": "0.3",
+        "TRAIND_WATCHER__RESCAN_INTERVAL_S": "2",
+        "TRAIND_WORKER__POLL_S": "0.1",
+        "TRAIND_WORKER__HEARTBEAT_S": "0.2",
+        "TRAIND_WORKER__RESTART_BACKOFF_S": "0.2",
+        "TRAIND_WORKER__STOP_GRACE_S": "30",
+        "TRAIND_WORKER__DISK_RETRY_S": "0.5",
+        "TRAIND_LEDGER__LEASE_S": "5",
+        "PYTHONPATH": str(REPO),
+    }
+    return traind_env(root, **{**quick, **extra})
 
 
 class Service:
@@ -95,11 +96,18 @@ class Service:
             return None
 
     def ready(self) -> bool:
+        """This run's worker has the model loaded (the last heartbeat of the previous run's,
+        ``stopping``, can still look fresh for a moment after a quick restart)."""
         status = self.status()
-        return bool(status and status["worker"]["model_loaded"])
+        worker = status["worker"] if status else {}
+        return bool(worker.get("model_loaded") and worker.get("state") != "stopping")
+
+    @property
+    def state(self) -> Path:
+        return Path(self.env["TRAIND_PATHS__STATE"])
 
     def ledger(self) -> Ledger:
-        return Ledger(f"sqlite:///{self.root / 'state' / 'ledger.db'}")
+        return Ledger(f"sqlite:///{self.state / 'ledger.db'}")
 
     def files(self) -> list:
         ledger = self.ledger()
@@ -117,7 +125,7 @@ class Service:
         return wait_for(finished, timeout=timeout, what=f"{count} files done", every=0.2)
 
     def events(self, kind: str | None = None) -> list[dict]:
-        path = self.root / "state" / "events.jsonl"
+        path = self.state / "events.jsonl"
         if not path.exists():
             return []
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -31,7 +31,7 @@ def test_cancel_of_the_training_file_stops_at_a_step_and_keeps_what_it_learned(
     # The lineage goes on from where the cancelled file stopped.
     (done,) = service.wait_done(1)
     assert done.name == "b.jsonl" and done.start_step == cancelled.end_step
-    assert [e["step"] for e in service.events("file_abandoned")] == [cancelled.end_step]
+    assert [e["step"] for e in service.events("file_parked")] == [cancelled.end_step]
     assert [e["id"] for e in service.events("file_cancelled")] == [target.id]
     ledger.close()
     assert service.terminate() == 0

@@ -92,7 +92,8 @@ def test_overfitting_blocks_gold_then_rollback_continues_from_gold(tmp_path, ser
     assert all(step <= gold_step for step, _ in step_checkpoints(checkpoints))
 
     # A rollback asked for while a file trains: the file stops at a step boundary and is
-    # cancelled with a reason; retried, it trains again from the (new) gold's step.
+    # cancelled with a reason; retried, it trains again from the (new) gold's step, and
+    # only what gold does not hold of it.
     more = write_text_rows(
         tmp_path / "more.jsonl", [f"{a} + {b} = {a + b}" for a, b in _pairs(250)]
     )
@@ -118,8 +119,19 @@ def test_overfitting_blocks_gold_then_rollback_continues_from_gold(tmp_path, ser
     retried = traind(service, "retry", str(record.id))
     assert retried.returncode == 0, retried.stderr
     service.wait_done(2, timeout=180)
-    starts = [e["start_step"] for e in service.events("file_start") if e["file"] == "more.jsonl"]
-    assert starts == [gold_step, second["gold_step"]]
+    starts = [e for e in service.events("file_start") if e["file"] == "more.jsonl"]
+    resumed = [e for e in service.events("file_resumed") if e["file"] == "more.jsonl"]
+    if second["gold_step"] > gold_step:
+        # Gold moved while more.jsonl trained, so gold holds its first part: the retry
+        # continues from gold's position in it (nothing of it trained twice) and ends where
+        # it would have without the rollback.
+        assert [e["start_step"] for e in starts] == [gold_step]
+        assert [e["step"] for e in resumed] == [second["gold_step"]]
+        assert more_record().end_step == starts[0]["target_step"]
+    else:
+        # Gold is older than more.jsonl: the retry trains it from its start, at gold's step.
+        assert [e["start_step"] for e in starts] == [gold_step, second["gold_step"]]
+        assert resumed == []
     assert service.terminate() == 0
 
 

@@ -1,17 +1,22 @@
-"""SIGKILL the whole service at random moments, restart, repeat: in the end every file is
-done exactly once, the final step is the sum of the budgets, and (CPU) the weights equal
-an uninterrupted ``traind train`` of the same files in the same order."""
+"""SIGKILL the whole service at random moments, or stop it cleanly with SIGTERM, restart,
+repeat: in the end every file is done exactly once, the final step is the sum of the
+budgets, and (CPU) the weights equal an uninterrupted ``traind train`` of the same files in
+the same order. With a change of ``train.micro_batch_size`` between two rounds the weights
+may differ by float error, but every file still trains each of its sequences exactly once:
+the file in progress keeps its step size, and later files take the new one."""
 
 import itertools
+import math
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
-from conftest import Service, service_env
+from conftest import Service, service_env, wait_for
 
 from service.ledger import FileState
 from tests.corpus import make_drops
@@ -34,9 +39,19 @@ def reference_run(root, drops):
     return latest_checkpoint(root / "checkpoints")
 
 
-def kill_rounds(tmp_path, *, rounds: int, seed: int):
+def kill_rounds(
+    tmp_path, *, rounds: int, seed: int, batch_change_at: int | None = None, copies: int = 1
+):
+    """``rounds`` starts, each ended at a random moment by SIGKILL or (one time in three)
+    SIGTERM; from round ``batch_change_at`` on, micro-batches of 2 instead of 4 (and then
+    no reference run: the weights differ by float error). ``copies``: each drop holds its
+    lines that many times."""
     drops = make_drops(tmp_path / "drops")
-    reference = reference_run(tmp_path / "reference", drops)
+    for drop in drops:
+        drop.write_text(drop.read_text() * copies)
+    reference = None
+    if batch_change_at is None:
+        reference = reference_run(tmp_path / "reference", drops)
     service = Service(tmp_path / "killed")
     service.inbox.mkdir(parents=True)
     now = time.time()
@@ -45,13 +60,34 @@ def kill_rounds(tmp_path, *, rounds: int, seed: int):
         target.write_bytes(drop.read_bytes())
         os.utime(target, (now - 100 + i, now - 100 + i))
     rng = random.Random(seed)
-    kills = 0
+    kills = terms = 0
     try:
-        for _ in range(rounds):
+        for round_ in range(rounds):
+            if round_ == batch_change_at:
+                service.env["TRAIND_TRAIN__MICRO_BATCH_SIZE"] = "2"
             service.start(wait_ready=False)
+            if batch_change_at is not None and round_ == batch_change_at - 1:
+                # The change must find a file in progress, whatever the timing: killed as
+                # soon as training is under way.
+                wait_for(
+                    lambda: ((service.status() or {}).get("global_step") or 0) > 0,
+                    timeout=60,
+                    what="training under way before the batch change",
+                )
+                service.kill()
+                kills += 1
+                continue
             # From start-up (watcher recording, migrations) to well into training.
             time.sleep(rng.uniform(0.3, 6.0))
-            if service.proc.poll() is None:
+            if service.proc.poll() is not None:
+                continue
+            if rng.random() < 1 / 3:
+                # Killed by the signal itself if it lands before serve's handler is in
+                # place (nothing has started then); a clean exit 0 from then on.
+                code = service.terminate()
+                assert code in (0, -signal.SIGTERM), (code, service.log_tail())
+                terms += 1
+            else:
                 service.kill()
                 kills += 1
         service.start()
@@ -59,10 +95,10 @@ def kill_rounds(tmp_path, *, rounds: int, seed: int):
         assert service.terminate() == 0
     finally:
         service.cleanup()
-    return service, reference, done, kills
+    return service, reference, done, kills, terms
 
 
-def check(service, reference, done, drops_names=("a.jsonl", "b.jsonl", "c.jsonl")):
+def check(service, reference, done, drops_names=("a.jsonl", "b.jsonl", "c.jsonl"), *, weights=True):
     records = service.files()
     assert sorted(f.name for f in records) == sorted(drops_names)
     assert all(f.state is FileState.DONE for f in records), [(f.name, f.state) for f in records]
@@ -72,19 +108,36 @@ def check(service, reference, done, drops_names=("a.jsonl", "b.jsonl", "c.jsonl"
     ranges = sorted((f.start_step, f.end_step) for f in records)
     assert ranges[0][0] == 0 and all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
     assert final.step == ranges[-1][1] == sum(end - start for start, end in ranges)
+    for start in service.events("file_start"):
+        # Each budget is the file's sequences over the step size it started with.
+        per_step = start["sequences_per_step"]
+        assert start["steps"] == math.ceil(1.5 * start["n_sequences"] / per_step), start
+    assert not service.events("file_failed") and all(f.attempts == 0 for f in records)
+    if not weights:
+        return
     assert final.step == reference.step
     ref_weights = reference.weights()
     for key, value in final.weights().items():
         assert torch.equal(value, ref_weights[key]), f"{key} differs from the uninterrupted run"
 
 
-def test_sigkill_the_service_over_20_rounds(tmp_path):
-    service, reference, done, kills = kill_rounds(tmp_path, rounds=20, seed=7)
-    assert kills >= 15
+def test_sigkill_and_sigterm_the_service_over_20_rounds(tmp_path):
+    service, reference, done, kills, terms = kill_rounds(tmp_path, rounds=20, seed=7)
+    assert kills >= 8 and terms >= 3
     check(service, reference, done)
 
 
+def test_kill_rounds_with_a_batch_change_still_train_every_sequence_once(tmp_path):
+    service, reference, done, kills, terms = kill_rounds(
+        tmp_path, rounds=7, seed=5, batch_change_at=1, copies=6
+    )
+    assert kills + terms >= 4
+    check(service, reference, done, weights=False)
+    sizes = {e["file"]: e["sequences_per_step"] for e in service.events("file_start")}
+    assert set(sizes.values()) <= {8, 4} and 4 in sizes.values()
+
+
 @pytest.mark.slow
-def test_sigkill_the_service_soak(tmp_path):
-    service, reference, done, _kills = kill_rounds(tmp_path, rounds=80, seed=11)
+def test_sigkill_and_sigterm_the_service_soak(tmp_path):
+    service, reference, done, _kills, _terms = kill_rounds(tmp_path, rounds=80, seed=11)
     check(service, reference, done)

@@ -207,7 +207,7 @@ def test_a_file_that_keeps_crashing_the_worker_is_failed_not_retried_forever(
         every=0.3,
     )
     assert "crashed the worker 2 times" in failed[0].error
-    assert failed[0].attempts == 3
+    assert failed[0].attempts == 2
     assert [e["reason"] for e in service.events("file_failed")] == [failed[0].error]
     status = wait_for(
         lambda: (s := service.status()) and s["state"] == "idle" and s, timeout=30, what="idle"

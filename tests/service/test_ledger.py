@@ -260,7 +260,8 @@ def test_claim_next_takes_the_highest_priority_then_the_oldest(ledger: Ledger) -
     claimed = ledger.claim_next(worker_id="w1", lease_s=30)
     assert claimed.id == urgent.id
     assert claimed.state is FileState.TRAINING
-    assert claimed.lease_owner == "w1" and claimed.attempts == 1
+    # Claiming is not an attempt (rule 13): only a crash the supervisor saw counts.
+    assert claimed.lease_owner == "w1" and claimed.attempts == 0
     assert_aware(claimed.started_at)
     assert_aware(claimed.lease_expires_at)
     assert before + timedelta(seconds=29) < claimed.lease_expires_at
@@ -272,16 +273,16 @@ def test_claim_next_takes_the_highest_priority_then_the_oldest(ledger: Ledger) -
 def test_claim_a_given_file(ledger: Ledger) -> None:
     record = drop(ledger, "a.jsonl")
     claimed = ledger.claim(record.id, worker_id="w1", lease_s=60)
-    assert claimed.lease_owner == "w1" and claimed.attempts == 1
-    # Ours already: the lease is renewed, it is not a new attempt.
+    assert claimed.lease_owner == "w1" and claimed.attempts == 0
+    # Ours already: the lease is renewed.
     again = ledger.claim(record.id, worker_id="w1", lease_s=90)
-    assert again.attempts == 1 and again.lease_expires_at > claimed.lease_expires_at
+    assert again.attempts == 0 and again.lease_expires_at > claimed.lease_expires_at
     # Someone else's live lease: refused.
     assert ledger.claim(record.id, worker_id="w2", lease_s=60) is None
-    # Expired (a lease of 0 s lapses at once): taken over, one more attempt.
+    # Expired (a lease of 0 s lapses at once): taken over, and a lapsed lease is no crash.
     ledger.claim(record.id, worker_id="w1", lease_s=0)
     taken = ledger.claim(record.id, worker_id="w2", lease_s=60)
-    assert taken.lease_owner == "w2" and taken.attempts == 2
+    assert taken.lease_owner == "w2" and taken.attempts == 0
     assert taken.started_at == claimed.started_at
     assert ledger.claim(999, worker_id="w2", lease_s=60) is None
     finished = done(ledger, "b.jsonl")
@@ -293,7 +294,7 @@ def test_claims_from_many_threads_never_share_a_file(url: str) -> None:
     ledgers = [Ledger.open(url) for _ in range(workers)]
     try:
         assert_claims_never_shared(ledgers, drop=drop, rounds=15, per_round=10)
-        assert all(r.attempts == 1 for r in ledgers[0].list_files(limit=1000)[0])
+        assert all(r.attempts == 0 for r in ledgers[0].list_files(limit=1000)[0])
     finally:
         for each in ledgers:
             each.close()
@@ -374,7 +375,8 @@ def test_release_returns_the_file_with_its_steps(ledger: Ledger) -> None:
     assert released.lease_owner is None and released.lease_expires_at is None
     assert (released.start_step, released.target_step) == (10, 25)
     again = ledger.claim_next(worker_id="w3", lease_s=60)
-    assert again.attempts == 2 and again.started_at == first.started_at
+    # A released claim (a clean stop) never counts against the file.
+    assert again.attempts == 0 and again.started_at == first.started_at
     with pytest.raises(ValueError, match="before start_step"):
         ledger.set_steps(record.id, start_step=10, target_step=5)
     with pytest.raises(LedgerError, match="no file #99"):
@@ -451,7 +453,7 @@ def test_fail_then_retry(ledger: Ledger) -> None:
     assert retried.state is FileState.QUEUED
     assert retried.error is None and retried.finished_at is None
     assert (retried.start_step, retried.target_step) == (0, 9)
-    assert ledger.claim_next(worker_id="w2", lease_s=60).attempts == 2
+    assert ledger.claim_next(worker_id="w2", lease_s=60).attempts == 0
     finished = done(ledger, "b.jsonl")
     with pytest.raises(LedgerError, match="is done; it cannot fail"):
         ledger.fail(finished.id, error="x")

@@ -253,7 +253,8 @@ def test_leases_renew_expire_and_are_reaped(ledger: Ledger) -> None:
     assert reaped.state is FileState.QUEUED and reaped.lease_owner is None
     assert (reaped.start_step, reaped.target_step) == (5, 30)
     retaken = ledger.claim(record.id, worker_id="w2", lease_s=60)
-    assert retaken.attempts == 2 and retaken.started_at == claimed.started_at
+    # A lapsed lease is not a crash (rule 13).
+    assert retaken.attempts == 0 and retaken.started_at == claimed.started_at
     ledger.complete(record.id, start_step=5, end_step=30)
     ledger.complete(record.id, start_step=5, end_step=30)
     assert ledger.get_file(record.id).state is FileState.DONE
@@ -282,3 +283,29 @@ def test_control_heartbeat_and_checkpoints(ledger: Ledger) -> None:
     ledger.record_checkpoint(name="step-2", kind="step", step=2, path="/a")
     ledger.record_checkpoint(name="step-2", kind="step", step=2, path="/b")
     assert [c["path"] for c in ledger.list_checkpoints()] == ["/b"]
+
+
+def test_restored_ids_and_new_ids_never_collide(ledger: Ledger) -> None:
+    """A lost ledger rebuilt under the ids the inbox's file names carry: the sequence that
+    hands out new ids must move past them (PostgreSQL does not do that by itself)."""
+    from service.ledger import FileState
+
+    restored = ledger.restore_file(
+        file_id=12,
+        state=FileState.QUEUED,
+        name="day3.jsonl",
+        path="/inbox/accepted/000012-day3.jsonl",
+        sha256=sha("day3"),
+        size=10,
+        format="text",
+        n_examples=2,
+    )
+    assert restored.id == 12
+    assert drop(ledger, "next.jsonl").id == 13
+    ledger.ensure_ids_above(30)
+    assert drop(ledger, "later.jsonl").id == 31
+    # A crash then reclaims: the crash is counted, the live worker's lease is kept.
+    ledger.claim(31, worker_id="w1", lease_s=0)
+    assert ledger.reap_expired(alive="w1") == []
+    (crashed,) = ledger.record_crash(worker_id="w1", reason="killed", max_attempts=3)
+    assert crashed.attempts == 1 and crashed.state is FileState.QUEUED

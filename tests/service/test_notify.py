@@ -209,8 +209,10 @@ def test_a_frozen_training_worker_earns_no_pings():
     assert ping_if_alive(j, beat(12, at=40), 40)  # SIGCONT: it trains again
 
 
-@pytest.mark.parametrize("state", [WorkerState.PAUSED, WorkerState.IDLE])
+@pytest.mark.parametrize("state", [WorkerState.PAUSED, WorkerState.IDLE, WorkerState.ERROR])
 def test_a_deliberate_pause_or_idle_needs_fresh_new_heartbeats(state):
+    """ERROR too: a worker waiting out a full disk keeps reporting, and restarting it would
+    not free any space."""
     j = judge()
     # Paused: the step never moves, but the loop beats; each new beat earns a ping.
     for now in range(5):
@@ -253,10 +255,17 @@ def test_a_heartbeat_from_another_process_is_history():
 class FakeSupervisor:
     def __init__(self, pid: int | None) -> None:
         self.pid = pid
+        self.space: tuple[str, ...] = ()
 
     def status(self) -> SupervisorStatus:
         return SupervisorStatus(
-            pid=self.pid, restarts=0, last_exit=None, stopping=False, fatal=None
+            pid=self.pid,
+            restarts=0,
+            last_exit=None,
+            stopping=False,
+            fatal=None,
+            problem="; ".join(self.space) or None,
+            space=self.space,
         )
 
 
@@ -345,6 +354,24 @@ def test_watchdog_pings_follow_progress_at_half_the_interval(readiness, ledger, 
     assert any("watchdog: training, but still at step" in m for m in frozen)
     train(10.0)
     assert listener.drain()[0] == "WATCHDOG=1"
+
+
+def test_a_full_state_disk_keeps_the_pings_going(readiness, ledger, listener):
+    """On a full state disk the worker cannot write its heartbeat; it waits for space, as
+    it should, and systemd must not restart the service for it."""
+    readiness.listening()
+    write_beat(ledger, worker="new", pid=4242, state=WorkerState.TRAINING, step=3)
+    readiness.api_tick()
+    readiness.tick(0.0)
+    listener.drain()
+    readiness.supervisor.space = ("out of disk space: paths.state (/s) has 0 bytes free",)
+    messages = []
+    for i in range(1, 40):  # no new heartbeat for 20 s: a ping every 1 s all the same
+        readiness.api_tick()
+        readiness.tick(i * 0.5)
+        messages += listener.drain()
+    assert messages.count("WATCHDOG=1") >= 18
+    assert any("out of disk space" in m for m in messages if m.startswith("STATUS="))
 
 
 def test_no_ping_when_the_api_loop_stalls(readiness, ledger, listener):
