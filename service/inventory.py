@@ -23,8 +23,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.inbox import REASON_SUFFIX, InboxLayout, reason_path
+from service.inbox import InboxLayout, reason_path
 from service.ledger import ACTIVE_STATES, FileState, Ledger
+from service.names import REASON_SUFFIX
 from trainer.digest import file_sha256
 from trainer.events import EventLog
 from trainer.formats import DataError, validate_file
@@ -69,6 +70,7 @@ def take_inventory(
                 continue
             filed.append((int(match.group(1)), match.group(2), state, path))
     if not filed:
+        _note_lineage_without_ledger(ledger, checkpoints)
         return inventory
     inventory.largest_id = max(file_id for file_id, *_ in filed)
     ledger.ensure_ids_above(inventory.largest_id)
@@ -147,6 +149,22 @@ def _restore(
         return FileState.DONE
     ledger.restore_file(state=FileState.QUEUED, **found, **common)
     return FileState.QUEUED
+
+
+def _note_lineage_without_ledger(ledger: Ledger, checkpoints: Path) -> None:
+    """An empty ledger beside a lineage that trained files: nothing to rebuild from (no
+    inbox folders), but worth a warning, since it is not what a running service leaves."""
+    if any(ledger.counts_by_state().values()):
+        return
+    trained = (newest_training_state(checkpoints) or {}).get("files_completed") or ()
+    if trained:
+        log.warning(
+            "the ledger records no file, but the lineage in %s has trained %d (the ledger "
+            "was lost with its inbox folders, or the files were trained with traind train); "
+            "a drop of one of them again is recorded done without training it twice",
+            checkpoints,
+            len(trained),
+        )
 
 
 def _reason(path: Path) -> str:

@@ -1,13 +1,14 @@
 """A real ``traind serve``: drops trained in order on exact cumulative steps, duplicates,
 pause/resume with a resident model, SIGTERM, and a worker that dies."""
 
+import json
 import math
 import os
 import signal
 import time
 from pathlib import Path
 
-from conftest import wait_for
+from conftest import traind_cli, wait_for
 
 from service.ledger import DesiredState, FileState
 from tests.corpus import make_drops
@@ -213,6 +214,47 @@ def test_a_file_that_keeps_crashing_the_worker_is_failed_not_retried_forever(
         lambda: (s := service.status()) and s["state"] == "idle" and s, timeout=30, what="idle"
     )
     assert status["queue"]["failed"] == 1 and service.proc.poll() is None
+    assert service.terminate() == 0
+    # Fixed (no fault any more) and retried: the count starts afresh; the file never got
+    # into a checkpoint, so it starts cleanly from its beginning.
+    del service.env["TRAIND_FAULT"]
+    service.start()
+    retried = traind_cli(service, "retry", str(failed[0].id))
+    assert retried.returncode == 0, retried.stderr
+    (done,) = service.wait_done(1)
+    assert done.attempts == 0 and done.start_step == 0
+    assert not service.events("file_resumed")
+    assert service.terminate() == 0
+
+
+def test_a_file_with_nothing_left_to_learn_is_rejected_by_the_worker(tmp_path, service_factory):
+    """Every assistant reply lies beyond the model's context (64 tokens here, and a chat is
+    cut from the right): intake cannot know that without the tokenizer, but the worker
+    does; before, it "trained" the file on no target at all."""
+    service = service_factory().start()
+    long = tmp_path / "long-prompts.jsonl"
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"question {i} " + "." * 100},
+                {"role": "assistant", "content": f"answer {i}"},
+            ]
+        }
+        for i in range(6)
+    ]
+    long.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    service.drop(long)
+    rejected = wait_for(
+        lambda: [f for f in service.files() if f.state is FileState.REJECTED],
+        timeout=60,
+        what="the file rejected",
+    )[0]
+    assert "no token to learn from" in rejected.error and "block_size" in rejected.error
+    kept = Path(rejected.path)
+    assert kept.parent.name == "rejected" and kept.exists()
+    assert kept.with_name(kept.name + ".reason.txt").exists()
+    assert [e["file"] for e in service.events("file_rejected")] == ["long-prompts.jsonl"]
+    assert not service.events("file_start")
     assert service.terminate() == 0
 
 
