@@ -37,7 +37,7 @@ from api.schemas import ErrorOut, errors
 from service.daemon import Daemon
 from service.diskspace import free_bytes
 from service.ledger import DesiredState, FileState, WorkerStatus
-from service.status import STALE_AFTER_BEATS, read_status
+from service.status import STALE_AFTER_BEATS
 
 log = logging.getLogger(__name__)
 
@@ -67,29 +67,22 @@ class LedgerCollector(Collector):
 def collect_health(daemon: Daemon) -> Iterator[Metric]:
     """Whether the service is in error (the reason is in /v1/status), and free disk space
     where it writes, so an alert can fire before and while a disk is full."""
-    settings = daemon.settings
-    status = read_status(
-        daemon.ledger,
-        heartbeat_s=settings.worker.heartbeat_s,
-        stopping=daemon.stopping.is_set(),
-        fatal=daemon.fatal,
-        supervisor=daemon.supervisor.status() if daemon.supervisor else None,
-        hang_timeout_s=settings.worker.hang_timeout_s,
-    )
+    status = daemon.status()
     yield gauge(
         "error",
         "1 while /v1/status reports the state error (a full disk, a hung worker, a worker "
         "that refuses its settings); its error field says what.",
         int(status["state"] == "error"),
     )
+    paths = daemon.settings.paths
     family = GaugeMetricFamily(
         PREFIX + "disk_free_bytes",
         "Free bytes on the filesystem of each folder traind writes.",
         labels=["folder"],
     )
     for folder, path in (
-        ("checkpoints", settings.paths.checkpoints),
-        ("state", settings.paths.state),
+        ("checkpoints", paths.checkpoints),
+        ("state", paths.state),
     ):
         free = free_bytes(path)
         if free is not None:

@@ -34,7 +34,7 @@ from api.schemas import (
 from service.daemon import Daemon
 from service.ledger import DesiredState, FileState
 from service.sections import BYTES_TOKENIZER
-from service.status import STALE_AFTER_BEATS, read_status
+from service.status import STALE_AFTER_BEATS
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +166,7 @@ def _not_stopping(daemon: Daemon) -> str | None:
 )
 def get_status(request: Request, daemon: Running) -> dict[str, Any]:
     settings = daemon.settings
-    data = read_status(
-        daemon.ledger,
-        heartbeat_s=settings.worker.heartbeat_s,
-        stopping=daemon.stopping.is_set(),
-        fatal=daemon.fatal,
-        supervisor=daemon.supervisor.status() if daemon.supervisor else None,
-        hang_timeout_s=settings.worker.hang_timeout_s,
-    )
+    data = daemon.status()
     digest: EventDigest = request.app.state.digest
     data["eta_queue_s"] = _queue_eta(daemon, data)
     data["last_eval"] = eval_summary(digest.last_eval())

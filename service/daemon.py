@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from service.inventory import take_inventory
 from service.ledger import Ledger
 from service.readiness import Readiness
 from service.settings import Settings
+from service.status import read_status
 from service.supervisor import Supervisor
 from service.watcher import InboxWatcher
 from trainer.events import EventLog
@@ -78,6 +80,19 @@ class Daemon:
         self.readiness.close()
         self.watcher.stop()
         self.ledger.close()
+
+    def status(self) -> dict[str, Any]:
+        """What /v1/status, /metrics and the CLI report: :func:`service.status.read_status`
+        with everything this process knows (stopping, a fatal error, the supervisor's)."""
+        worker = self.settings.worker
+        return read_status(
+            self.ledger,
+            heartbeat_s=worker.heartbeat_s,
+            stopping=self.stopping.is_set(),
+            fatal=self.fatal,
+            supervisor=self.supervisor.status() if self.supervisor else None,
+            hang_timeout_s=worker.hang_timeout_s,
+        )
 
     def _fatal(self, reason: str) -> None:
         self.fatal = reason

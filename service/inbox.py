@@ -14,13 +14,13 @@ filesystem), hence atomic.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.ledger.records import FileRecord, FileState
+from service.names import REASON_SUFFIX, filed_name
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,6 @@ ACCEPTED = "accepted"
 REJECTED = "rejected"
 DUPLICATES = "duplicates"
 IGNORED_SUFFIXES = (".tmp", ".part")
-REASON_SUFFIX = ".reason.txt"
 
 
 def is_ignored(name: str) -> bool:
@@ -83,27 +82,6 @@ class InboxLayout:
         """The path ``record``'s file is moved to, from its id, name and state; a name too
         long for the filesystem beside its ``.reason.txt`` is shortened (see ``filed_name``)."""
         return self.folder_for(record.state) / filed_name(record.id, record.name)
-
-
-MAX_NAME_BYTES = 255
-"""The longest file name most filesystems take (ext4, xfs, tmpfs, btrfs)."""
-
-
-def filed_name(file_id: int, name: str) -> str:
-    """``<id:06d>-<name>``, shortened when it and its ``.reason.txt`` would not fit in a
-    file name: the stem is cut and marked with a hash of the whole name, the data
-    extension kept, so the name stays unique and one the worker reads."""
-    filed = f"{file_id:06d}-{name}"
-    # The reason file is written through a hidden temporary: ".<name>.reason.txt.tmp".
-    extra = len(f".{REASON_SUFFIX}.tmp")
-    if len(filed.encode()) + extra <= MAX_NAME_BYTES:
-        return filed
-    suffix = next((s for s in (".jsonl.gz", ".jsonl") if name.endswith(s)), "")
-    stem = filed[: len(filed) - len(suffix)] if suffix else filed
-    mark = "~" + hashlib.sha256(name.encode(errors="surrogateescape")).hexdigest()[:8]
-    room = MAX_NAME_BYTES - extra - len((mark + suffix).encode())
-    cut = stem.encode()[:room].decode(errors="ignore")
-    return cut + mark + suffix
 
 
 def reason_path(destination: Path) -> Path:

@@ -26,13 +26,13 @@ import dataclasses
 import logging
 import os
 import stat
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from service.inbox import InboxLayout, move_file, reason_path, write_text_atomic
 from service.ledger.records import FileRecord, FileState, LineProblem
+from service.names import is_utf8, printable_name, recorded_path, undecodable_reason
 from service.sections import WatcherSection
 from trainer.digest import file_sha256
 from trainer.events import EventLog
@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 
 SHOWN_LINES = 10
 """Bad line numbers named in a strict rejection's one-line reason."""
-MAX_PRINTABLE_NAME_BYTES = 200
-"""Longest printable form of a non-UTF-8 name: escapes make a name up to four times longer,
-and ``<id>-<name>.reason.txt`` must still fit the usual 255-byte limit of a file name."""
 
 
 class FileChangedError(RuntimeError):
@@ -123,7 +120,7 @@ class Intake:
         mode = before.st_mode
         if not is_utf8(name):
             # First: every later reason would carry the name into the ledger, which holds text.
-            return _rejected(path, _undecodable_reason(name), size=before.st_size)
+            return _rejected(path, undecodable_reason(name), size=before.st_size)
         if stat.S_ISLNK(mode):
             return _rejected(
                 path,
@@ -307,44 +304,6 @@ class Intake:
             )
 
 
-def is_utf8(name: str) -> bool:
-    """Whether a file name (as ``os`` decodes it) was valid UTF-8 on disk.
-
-    Bytes that are not UTF-8 come back from ``os`` as lone surrogates, which no UTF-8
-    encoder (SQLite, JSON, HTTP) accepts.
-    """
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def printable_name(name: str) -> str:
-    """``name`` as printable UTF-8 text, for the ledger, the logs and the rejected/ folder.
-
-    A valid UTF-8 name comes back unchanged. Otherwise each byte that is not UTF-8, and
-    each control character, is written as a ``\\xNN`` escape, and an escaped name longer
-    than :data:`MAX_PRINTABLE_NAME_BYTES` keeps its start and its end around ``...``.
-    The result depends on the name alone: a crash between the ledger write and the move
-    finds the record again by it.
-    """
-    if is_utf8(name):
-        return name
-    raw = name.encode("utf-8", "surrogateescape") if _escaped_bytes_only(name) else None
-    if raw is None:
-        text = name.encode("utf-8", "backslashreplace").decode("utf-8")
-    else:
-        text = raw.decode("utf-8", "backslashreplace")
-    text = "".join(f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" else c for c in text)
-    return _shortened(text, MAX_PRINTABLE_NAME_BYTES)
-
-
-def recorded_path(path: Path) -> str:
-    """The text the ledger records for a file at ``path`` (see :func:`printable_name`)."""
-    return str(path.with_name(printable_name(path.name)))
-
-
 def strict_reason(report: ValidationReport) -> str:
     """The one-line reason for rejecting a file that has some invalid lines."""
     numbers = [str(e.line) for e in report.errors[:SHOWN_LINES]]
@@ -378,35 +337,6 @@ def reason_text(record: FileRecord) -> str:
             where = f"line {problem.line}" if problem.line is not None else "file"
             lines.append(f"  {where}: {problem.reason}")
     return "\n".join(lines) + "\n"
-
-
-def _undecodable_reason(name: str) -> str:
-    shown = printable_name(name)
-    where = ""
-    if _escaped_bytes_only(name):
-        raw = name.encode("utf-8", "surrogateescape")
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            where = f"byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}; "
-    return (
-        f"{shown}: the file name is not valid UTF-8 ({where}each such byte is shown here as "
-        "\\xNN); rename it with a UTF-8 name and drop it again"
-    )
-
-
-def _escaped_bytes_only(name: str) -> bool:
-    """Whether every surrogate in ``name`` stands for one undecodable byte (as ``os`` makes)."""
-    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in name)
-
-
-def _shortened(text: str, limit: int) -> str:
-    encoded = text.encode("utf-8")
-    if len(encoded) <= limit:
-        return text
-    tail = text[-24:]
-    room = limit - len(tail.encode("utf-8")) - len("...")
-    return encoded[:room].decode("utf-8", "ignore") + "..." + tail
 
 
 def _rejected(path: Path, reason: str, **fields: Any) -> Verdict:

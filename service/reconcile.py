@@ -153,10 +153,5 @@ def resettle(worker: Worker) -> FileRecord | None:
             continue
         done = trainer.state.completed(record.sha256)
         if done is not None:
-            ledger.complete(
-                record.id,
-                start_step=done.start_step,
-                end_step=done.end_step,
-                lineage_id=trainer.state.lineage_id,
-            )
+            worker.complete(record, done)
     return resume_target(worker)

@@ -31,8 +31,9 @@ from watchdog.observers.api import BaseObserver
 
 from service.arrivals import Arrival, Arrivals, Origin, signature
 from service.inbox import ACCEPTED, DUPLICATES, REJECTED, InboxLayout, is_ignored
-from service.intake import FileChangedError, Intake, Verdict, printable_name
+from service.intake import FileChangedError, Intake, Verdict
 from service.ledger.records import FileRecord
+from service.names import printable_name
 from service.observer import LINUX, Note, NoteTaker, is_alive, start_observer, stop_observer
 from service.openfiles import open_for_writing
 from service.sections import WatcherSection

@@ -43,6 +43,7 @@ from trainer.evaluate import EvalSetError
 from trainer.lineage import LineageError
 from trainer.loop import FileOutcome, Trainer
 from trainer.space import DiskFullError
+from trainer.state import CompletedFile
 from trainer.tokenizer import TokenizerError
 
 log = logging.getLogger(__name__)
@@ -271,12 +272,7 @@ class Worker:
         trainer, ledger = self.trainer, self.ledger
         done = trainer.state.completed(record.sha256)
         if done is not None:
-            ledger.complete(
-                record.id,
-                start_step=done.start_step,
-                end_step=done.end_step,
-                lineage_id=trainer.state.lineage_id,
-            )
+            self.complete(record, done)
             return
         current = trainer.state.current_file
         if current is not None and current.sha256 != record.sha256:
@@ -318,17 +314,20 @@ class Worker:
                 self.beat(WorkerState.ERROR, file=record, message=f"{type(exc).__name__}: {exc}")
                 raise
             if outcome is FileOutcome.COMPLETED:
-                finished = trainer.state.files_completed[-1]
-                ledger.complete(
-                    record.id,
-                    start_step=finished.start_step,
-                    end_step=finished.end_step,
-                    lineage_id=trainer.state.lineage_id,
-                )
+                self.complete(record, trainer.state.files_completed[-1])
                 self.beat(WorkerState.IDLE)
                 return
             if not self.after_stop(record, hook.reason):
                 return
+
+    def complete(self, record: FileRecord, done: CompletedFile) -> None:
+        """The lineage has trained the file (``done``): the ledger says so, and by whom."""
+        self.ledger.complete(
+            record.id,
+            start_step=done.start_step,
+            end_step=done.end_step,
+            lineage_id=self.trainer.state.lineage_id,
+        )
 
     def after_stop(self, record: FileRecord, reason: str | None) -> bool:
         """Act on why the trainer stopped mid-file; True to go on training the file."""

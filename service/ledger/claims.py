@@ -139,13 +139,7 @@ class ClaimQueries(Store):
             row = self._locked_file(session, file_id)
             if row.state not in (_QUEUED, _TRAINING, FileState.FAILED.value):
                 raise LedgerError(f"file #{file_id} is {row.state}; it cannot fail now")
-            now = utcnow()
-            row.state = FileState.FAILED.value
-            row.error = error
-            row.lease_owner = None
-            row.lease_expires_at = None
-            row.finished_at = now
-            row.updated_at = now
+            _end(row, FileState.FAILED, error=error)
             name = row.name
         log.warning("file #%d (%s) failed: %s", file_id, name, error)
 
@@ -156,13 +150,7 @@ class ClaimQueries(Store):
             row = self._locked_file(session, file_id)
             if row.state not in (_QUEUED, _TRAINING):
                 raise LedgerError(f"file #{file_id} is {row.state}; it cannot be rejected now")
-            now = utcnow()
-            row.state = FileState.REJECTED.value
-            row.error = error
-            row.lease_owner = None
-            row.lease_expires_at = None
-            row.finished_at = now
-            row.updated_at = now
+            _end(row, FileState.REJECTED, error=error)
             return row.record()
 
     def release(self, file_id: int, *, worker_id: str) -> None:
@@ -234,12 +222,14 @@ class ClaimQueries(Store):
                 row.lease_expires_at = None
                 row.updated_at = now
                 if row.attempts >= max_attempts:
-                    row.state = FileState.FAILED.value
-                    row.finished_at = now
-                    row.error = (
-                        f"training {row.name} crashed the worker {row.attempts} times "
-                        f"(worker.max_attempts = {max_attempts}); last: {reason}. Fix the "
-                        "cause, then retry it: it continues where the lineage left it"
+                    _end(
+                        row,
+                        FileState.FAILED,
+                        error=(
+                            f"training {row.name} crashed the worker {row.attempts} times "
+                            f"(worker.max_attempts = {max_attempts}); last: {reason}. Fix "
+                            "the cause, then retry it: it continues where the lineage left it"
+                        ),
                     )
                 else:
                     row.state = _QUEUED
@@ -286,6 +276,17 @@ def _take(row: FileRow, *, worker_id: str, lease_s: float) -> None:
     row.lease_owner = worker_id
     row.lease_expires_at = now + timedelta(seconds=lease_s)
     row.started_at = row.started_at or now
+    row.updated_at = now
+
+
+def _end(row: FileRow, state: FileState, *, error: str) -> None:
+    """The file will not be trained (failed, rejected): no claim left on it, and why."""
+    now = utcnow()
+    row.state = state.value
+    row.error = error
+    row.lease_owner = None
+    row.lease_expires_at = None
+    row.finished_at = now
     row.updated_at = now
 
 

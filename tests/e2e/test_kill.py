@@ -23,9 +23,11 @@ from tests.corpus import make_drops
 from trainer.checkpoint import latest_checkpoint
 
 
-def reference_run(root, drops):
+def reference_run(root, drops, **extra):
+    """An uninterrupted ``traind train`` of ``drops`` with the service's training settings
+    (and ``extra`` ones); its newest checkpoint."""
     root.mkdir(parents=True, exist_ok=True)
-    env = service_env(root, port=1)  # same training settings; no server is started
+    env = service_env(root, port=1, **extra)  # no server is started
     result = subprocess.run(
         [sys.executable, "-m", "api.cli", "train", *map(str, drops)],
         env=env,

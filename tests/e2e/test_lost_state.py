@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 import torch
-from conftest import service_env, wait_for
+from conftest import wait_for
+from test_kill import reference_run
 
 from service.ledger import FileState
 from tests.corpus import make_drops
@@ -16,19 +17,7 @@ from trainer.checkpoint import latest_checkpoint, step_checkpoints
 
 
 def reference(tmp_path, drops, **extra):
-    root = tmp_path / "reference"
-    root.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-m", "api.cli", "train", *map(str, drops)],
-        env=service_env(root, port=1, **extra),
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return latest_checkpoint(root / "checkpoints")
+    return reference_run(tmp_path / "reference", drops, **extra)
 
 
 def assert_same_weights(root, ref):

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from service.intake import is_utf8
 from service.ledger import FileState, Ledger
 from service.ledger.records import FileRecord
+from service.names import is_utf8
 from service.sections import WatcherSection
 from service.watcher import InboxWatcher
 from tests.badcorpus import (

@@ -106,7 +106,7 @@ def test_one_lineage_never_overwrites_another_lineages_gold_or_export(
     shutil.copytree(run_paths.checkpoints / "gold", other.checkpoints / "gold")
     shutil.rmtree(other.checkpoints / "export")
     shutil.copytree(run_paths.checkpoints / "export", other.checkpoints / "export")
-    with pytest.raises(CheckpointError, match="belongs to lineage .* never overwrites"):
+    with pytest.raises(CheckpointError, match=r"belongs to lineage .* never overwrites"):
         trainer.save_gold()
     with pytest.raises(CheckpointError, match="belongs to lineage"):
         trainer.export()
