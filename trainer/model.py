@@ -10,6 +10,11 @@ turns one into a ``torch.nn.Module``. Design points:
   attending to padding and no explicit attention mask is needed;
 * ``forward`` returns float32 logits and no loss: the trainer computes its own
   token-weighted loss;
+* on CPU, LayerNorm and attention with dropout are spelled out (see :class:`LayerNorm`
+  and :func:`_causal_attention_with_dropout`) so that training gives the same bits
+  whatever the intra-op thread count, and a run resumed under another count stays on its
+  trajectory. SwiGLU's SiLU is left to torch: at thread counts that split its input off
+  the vector width (3, 6...) its scalar tails still round differently;
 * state_dict keys are short and stable (``wte.weight``, ``blocks.0.attn.qkv.weight``,
   ``lm_head.weight``) because checkpoints are keyed by them; the rotary tables are
   non-persistent buffers, so they never reach a checkpoint.
@@ -25,11 +30,32 @@ from torch import nn
 from trainer.config import ModelConfig
 
 
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` whose gain and bias gradients on CPU do not depend on the thread count.
+
+    ATen's fused CPU backward sums the gain/bias gradients row by row into one partial
+    buffer per OpenMP thread, then adds the buffers: how the rows are split, and so the
+    rounding, follows the number of threads. Two runs (or a run and its resume) with a
+    different thread count then drift apart by a few ulps per step, and exact resume
+    (design rule 9) breaks. Here the normalisation runs without the affine and the gain
+    and bias are applied as a plain multiply and add, so autograd reduces their gradients
+    column by column, the same whatever the split. CUDA keeps the fused kernel, which is
+    already deterministic there and faster.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        y = nn.functional.layer_norm(x, self.normalized_shape, None, None, self.eps)
+        y = y * self.weight
+        return y if self.bias is None else y + self.bias
+
+
 def _norm(config: ModelConfig) -> nn.Module:
     if config.norm_type == "rmsnorm":
         # RMSNorm has no bias term; config.bias only affects LayerNorm and the linears.
         return nn.RMSNorm(config.n_embd)
-    return nn.LayerNorm(config.n_embd, bias=config.bias)
+    return LayerNorm(config.n_embd, bias=config.bias)
 
 
 def swiglu_hidden(n_embd: int, *, multiple: int = 64) -> int:
@@ -59,6 +85,23 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return out.type_as(x)
 
 
+def _causal_attention_with_dropout(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float
+) -> torch.Tensor:
+    """Causal attention with dropout on the attention weights, for training on CPU.
+
+    Not SDPA: on CPU, SDPA with dropout runs its math path, whose softmax backward takes
+    another code path on one thread than on several, so the gradients (and every later
+    step) would depend on the thread count. ``exp(log_softmax)`` is the same softmax, and
+    both of its backward passes give the same bits however the rows are split.
+    """
+    t = q.shape[-2]
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)
+    future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu_(1)
+    attn = torch.exp(torch.log_softmax(scores.masked_fill_(future, float("-inf")), dim=-1))
+    return torch.matmul(nn.functional.dropout(attn, p, training=True), v)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -76,9 +119,12 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             cos, sin = rope
             q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
-        y = nn.functional.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        if self.training and self.dropout > 0 and x.device.type == "cpu":
+            y = _causal_attention_with_dropout(q, k, v, self.dropout)
+        else:
+            y = nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )
         y = y.transpose(1, 2).contiguous().view(b, t, c)
         return self.resid_drop(self.proj(y))
 

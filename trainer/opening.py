@@ -155,6 +155,8 @@ class Opening:
             resumed_from=str(lineage.resumed_from) if lineage.resumed_from else None,
             lineage_id=state.lineage_id,
             device=str(self.device),
+            # CPU results are the same at any thread count; recorded for reports all the same.
+            threads=torch.get_num_threads(),
             model={"parameters": self.model.num_params(), **lineage.model_config.to_dict()},
             train_config=self.train.to_dict(),
             eval_config=self.evaluation.to_dict(),
