@@ -88,8 +88,10 @@ def test_ready_watchdog_and_stop_follow_the_worker(tmp_path, service_factory, no
     service = service_factory(
         NOTIFY_SOCKET=str(notify_socket.path),
         WATCHDOG_USEC=str(int(WATCHDOG_S * 1e6)),
-        TRAIND_TRAIN__EPOCHS_PER_FILE="8",
-        TRAIND_TRAIN__CHECKPOINT_INTERVAL="1000",
+        # Long enough to still be training after the freeze below: 8 passes took 5 s on a
+        # quick machine, so the file could end while frozen and "training again" never came.
+        TRAIND_TRAIN__EPOCHS_PER_FILE="40",
+        TRAIND_TRAIN__CHECKPOINT_INTERVAL="100000",
     )
     service.start(wait_ready=False)
 
