@@ -194,14 +194,12 @@ class Supervisor:
                 pass
             now = time.monotonic()
             try:
-                if now >= next_reap:
-                    next_reap = now + reap_every
-                    # The live worker's claims are never reaped: a slow step is not a death.
-                    self.ledger.reap_expired(alive=worker_id)
                 self._look_at_space(now)
+                # A read: it never waits for a writer (WAL), not even a hung worker that
+                # stopped holding the write lock.
                 beat = self.ledger.worker_status(worker_id=worker_id)
             except Exception:  # the watch must never take the supervisor down
-                log.exception("watching the worker failed; will retry")
+                log.exception("reading the worker's heartbeat failed; will retry")
                 continue
             mark = (beat.heartbeat_at, beat.state) if beat else None
             if mark != seen:
@@ -214,6 +212,13 @@ class Supervisor:
                 log.error("%s", hung)
                 proc.kill()
                 return proc.wait(), hung
+            if now >= next_reap:
+                next_reap = now + reap_every
+                try:
+                    # The live worker's claims are never reaped: a slow step is not a death.
+                    self.ledger.reap_expired(alive=worker_id)
+                except Exception:
+                    log.exception("returning expired claims to the queue failed; will retry")
 
     def _hang(self, beat: WorkerStatus | None, *, silent_s: float) -> str | None:
         """Why the worker counts as hung, or None. A worker that cannot write its heartbeat
@@ -256,6 +261,9 @@ class Supervisor:
             )
         except DiskFullError:
             log.error("could not count the crash (%s): the ledger's disk is full", reason)
+            return
+        except Exception:  # counting must never take the supervisor (and its restarts) down
+            log.exception("could not count the crash (%s)", reason)
             return
         for record in records:
             if self.events is not None and record.state is FileState.FAILED:

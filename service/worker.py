@@ -163,23 +163,20 @@ class Worker:
     def open_trainer(self, **options) -> Trainer:
         """Open the lineage with the settings (waiting out a full disk) and hook it up."""
         settings = self.settings
-        while True:
-            try:
-                trainer = Trainer.open(
-                    spec=settings.lineage_spec(),
-                    train=settings.train_config(),
-                    paths=settings.run_paths(),
-                    # A replaced worker may still be shutting down: wait for its lineage lock.
-                    lock_wait_s=settings.worker.stop_grace_s,
-                    evaluation=settings.eval_config(),
-                    gold=settings.gold_config(),
-                    export=settings.export_config(),
-                    on_disk_full=self.space,
-                    **options,
-                )
-                break
-            except DiskFullError as exc:
-                self.space(exc)
+        trainer = self.settle(
+            lambda _worker: Trainer.open(
+                spec=settings.lineage_spec(),
+                train=settings.train_config(),
+                paths=settings.run_paths(),
+                # A replaced worker may still be shutting down: wait for its lineage lock.
+                lock_wait_s=settings.worker.stop_grace_s,
+                evaluation=settings.eval_config(),
+                gold=settings.gold_config(),
+                export=settings.export_config(),
+                on_disk_full=self.space,
+                **options,
+            )
+        )
         trainer.on_checkpoint = self.record_checkpoint
         trainer.on_gold = self.record_gold
         return trainer

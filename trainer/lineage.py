@@ -42,6 +42,10 @@ class LineageError(RuntimeError):
     """The requested start is not possible (e.g. ``--init-from`` onto an existing lineage)."""
 
 
+class LostCheckpointsError(LineageError):
+    """A lineage exists but no step checkpoint of it can be resumed (rule 15)."""
+
+
 @dataclass(kw_only=True)
 class Lineage:
     """A model ready to train, with everything that came with it."""
@@ -108,7 +112,7 @@ def open_lineage(
                 "folders aside first."
             )
         if traces or (expected and init_from is None):
-            raise LineageError(refusal(checkpoints, traces, expected=expected))
+            raise LostCheckpointsError(refusal(checkpoints, traces, expected=expected))
     if init_from is not None:
         lineage = _start_from(resolve_checkpoint(init_from), spec=spec, train=train, device=device)
     elif found is None:

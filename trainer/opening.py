@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from trainer.checkpoint import latest_checkpoint, recover_root
+from trainer.checkpoint import recover_root
 from trainer.config import EvalConfig, ExportConfig, GoldConfig, LineageSpec, RunPaths, TrainConfig
 from trainer.events import EventLog
 from trainer.gold import GOLD
-from trainer.lineage import LineageError, open_lineage, resolve_device
+from trainer.lineage import LineageError, LostCheckpointsError, open_lineage, resolve_device
 from trainer.lock import LineageLock
 from trainer.memory import MemoryEstimate, estimate_training_memory
 from trainer.rollback import Rollback, interrupted_rollback, roll_back_to_gold
@@ -31,21 +31,6 @@ if TYPE_CHECKING:
     from trainer.loop import Trainer
 
 log = logging.getLogger(__name__)
-
-
-def _gold_instead(root: Path, train: TrainConfig) -> bool:
-    """``train.on_lost_checkpoints = "gold"``: every step checkpoint is gone or broken and
-    gold is there, so continue from gold rather than refuse to start."""
-    if train.on_lost_checkpoints != "gold" or not (root / GOLD).is_dir():
-        return False
-    if latest_checkpoint(root) is not None:
-        return False
-    log.warning(
-        "no usable step checkpoint in %s; continuing the lineage from gold "
-        '(train.on_lost_checkpoints = "gold")',
-        root,
-    )
-    return True
 
 
 class Opening:
@@ -99,14 +84,11 @@ class Opening:
             recover_root(root)
             events = events or EventLog(paths.events)
             rollback = interrupted_rollback(root)
-            if rollback is None and not from_gold and _gold_instead(root, train):
-                from_gold = True
             if rollback is None and from_gold:
                 rollback = roll_back_to_gold(
                     root, request=rollback_request, in_progress=in_progress
                 )
-            lineage = open_lineage(
-                root,
+            options = dict(
                 spec=spec,
                 train=train,
                 device=device,
@@ -114,6 +96,18 @@ class Opening:
                 new_lineage=new_lineage,
                 expected=expected_lineage,
             )
+            try:
+                lineage = open_lineage(root, **options)
+            except LostCheckpointsError:
+                if train.on_lost_checkpoints != "gold" or not (root / GOLD).is_dir():
+                    raise
+                log.warning(
+                    "no usable step checkpoint in %s; continuing the lineage from gold "
+                    '(train.on_lost_checkpoints = "gold")',
+                    root,
+                )
+                rollback = roll_back_to_gold(root)
+                lineage = open_lineage(root, **options)
             trainer = cls(
                 lineage,
                 train=train,

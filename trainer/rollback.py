@@ -31,7 +31,8 @@ from trainer.checkpoint import (
 )
 from trainer.durable import fsync_path
 from trainer.faults import fault_point
-from trainer.manifest import GOLD_DIR, ROLLED_BACK_DIR, STATE, verify, write_json
+from trainer.manifest import GOLD_DIR, ROLLED_BACK_DIR, write_json
+from trainer.traces import newest_training_state
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def roll_back_to_gold(
         kept_in=kept_in,
         request=request,
         in_progress=in_progress,
-        files_undone=_files_undone(newest, gold.training_state),
+        files_undone=_files_undone(root, gold.training_state),
     )
     fault_point("rollback:before_plan")
     _write_plan(root, rollback.to_plan(root))
@@ -190,22 +191,13 @@ def _write_plan(root: Path, plan: dict[str, Any]) -> None:
     fsync_path(root)
 
 
-def _files_undone(
-    newest: list[tuple[int, Path]], gold_state: dict[str, Any]
-) -> tuple[dict[str, Any], ...]:
+def _files_undone(root: Path, gold_state: dict[str, Any]) -> tuple[dict[str, Any], ...]:
     """Files the newest readable checkpoint finished that gold has not: the rollback
     undoes them on purpose (the ledger keeps them done)."""
     at_gold = {f.get("sha256") for f in gold_state.get("files_completed") or ()}
-    for _step, path in newest:
-        if verify(path, deep=False) is not None:
-            continue
-        try:
-            state = json.loads((path / STATE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        return tuple(
-            {k: f.get(k) for k in ("name", "sha256", "start_step", "end_step")}
-            for f in state.get("files_completed") or ()
-            if f.get("sha256") not in at_gold
-        )
-    return ()
+    newest = newest_training_state(root) or {}
+    return tuple(
+        {k: f.get(k) for k in ("name", "sha256", "start_step", "end_step")}
+        for f in newest.get("files_completed") or ()
+        if f.get("sha256") not in at_gold
+    )
