@@ -34,10 +34,10 @@ import httpx
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
+from service.config.sections import WatcherSection
+from service.inbox.watcher import InboxWatcher
 from service.ledger import FileState, Ledger
-from service.sections import WatcherSection
-from service.watcher import InboxWatcher
-from trainer.events import EventLog
+from trainer.records.events import EventLog
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,7 +138,7 @@ def first_step(root: Path, trials: int) -> tuple[list[float], list[float], float
     )
     log = (root / "serve.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--log-level", "WARNING"],
+        [sys.executable, "-m", "api.cli.main", "serve", "--log-level", "WARNING"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

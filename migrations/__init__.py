@@ -1,2 +1,2 @@
 """The ledger's Alembic environment and revisions, shipped as a package so that
-``service.migrate`` finds them wherever traind is installed (no ``alembic.ini``)."""
+``service.ledger.migrate`` finds them wherever traind is installed (no ``alembic.ini``)."""

@@ -1,6 +1,6 @@
 """Alembic environment of the traind ledger.
 
-Run by ``service.migrate`` (``Ledger.open`` at every start, ``traind migrate``), which
+Run by ``service.ledger.migrate`` (``Ledger.open`` at every start, ``traind migrate``), which
 passes either an open connection in ``config.attributes["connection"]`` (used as it is,
 inside the caller's transaction) or the database URL as ``sqlalchemy.url``.
 ``render_as_batch``: SQLite cannot alter most of a table in place, so later revisions

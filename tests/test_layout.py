@@ -28,8 +28,8 @@ def test_import_contracts_hold() -> None:
 
 def test_cli_import_does_not_load_torch() -> None:
     code = (
-        "import sys, api.cli\n"
-        "loaded = sorted(m for m in ('torch', 'numpy', 'safetensors', 'service.runner')"
+        "import sys, api.cli.main\n"
+        "loaded = sorted(m for m in ('torch', 'numpy', 'safetensors', 'service.worker.runner')"
         " if m in sys.modules)\n"
         "assert not loaded, loaded\n"
     )

@@ -22,16 +22,16 @@ from trainer.checkpoint import (
     step_dir_name,
     write_checkpoint,
 )
-from trainer.events import round_loss
 from trainer.export import verify_export, write_export
 from trainer.gold import GOLD
-from trainer.manifest import EXPORT_DIR, RETIRED_DIR
 from trainer.parking import park_current
+from trainer.records.events import round_loss
+from trainer.records.manifest import EXPORT_DIR, RETIRED_DIR
+from trainer.records.space import DiskFullError
+from trainer.records.state import CompletedFile
+from trainer.records.traces import owner
 from trainer.rng import capture_rng
 from trainer.rollback import Rollback, finish_rollback
-from trainer.space import DiskFullError
-from trainer.state import CompletedFile
-from trainer.traces import owner
 
 T = TypeVar("T")
 

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer.durable import fsync_path
 from trainer.faults import fault_point
-from trainer.manifest import (
+from trainer.records.durable import fsync_path
+from trainer.records.manifest import (
     CONFIG,
     EXPORT_FILES,
     FILES,
@@ -40,7 +40,7 @@ from trainer.manifest import (
     write_json,
     write_manifest,
 )
-from trainer.space import as_disk_full, ensure_space
+from trainer.records.space import as_disk_full, ensure_space
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from trainer.events import round_loss, utc_now
 from trainer.gold import EvalPoint, decide_gold
 from trainer.progress import format_duration, progress_pct
+from trainer.records.events import round_loss, utc_now
+from trainer.records.state import FileProgress
 from trainer.schedule import lr_at
-from trainer.state import FileProgress
 
 if TYPE_CHECKING:
     from trainer.loop import Trainer

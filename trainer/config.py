@@ -1,6 +1,6 @@
 """Internal configuration of the trainer: frozen dataclasses, no validation library.
 
-Settings are validated at the edge (``service.settings``, pydantic) and handed to the
+Settings are validated at the edge (``service.config.settings``, pydantic) and handed to the
 trainer as these plain, immutable objects.
 """
 

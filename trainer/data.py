@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from trainer.arrays import ARRAYS, ArrayWriters, token_dtype
-from trainer.durable import fsync_path, write_durably
-from trainer.formats import (
+from trainer.packing import Holdout, tokenize_stream
+from trainer.records.durable import fsync_path, write_durably
+from trainer.records.formats import (
     MAX_LINE_BYTES,
     DataError,
     ExampleStream,
@@ -41,8 +42,7 @@ from trainer.formats import (
     invalid_lines_error,
     validate_file,
 )
-from trainer.packing import Holdout, tokenize_stream
-from trainer.space import as_disk_full
+from trainer.records.space import as_disk_full
 from trainer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)

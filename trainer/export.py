@@ -44,12 +44,12 @@ from trainer.checkpoint import (
     write_manifest,
 )
 from trainer.config import ModelConfig
-from trainer.durable import fsync_path
-from trainer.events import utc_now
 from trainer.faults import fault_point
-from trainer.manifest import EXPORT_DIR, EXPORT_FILES, EXPORT_INFO, write_json
 from trainer.model import GPT
-from trainer.space import as_disk_full, ensure_space
+from trainer.records.durable import fsync_path
+from trainer.records.events import utc_now
+from trainer.records.manifest import EXPORT_DIR, EXPORT_FILES, EXPORT_INFO, write_json
+from trainer.records.space import as_disk_full, ensure_space
 from trainer.tokenizer import Tokenizer, TokenizerError
 
 log = logging.getLogger(__name__)

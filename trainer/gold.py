@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer.config import GoldConfig
-from trainer.manifest import GOLD_DIR, ROLLED_BACK_DIR
+from trainer.records.manifest import GOLD_DIR, ROLLED_BACK_DIR
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import torch
 from trainer.checkpoint import latest_checkpoint, load_model_weights
 from trainer.data import TokenizedFile
 from trainer.optim import optimizer_state_mismatch
-from trainer.state import FileProgress
+from trainer.records.state import FileProgress
 
 if TYPE_CHECKING:
     from trainer.loop import Trainer

@@ -30,10 +30,10 @@ from trainer.config import LineageSpec, ModelConfig, TrainConfig
 from trainer.model import GPT
 from trainer.optim import build_optimizer, optimizer_state_mismatch
 from trainer.presets import model_config_for
+from trainer.records.state import TrainingState
+from trainer.records.traces import lineage_traces, refusal, retire
 from trainer.rng import restore_rng
-from trainer.state import TrainingState
 from trainer.tokenizer import Tokenizer, load_tokenizer
-from trainer.traces import lineage_traces, refusal, retire
 
 log = logging.getLogger(__name__)
 

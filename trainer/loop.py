@@ -24,9 +24,7 @@ from trainer.bookkeeping import Bookkeeping
 from trainer.checkup import Checkup
 from trainer.config import EvalConfig, ExportConfig, GoldConfig, RunPaths, TrainConfig
 from trainer.data import TokenizedFile, tokenize_file
-from trainer.digest import file_sha256
 from trainer.evaluate import Evaluator
-from trainer.events import EventLog, round_loss
 from trainer.faults import fault_point
 from trainer.guard import record_skip, recover_from_oom, roll_back_if_needed
 from trainer.lineage import Lineage
@@ -34,12 +32,14 @@ from trainer.lock import LineageLock
 from trainer.opening import Opening
 from trainer.parking import note_split, unpark
 from trainer.progress import ProgressMeter
+from trainer.records.digest import file_sha256
+from trainer.records.events import EventLog, round_loss
+from trainer.records.space import DiskFullError
+from trainer.records.state import CompletedFile, FileProgress
 from trainer.rollback import Rollback
 from trainer.sampler import FileSampler
 from trainer.scalars import Scalars
 from trainer.schedule import lr_at
-from trainer.space import DiskFullError
-from trainer.state import CompletedFile, FileProgress
 from trainer.step import StepRunner
 
 log = logging.getLogger(__name__)

@@ -19,13 +19,13 @@ import torch
 
 from trainer.checkpoint import recover_root
 from trainer.config import EvalConfig, ExportConfig, GoldConfig, LineageSpec, RunPaths, TrainConfig
-from trainer.events import EventLog
 from trainer.gold import GOLD
 from trainer.lineage import LineageError, LostCheckpointsError, open_lineage, resolve_device
 from trainer.lock import LineageLock
 from trainer.memory import MemoryEstimate, estimate_training_memory
+from trainer.records.events import EventLog
+from trainer.records.space import DiskFullError
 from trainer.rollback import Rollback, interrupted_rollback, roll_back_to_gold
-from trainer.space import DiskFullError
 
 if TYPE_CHECKING:
     from trainer.loop import Trainer

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from trainer.arrays import ArrayWriters
-from trainer.formats import Example, ExampleStream
+from trainer.records.formats import Example, ExampleStream
 from trainer.tokenizer import Tokenizer
 
 _ENCODE_BATCH = 2048

@@ -15,7 +15,7 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
-from trainer.state import FileProgress
+from trainer.records.state import FileProgress
 
 if TYPE_CHECKING:
     from trainer.loop import Trainer

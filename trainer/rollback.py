@@ -29,10 +29,10 @@ from trainer.checkpoint import (
     step_checkpoints,
     step_dir_name,
 )
-from trainer.durable import fsync_path
 from trainer.faults import fault_point
-from trainer.manifest import GOLD_DIR, ROLLED_BACK_DIR, write_json
-from trainer.traces import newest_training_state
+from trainer.records.durable import fsync_path
+from trainer.records.manifest import GOLD_DIR, ROLLED_BACK_DIR, write_json
+from trainer.records.traces import newest_training_state
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,9 @@ from __future__ import annotations
 import logging
 from types import TracebackType
 
-# The module, not its functions: service.migrate imports service.ledger.engine, so when it
-# is imported first this package loads while service.migrate is still half-initialised.
-from service import migrate as migrations
 from service.ledger.claims import ClaimQueries
 from service.ledger.files import FileQueries
+from service.ledger.migrate import head_revision, revision_of, upgrade_connection
 from service.ledger.restore import RestoreQueries
 from service.ledger.status import StatusQueries
 
@@ -51,12 +49,12 @@ class Ledger(FileQueries, ClaimQueries, StatusQueries, RestoreQueries):
     def migrate(self) -> None:
         """Upgrade the schema to head, in one transaction (a no-op when already there)."""
         with self.engine.begin() as connection:
-            migrations.upgrade_connection(connection)
+            upgrade_connection(connection)
 
     def at_head(self) -> bool:
         """Whether the schema is at the newest revision this traind knows."""
         with self._read_engine.connect() as connection:
-            return migrations.revision_of(connection) == migrations.head_revision()
+            return revision_of(connection) == head_revision()
 
     def __enter__(self) -> Ledger:
         return self

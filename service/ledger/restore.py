@@ -1,7 +1,7 @@
 """Ledger queries for rebuilding a lost or older ledger from the inbox folders: files
 recorded under the ids their names carry, and ids that never collide with a file's.
 
-Part of ``Ledger``; see ``service.ledger.ledger`` and ``service.inventory``.
+Part of ``Ledger``; see ``service.ledger.ledger`` and ``service.inbox.inventory``.
 """
 
 from __future__ import annotations

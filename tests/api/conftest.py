@@ -18,10 +18,10 @@ import httpx
 import pytest
 import uvicorn
 
-from api.app import create_app
-from service.daemon import Daemon
+from api.web.app import create_app
+from service.config.settings import Settings, load_settings
+from service.daemon.main_process import Daemon
 from service.ledger import FileRecord, Ledger, WorkerState
-from service.settings import Settings, load_settings
 
 VALID = "".join(f'{{"text": "line {i} of a small drop"}}\n' for i in range(20))
 INVALID = '{"text": "fine"}\nnot json at all\n'

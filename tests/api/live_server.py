@@ -22,10 +22,10 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from api.app import create_app
-from api.events import close_event_streams
-from service.daemon import Daemon
-from service.settings import Settings, load_settings
+from api.web.app import create_app
+from api.web.events import close_event_streams
+from service.config.settings import Settings, load_settings
+from service.daemon.main_process import Daemon
 
 TOKEN = "live-test-token-0123456789"
 

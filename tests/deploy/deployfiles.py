@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from service.sections import WorkerSection
+from service.config.sections import WorkerSection
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"

@@ -15,7 +15,7 @@ import re
 import pytest
 import yaml
 
-from service.settings import load_settings
+from service.config.settings import load_settings
 from tests.deploy.deployfiles import (
     COMPOSE,
     DOCKER,

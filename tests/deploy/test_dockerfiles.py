@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import load_settings
+from service.config.settings import load_settings
 from tests.deploy.deployfiles import (
     DOCKERFILES,
     HEALTHCHECK,
@@ -301,6 +301,6 @@ def test_the_builders_sources_make_a_complete_wheel(tmp_path):
         f"migrations/versions/{p.name}" for p in (REPO / "migrations/versions").glob("*.py")
     }
     assert versions and versions <= names
-    assert {"migrations/env.py", "migrations/script.py.mako", "api/cli.py"} <= names
+    assert {"migrations/env.py", "migrations/script.py.mako", "api/cli/main.py"} <= names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "traind = api.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "traind = api.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

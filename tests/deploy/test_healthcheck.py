@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from api.schemas import ReadyOut
+from api.web.schemas import ReadyOut
 from tests.deploy.deployfiles import DOCKERFILES, HEALTHCHECK, parse_dockerfile, stages
 
 READY = ReadyOut(

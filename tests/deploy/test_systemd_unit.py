@@ -11,7 +11,7 @@ ordered against) and the traind user made by docker/traind.sysusers.
 
 Not covered here: that the sandboxing lets the real daemon run (no systemd is PID 1 on
 the test machines, so the unit is never started), that sd_notify READY/WATCHDOG arrive
-(service/notify.py's tests), and that the user exists on a real host (the install steps
+(service/daemon/notify.py's tests), and that the user exists on a real host (the install steps
 in the unit's header make it). The directive tests below pin the choices that matter
 for traind: notify with a watchdog, stopping via the main process with a timeout above
 the worker's checkpoint grace, and no sandboxing that hides the GPUs.
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from service.readiness import MODEL_LOAD_ALLOWANCE_S
-from service.sections import WorkerSection
-from service.settings import load_settings
+from service.config.sections import WorkerSection
+from service.config.settings import load_settings
+from service.daemon.readiness import MODEL_LOAD_ALLOWANCE_S
 from tests.deploy.deployfiles import (
     SHUTDOWN_MARGIN_S,
     STOP_GRACE_S,

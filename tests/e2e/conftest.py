@@ -75,7 +75,7 @@ class Service:
         self.root.mkdir(parents=True, exist_ok=True)
         with self.log.open("a") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "api.cli", "serve"],
+                [sys.executable, "-m", "api.cli.main", "serve"],
                 env=self.env,
                 cwd=self.root,
                 stdout=out,
@@ -166,7 +166,7 @@ class Service:
 def traind_cli(service: Service, *args: str) -> subprocess.CompletedProcess:
     """Run a ``traind`` client command against ``service``."""
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args, "--url", service.url],
+        [sys.executable, "-m", "api.cli.main", *args, "--url", service.url],
         env=service.env,
         cwd=service.root,
         capture_output=True,

@@ -21,12 +21,28 @@ def test_every_bad_drop_ends_rejected_and_good_files_still_train(tmp_path, servi
     good_drops = make_drops(tmp_path / "drops")
     service.drop(good_drops[0])  # training is under way while the corpus lands
     wait_for(
-        lambda: (service.status() or {}).get("state") == "training", timeout=30, what="training"
+        lambda: (service.status() or {}).get("state") == "training",
+        timeout=30,
+        what="training",
     )
     for bad in BAD:
-        drop(staging, service.inbox, bad.name, data=bad.data, make=bad.make, in_place=bad.in_place)
+        drop(
+            staging,
+            service.inbox,
+            bad.name,
+            data=bad.data,
+            make=bad.make,
+            in_place=bad.in_place,
+        )
     for name, data in GOOD.items():
-        drop(staging, service.inbox, name, data=data, make=None, in_place=name in IN_PLACE_GOOD)
+        drop(
+            staging,
+            service.inbox,
+            name,
+            data=data,
+            make=None,
+            in_place=name in IN_PLACE_GOOD,
+        )
     service.drop(good_drops[1])
     expected = len(BAD) + len(GOOD) + 2
 
@@ -48,7 +64,11 @@ def test_every_bad_drop_ends_rejected_and_good_files_still_train(tmp_path, servi
     for name in [*GOOD, good_drops[0].name, good_drops[1].name]:
         assert files[name].state is FileState.DONE, (name, files[name].error)
     # Only traind's folders remain: a folder and a name that is not UTF-8 were taken too.
-    assert sorted(p.name for p in service.inbox.iterdir()) == ["accepted", "duplicates", "rejected"]
+    assert sorted(p.name for p in service.inbox.iterdir()) == [
+        "accepted",
+        "duplicates",
+        "rejected",
+    ]
     status = service.status()
     assert status["state"] == "idle" and status["queue"]["rejected"] == len(BAD)
     assert status["queue"]["done"] == len(GOOD) + 2

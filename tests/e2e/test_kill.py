@@ -29,7 +29,7 @@ def reference_run(root, drops, **extra):
     root.mkdir(parents=True, exist_ok=True)
     env = service_env(root, port=1, **extra)  # no server is started
     result = subprocess.run(
-        [sys.executable, "-m", "api.cli", "train", *map(str, drops)],
+        [sys.executable, "-m", "api.cli.main", "train", *map(str, drops)],
         env=env,
         cwd=root,
         capture_output=True,

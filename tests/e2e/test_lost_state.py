@@ -67,7 +67,7 @@ def test_a_lost_ledger_is_rebuilt_from_the_inbox_folders(tmp_path, service_facto
     service.drop(a)
     service.wait_done(1)
     paused = subprocess.run(
-        [sys.executable, "-m", "api.cli", "pause", "--url", service.url],
+        [sys.executable, "-m", "api.cli.main", "pause", "--url", service.url],
         env=service.env,
         capture_output=True,
         text=True,
@@ -117,7 +117,7 @@ def test_broken_checkpoints_refuse_a_new_lineage_until_told(tmp_path, service_fa
     assert json.loads((root / "gold" / "training_state.json").read_text()) == gold
     # Told what to do, the operator does it; the service then continues from gold.
     recovered = subprocess.run(
-        [sys.executable, "-m", "api.cli", "train", "--from", "gold"],
+        [sys.executable, "-m", "api.cli.main", "train", "--from", "gold"],
         env=service.env,
         cwd=service.root,
         capture_output=True,

@@ -114,7 +114,9 @@ def test_ready_watchdog_and_stop_follow_the_worker(tmp_path, service_factory, no
     # Training: pings come at about half the watchdog interval, and STATUS says so.
     service.drop(big)
     wait_for(
-        lambda: (service.status() or {}).get("state") == "training", timeout=30, what="training"
+        lambda: (service.status() or {}).get("state") == "training",
+        timeout=30,
+        what="training",
     )
     training_at = time.time()
     time.sleep(3 * WATCHDOG_S)
@@ -144,7 +146,11 @@ def test_ready_watchdog_and_stop_follow_the_worker(tmp_path, service_factory, no
     resumed_at = time.time()
     notify_socket.wait("WATCHDOG=1", timeout=10, since=resumed_at)
     wait_for(
-        lambda: (s := service.status()) and s["state"] == "training" and s["worker"]["pid"] == pid,
+        lambda: (
+            (s := service.status())
+            and s["state"] == "training"
+            and s["worker"]["pid"] == pid
+        ),
         timeout=10,
         what="the same worker training again",
     )

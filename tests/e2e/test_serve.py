@@ -105,7 +105,9 @@ def test_pause_and_resume_keep_the_model_resident(tmp_path, service_factory):
     worker_pid = service.status()["worker"]["pid"]
     service.drop(big)
     wait_for(
-        lambda: (service.status() or {}).get("state") == "training", timeout=30, what="training"
+        lambda: (service.status() or {}).get("state") == "training",
+        timeout=30,
+        what="training",
     )
     ledger = service.ledger()
     ledger.set_desired_state(DesiredState.PAUSED)
@@ -129,7 +131,9 @@ def test_pause_and_resume_keep_the_model_resident(tmp_path, service_factory):
     saved = [e for e in service.events("checkpoint_saved") if e["reason"] == "pause"]
     assert saved and saved[-1]["step"] == step  # checkpointed at the step boundary
     ledger.set_desired_state(DesiredState.RUNNING)
-    wait_for(lambda: service.status()["global_step"] > step, timeout=20, what="training again")
+    wait_for(
+        lambda: service.status()["global_step"] > step, timeout=20, what="training again"
+    )
     assert service.events("resumed")[-1]["step"] == step
     done = service.wait_done(1)
     assert service.status()["worker"]["pid"] == worker_pid
@@ -151,7 +155,9 @@ def test_sigterm_checkpoints_releases_and_resumes(tmp_path, service_factory):
     service.start()
     service.drop(big)
     wait_for(
-        lambda: (service.status() or {}).get("global_step", 0) >= 3, timeout=30, what="a few steps"
+        lambda: (service.status() or {}).get("global_step", 0) >= 3,
+        timeout=30,
+        what="a few steps",
     )
     assert service.terminate(timeout=60) == 0
     stop_saves = [e for e in service.events("checkpoint_saved") if e["reason"] == "stop"]
@@ -174,7 +180,9 @@ def test_a_dead_worker_is_restarted_and_training_goes_on(tmp_path, service_facto
     for drop in drops:
         service.drop(drop)
     wait_for(
-        lambda: (service.status() or {}).get("state") == "training", timeout=30, what="training"
+        lambda: (service.status() or {}).get("state") == "training",
+        timeout=30,
+        what="training",
     )
     os.kill(first_pid, signal.SIGKILL)
     wait_for(
@@ -211,7 +219,9 @@ def test_a_file_that_keeps_crashing_the_worker_is_failed_not_retried_forever(
     assert failed[0].attempts == 2
     assert [e["reason"] for e in service.events("file_failed")] == [failed[0].error]
     status = wait_for(
-        lambda: (s := service.status()) and s["state"] == "idle" and s, timeout=30, what="idle"
+        lambda: (s := service.status()) and s["state"] == "idle" and s,
+        timeout=30,
+        what="idle",
     )
     assert status["queue"]["failed"] == 1 and service.proc.poll() is None
     assert service.terminate() == 0

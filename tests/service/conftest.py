@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_traind(args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 120, **kwargs):
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args],
+        [sys.executable, "-m", "api.cli.main", *args],
         env={**env, "PYTHONPATH": str(REPO)},
         cwd=cwd,
         capture_output=True,

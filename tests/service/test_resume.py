@@ -94,7 +94,7 @@ def test_sigkill_at_a_point_then_resume_is_bit_identical(tmp_path, drops, refere
 
 def _kill_at_random_moments(root, drops, *, rounds, seed, window=(0.5, 4.0), **extra):
     rng = random.Random(seed)
-    cmd = [sys.executable, "-m", "api.cli", "train", *map(str, drops)]
+    cmd = [sys.executable, "-m", "api.cli.main", "train", *map(str, drops)]
     env = {**traind_env(root, **extra), "PYTHONPATH": str(REPO)}
     kills = 0
     for _ in range(rounds):
@@ -130,7 +130,7 @@ def test_sigkill_soak(tmp_path, drops, reference):
 
 def test_sigterm_saves_at_the_next_step_and_resumes(tmp_path, drops, reference):
     root = tmp_path / "term"
-    cmd = [sys.executable, "-m", "api.cli", "train", *map(str, drops)]
+    cmd = [sys.executable, "-m", "api.cli.main", "train", *map(str, drops)]
     env = {**traind_env(root), "PYTHONPATH": str(REPO), "TRAIND_TRAIN__CHECKPOINT_INTERVAL": "1000"}
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60

@@ -1,4 +1,4 @@
-"""Tests of trainer.formats (validation) and trainer.data (tokenized cache, batches)."""
+"""Tests of trainer.records.formats (validation) and trainer.data (tokenized cache, batches)."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from trainer.checkpoint import (
     step_dir_name,
     write_checkpoint,
 )
+from trainer.completion import complete
 from trainer.export import (
     EXPORT_FILES,
     INFO,
@@ -32,7 +33,6 @@ from trainer.export import (
     verify_export,
     write_export,
 )
-from trainer.generation import complete
 from trainer.model import GPT
 from trainer.presets import model_config_for
 from trainer.tokenizer import build_byte_tokenizer

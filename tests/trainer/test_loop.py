@@ -232,7 +232,9 @@ def test_injected_nan_is_skipped_and_never_reaches_the_weights(tmp_path, open_tr
     assert len(skipped) == 1 and skipped[0]["step"] == 3 and skipped[0]["file"] == "a.jsonl"
     assert skipped[0]["lines"]  # the offending line numbers
     assert not events(run_paths, "rollback")
-    assert trainer.state.global_step == trainer.state.files_completed[0].end_step  # budget kept
+    assert (
+        trainer.state.global_step == trainer.state.files_completed[0].end_step
+    )  # budget kept
 
 
 def test_repeated_nan_rolls_back_to_the_last_good_checkpoint(tmp_path, open_trainer, run_paths):
@@ -285,13 +287,19 @@ def test_oom_halves_micro_batch_and_doubles_accumulation(tmp_path, open_trainer,
     data = trainer.prepare(path)
     expected = steps_for_file(data.n_sequences, epochs=1.0, micro=8, accum=1, world=1)
     trainer.train_file(data, name="a.jsonl")
-    assert (trainer.state.micro_batch_size, trainer.state.grad_accum_steps) == (2, 4)
+    assert (trainer.state.micro_batch_size, trainer.state.grad_accum_steps) == (
+        2,
+        4,
+    )
     assert trainer.state.global_step == expected  # same effective batch, same budget
     recovered = events(run_paths, "oom_recovered")
     assert [(e["micro_batch_size"], e["grad_accum_steps"]) for e in recovered] == [(4, 2), (2, 4)]
     # The reduced split survives a restart instead of OOMing again.
     trainer = open_trainer(micro_batch_size=8, grad_accum_steps=1)
-    assert (trainer.state.micro_batch_size, trainer.state.grad_accum_steps) == (2, 4)
+    assert (trainer.state.micro_batch_size, trainer.state.grad_accum_steps) == (
+        2,
+        4,
+    )
 
 
 def test_rotation_keeps_k_during_training(tmp_path, open_trainer, run_paths):

@@ -12,7 +12,7 @@ from conftest import qa_rows, write_jsonl
 from trainer.checkpoint import latest_checkpoint
 from trainer.config import RunPaths
 from trainer.loop import FileOutcome
-from trainer.state import TrainingState, upgrade
+from trainer.records.state import TrainingState, upgrade
 
 
 def record_sequences(trainer) -> list[int]:
@@ -103,7 +103,10 @@ def test_a_cancelled_file_trained_again_continues_where_it_stopped(
     data = trainer.prepare(path)
     trainer.train_file(data, name="a.jsonl", should_stop=stop_after(2))
     trainer.park_current(reason="cancelled on request at step 2")
-    assert trainer.state.current_file is None and trainer.state.parked[0].parked_at == 2
+    assert (
+        trainer.state.current_file is None
+        and trainer.state.parked[0].parked_at == 2
+    )
     first_part = list(seen)
     trainer.close()
 

@@ -1,0 +1,1 @@
+"""The ``traind`` command line: local commands, REST clients of a running daemon, and their views."""

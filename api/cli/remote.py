@@ -1,0 +1,414 @@
+"""The ``traind`` commands that are clients of a running ``traind serve`` (docs/api.md):
+status, queue, pause, rollback, resume, enqueue, retry and cancel.
+
+They are registered on the command line's app by :func:`register`; each talks to the
+REST API through :class:`api.cli.client.ApiClient` and maps its errors to exit statuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.text import Text
+
+from api.cli import views
+from api.cli.options import ConfigOption, JsonOption, TokenOption, UrlOption, settings_or_exit
+
+if TYPE_CHECKING:
+    # The client (and httpx) is imported by these commands only: init, train and serve
+    # need neither.
+    from api.cli.client import ApiClient, ApiError
+
+_COMMANDS: list[Callable[..., None]] = []
+
+
+def _command(function: Callable[..., None]) -> Callable[..., None]:
+    """Collect a command; :func:`register` adds them to the app in this order."""
+    _COMMANDS.append(function)
+    return function
+
+
+def register(app: typer.Typer) -> None:
+    for function in _COMMANDS:
+        app.command()(function)
+
+
+# -- clients of the REST API of a running `traind serve` (docs/api.md) ---------------------
+
+EXIT_REFUSED = 1
+"""The server answered with an error (its detail is printed)."""
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+"""No answer: nothing listens at the URL, the connection broke, or it timed out."""
+
+
+@_command
+def status(
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch", "-w", help="A live view, refreshed every --interval seconds; Ctrl-C exits."
+        ),
+    ] = False,
+    interval: Annotated[
+        float,
+        typer.Option("--interval", min=0.01, metavar="S", help="Seconds between refreshes."),
+    ] = 1.0,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            "--count",
+            min=1,
+            metavar="N",
+            help="With --watch: stop after N refreshes (for scripts and tests).",
+            show_default=False,
+        ),
+    ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show what traind is doing: state, step, current file, loss, ETA, gold, queue counts."""
+    console = Console(highlight=False)
+    with _session(url=url, token=token, config=config) as client:
+        if watch:
+            # Ctrl-C is how a person leaves the view: not an error.
+            with contextlib.suppress(KeyboardInterrupt):
+                if as_json:
+                    _watch_json(client, interval=interval, count=count)
+                else:
+                    _watch(client, console=console, interval=interval, count=count)
+        elif as_json:
+            _print_json(client.status())
+        else:
+            console.print(views.status_panel(client.status()))
+
+
+@_command
+def queue(
+    state: Annotated[
+        list[views.FileStateName] | None,
+        typer.Option(
+            "--state",
+            "-s",
+            help="Only files in this state; repeat for several.",
+            metavar="STATE",
+            case_sensitive=False,
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, metavar="N", help="Files shown.")] = 50,
+    offset: Annotated[
+        int, typer.Option("--offset", min=0, metavar="N", help="Files skipped first (paging).")
+    ] = 0,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """List the files the daemon knows, by arrival: id, name, state, steps, error."""
+    states = [s.value for s in state or ()]
+    with _session(url=url, token=token, config=config) as client:
+        page = client.queue(states=states, limit=limit, offset=offset)
+    if as_json:
+        _print_json(page)
+    else:
+        Console(highlight=False).print(views.queue_table(page, states=states, offset=offset))
+
+
+@_command
+def pause(
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Pause training: the worker finishes its optimizer step, checkpoints and holds the model."""
+    with _session(url=url, token=token, config=config) as client:
+        answer = client.pause()
+    _report(
+        answer, as_json=as_json, line="paused: the worker checkpoints at its next step and holds"
+    )
+
+
+@_command
+def rollback(
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Roll the running daemon's lineage back to its gold checkpoint.
+
+    Training continues from gold's weights, optimizer state and step. Newer checkpoints
+    are kept under checkpoints/rolled-back/; the file in training is cancelled (retry it
+    to train it again); files finished after gold stay done and are not trained again.
+    """
+    with _session(url=url, token=token, config=config) as client:
+        answer = client.rollback()
+    _report(
+        answer,
+        as_json=as_json,
+        line="rollback requested: the worker rolls back to gold at its next step boundary",
+    )
+
+
+@_command
+def resume(
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Resume training at the same step, without reloading the model."""
+    with _session(url=url, token=token, config=config) as client:
+        answer = client.resume()
+    _report(answer, as_json=as_json, line="resumed: training continues at the same step")
+
+
+@_command
+def enqueue(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="JSONL drops to upload into the inbox, in this order.",
+            metavar="FILE",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            show_default=False,
+        ),
+    ],
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Upload FILE... into the inbox of a running traind (it checks and queues each like a drop).
+
+    A refused file (too large, say) is reported and the others still go; the exit status
+    is then 1.
+    """
+    from api.cli.client import ApiError, ServerUnreachableError
+
+    refused = 0
+    with _session(url=url, token=token, config=config) as client:
+        for path in files:
+            try:
+                answer = client.enqueue(path)
+            except ServerUnreachableError:
+                raise
+            except ApiError as exc:
+                refused += 1
+                typer.echo(f"error: {path}: {_refusal(exc)}", err=True)
+                continue
+            name = answer.get("name") if isinstance(answer, dict) else None
+            line = f"uploaded {path} as {name}" if name else f"uploaded {path}"
+            _report(answer, as_json=as_json, line=f"{line}: the watcher checks it, then queues it")
+    if refused:
+        raise typer.Exit(EXIT_REFUSED)
+
+
+@_command
+def retry(
+    file_id: Annotated[int, typer.Argument(metavar="ID", help="File id (see traind queue).")],
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Retry a file: a failed or cancelled one is queued again, a rejected one is checked again."""
+    with _session(url=url, token=token, config=config) as client:
+        answer = client.retry(file_id)
+    label = _file_label(answer, file_id)
+    match _answer_state(answer):
+        case "queued":
+            line = f"queued again: {label}"
+        case "rejected":
+            # The record stays rejected; the file goes back into the inbox under a new name.
+            back = answer.get("requeued_as") if isinstance(answer, dict) else None
+            line = f"back in the inbox{f' as {back}' if back else ''}: {label} is checked again"
+        case None:
+            line = f"retry accepted: {label}"
+        case other:
+            line = f"retry accepted: {label} is {other}"
+    _report(answer, as_json=as_json, line=line)
+
+
+@_command
+def cancel(
+    file_id: Annotated[int, typer.Argument(metavar="ID", help="File id (see traind queue).")],
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Cancel a file: a queued one leaves the queue, the one in training stops early.
+
+    The file in training stops at its next optimizer step with a checkpoint and keeps
+    what it learned so far.
+    """
+    with _session(url=url, token=token, config=config) as client:
+        answer = client.cancel(file_id)
+    label = _file_label(answer, file_id)
+    match _answer_state(answer):
+        case "training":
+            line = (
+                f"cancelling: {label} stops at its next optimizer step with a checkpoint"
+                " and keeps what it learned"
+            )
+        case "cancelled":
+            line = f"cancelled: {label}"
+        case _:
+            line = f"cancel accepted: {label}"
+    _report(answer, as_json=as_json, line=line)
+
+
+@contextlib.contextmanager
+def _session(*, url: str | None, token: str | None, config: Path | None) -> Iterator[ApiClient]:
+    """A client for the server the options point at; API errors become exit statuses."""
+    from api.cli.client import (
+        URL_ENV,
+        ApiClient,
+        ApiError,
+        ServerUnreachableError,
+        discover_token,
+        discover_url,
+    )
+
+    # Loaded only when --url or --token leave something to find, but an explicit --config
+    # must be valid either way (a typo there should not go unnoticed).
+    settings = functools.cache(lambda: settings_or_exit(config))
+    if config is not None:
+        settings()
+    base_url = discover_url(url, settings=settings)
+    try:
+        client = ApiClient(base_url, token=discover_token(token, settings=settings))
+    except ValueError as exc:
+        typer.echo(f"error: --url (or ${URL_ENV}): {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    try:
+        with client:
+            yield client
+    except ServerUnreachableError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(EXIT_UNREACHABLE) from None
+    except ApiError as exc:
+        typer.echo(f"error: {_refusal(exc)}", err=True)
+        raise typer.Exit(EXIT_REFUSED) from None
+
+
+def _refusal(exc: ApiError) -> str:
+    text = f"{exc.detail} (HTTP {exc.status})"
+    if exc.status == 401:
+        text += (
+            "; pass --token, set $TRAIND_TOKEN, or use --config with the server's settings"
+            " so its server.token or <paths.state>/api-token is found"
+        )
+    return text
+
+
+def _print_json(answer: object) -> None:
+    # Compact, one document per line: `jq` and line-by-line readers take it as is.
+    typer.echo(json.dumps(answer, ensure_ascii=False, separators=(",", ":")))
+
+
+def _report(answer: object, *, as_json: bool, line: str) -> None:
+    if as_json:
+        _print_json(answer)
+    else:
+        typer.echo(line)
+
+
+def _answer_state(answer: object) -> str | None:
+    state = answer.get("state") if isinstance(answer, dict) else None
+    return str(state) if state else None
+
+
+def _file_label(answer: object, file_id: int) -> str:
+    name = answer.get("name") if isinstance(answer, dict) else None
+    return f"file {file_id} ({name})" if name else f"file {file_id}"
+
+
+# -- the live view ------------------------------------------------------------------------
+
+_sleep = time.sleep  # the watch loop's pause; a test replaces it to press Ctrl-C
+_WATCH_QUEUE_STATES = ("training", "queued")
+_WATCH_QUEUE_ROWS = 10
+
+
+def _watch(client: ApiClient, *, console: Console, interval: float, count: int | None) -> None:
+    """Redraw the view every ``interval`` seconds (``count`` times, or until Ctrl-C), and
+    keep retrying, with the last good view below the problem, while the server is away.
+
+    A terminal gets a rich Live view redrawn in place; anything else (a pipe, a log file)
+    gets each refresh printed after the previous one, since Live would only show the last.
+    """
+    from api.cli.client import ApiError
+
+    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+    last: RenderableType | None = None
+    with live or contextlib.nullcontext():
+        for shown in itertools.count(1):
+            started = time.monotonic()
+            try:
+                current = client.status()
+                page = client.queue(states=_WATCH_QUEUE_STATES, limit=_WATCH_QUEUE_ROWS)
+                view = last = _status_view(current, page, client.base_url, interval)
+            except ApiError as exc:
+                problem = Text(_retrying(exc, interval=interval), style="bold red")
+                view = Group(problem, last) if last is not None else problem
+            if live is not None:
+                live.update(view, refresh=True)
+            else:
+                console.print(view)
+            if count is not None and shown >= count:
+                return
+            _sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+def _watch_json(client: ApiClient, *, interval: float, count: int | None) -> None:
+    """``status --watch --json``: one status document per line; problems go to stderr."""
+    from api.cli.client import ApiError
+
+    for shown in itertools.count(1):
+        started = time.monotonic()
+        try:
+            _print_json(client.status())
+        except ApiError as exc:
+            typer.echo(_retrying(exc, interval=interval), err=True)
+        if count is not None and shown >= count:
+            return
+        _sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+def _retrying(exc: ApiError, *, interval: float) -> str:
+    """What the watch shows while it retries; a refusal (4xx) ends it instead."""
+    if exc.status is None:
+        return f"disconnected, retrying every {interval:g} s: {exc.detail}"
+    if exc.status >= 500:
+        return f"server error, retrying every {interval:g} s: {_refusal(exc)}"
+    raise exc  # a token problem, say: retrying will not change the answer
+
+
+def _status_view(
+    current: dict[str, Any], page: dict[str, Any], url: str, interval: float
+) -> RenderableType:
+    footer = Text(
+        f"{url} · {datetime.now():%H:%M:%S} · every {interval:g} s · Ctrl-C to leave",
+        style="dim",
+    )
+    table = views.queue_table(page, states=list(_WATCH_QUEUE_STATES), offset=0, title="next up")
+    return Group(views.status_panel(current), table, footer)

@@ -1,0 +1,187 @@
+"""How the ``traind`` client commands show the API's answers (rich renderables).
+
+Kept apart from the commands in ``api.cli.main`` so each stays small; nothing here talks to
+the server.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+
+class FileStateName(enum.StrEnum):
+    """The file states ``traind queue --state`` filters on (the ledger's, docs/api.md)."""
+
+    QUEUED = "queued"
+    TRAINING = "training"
+    DONE = "done"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"
+    CANCELLED = "cancelled"
+
+
+STATE_STYLES = {
+    "training": "bold green",
+    "paused": "bold yellow",
+    "idle": "bold",
+    "stopping": "bold yellow",
+    "error": "bold red",
+    "queued": "cyan",
+    "done": "green",
+    "failed": "red",
+    "rejected": "red",
+    "duplicate": "dim",
+    "cancelled": "yellow",
+}
+
+
+def status_panel(current: dict[str, Any]) -> Panel:
+    """One short panel of /v1/status; fields the server leaves out are simply not shown."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    state = str(current.get("state") or "unknown")
+    line = Text(state, style=STATE_STYLES.get(state, "bold"))
+    if current.get("error"):
+        line.append(f"  {current['error']}", style="red")
+    grid.add_row("state", line)
+    grid.add_row("step", count(current.get("global_step")))
+    grid.add_row("file", current_file(current.get("current_file"), current.get("global_step")))
+    grid.add_row("training", training_line(current))
+    eta = eta_line(current)
+    if eta:
+        grid.add_row("ETA", eta)
+    grid.add_row("gold", gold_line(current.get("gold")))
+    grid.add_row("queue", counts_line(current.get("queue")))
+    worker = current.get("worker")
+    if isinstance(worker, dict) and worker.get("heartbeat_age_s") is not None:
+        grid.add_row("worker", f"heartbeat {float(worker['heartbeat_age_s']):.1f} s ago")
+    return Panel(grid, title="traind", title_align="left", expand=False)
+
+
+def current_file(file: Any, step: Any) -> RenderableType:
+    if not isinstance(file, dict):
+        return Text("none", style="dim")
+    label = f"#{file.get('id')} {file.get('name') or ''}".rstrip()
+    start, target = file.get("start_step"), file.get("target_step")
+    fraction = file.get("progress")
+    if isinstance(start, int) and isinstance(target, int) and target > start:
+        done = min(max((step if isinstance(step, int) else start) - start, 0), target - start)
+        total = target - start
+        fraction = done / total if fraction is None else fraction
+    else:
+        done, total = (float(fraction), 1.0) if fraction is not None else (0.0, None)
+    row = Table.grid(padding=(0, 1))
+    row.add_row(
+        ProgressBar(total=total, completed=done, width=24),
+        f"{float(fraction) * 100:.0f}%" if fraction is not None else "",
+        f"steps {count(start)} → {count(target)}",
+    )
+    return Group(Text(label), row)
+
+
+def training_line(current: dict[str, Any]) -> str:
+    parts = []
+    if current.get("train_loss") is not None:
+        parts.append(f"loss {float(current['train_loss']):.4f}")
+    last_eval = current.get("last_eval")
+    if isinstance(last_eval, dict) and last_eval.get("val_loss") is not None:
+        parts.append(f"val loss {float(last_eval['val_loss']):.4f}")
+    if current.get("lr") is not None:
+        parts.append(f"lr {float(current['lr']):.2e}")
+    if current.get("tokens_per_s") is not None:
+        parts.append(f"{float(current['tokens_per_s']):,.0f} tokens/s")
+    return " · ".join(parts) or "—"
+
+
+def eta_line(current: dict[str, Any]) -> str:
+    parts = []
+    if current.get("eta_s") is not None:
+        parts.append(f"file {duration(current['eta_s'])}")
+    if current.get("eta_queue_s") is not None:
+        parts.append(f"queue {duration(current['eta_queue_s'])}")
+    return " · ".join(parts)
+
+
+def gold_line(gold: Any) -> str:
+    if not isinstance(gold, dict) or gold.get("step") is None:
+        return "none yet"
+    text = f"step {count(gold['step'])}"
+    if gold.get("val_loss") is not None:
+        text += f", val loss {float(gold['val_loss']):.4f}"
+    return text
+
+
+def counts_line(counts: Any) -> str:
+    if not isinstance(counts, dict) or not any(counts.values()):
+        return "empty"
+    order = [s.value for s in FileStateName] + sorted(set(counts) - set(FileStateName))
+    return " · ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
+
+
+def queue_table(
+    page: dict[str, Any], *, states: list[str], offset: int, title: str | None = None
+) -> RenderableType:
+    items = page.get("items") or []
+    total = page.get("total", len(items))
+    if not items:
+        where = f" in state {', '.join(states)}" if states else ""
+        return Text(f"no files{where}" + (f" after offset {offset}" if offset else ""))
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("name", overflow="fold")
+    table.add_column("state", no_wrap=True)
+    table.add_column("steps", no_wrap=True)
+    table.add_column("error", overflow="fold")
+    for item in items:
+        state = str(item.get("state") or "")
+        table.add_row(
+            str(item.get("id", "")),
+            str(item.get("name") or ""),
+            Text(state, style=STATE_STYLES.get(state, "")),
+            steps(item),
+            truncated(item.get("error"), 60),
+        )
+    shown_to = offset + len(items)
+    caption = f"{offset + 1}–{shown_to} of {total}"
+    if isinstance(total, int) and shown_to < total:
+        caption += f" (next: --offset {shown_to})"
+    table.caption, table.caption_justify = caption, "left"
+    return table
+
+
+def steps(item: dict[str, Any]) -> str:
+    start = item.get("start_step")
+    end = item.get("end_step") if item.get("end_step") is not None else item.get("target_step")
+    if start is None and end is None:
+        return ""
+    return f"{count(start)} → {count(end)}"
+
+
+def truncated(text: Any, limit: int) -> str:
+    if not text:
+        return ""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "—" if value is None else str(value)
+
+
+def duration(seconds: Any) -> str:
+    total = round(float(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"

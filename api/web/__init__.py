@@ -1,0 +1,1 @@
+"""The HTTP control plane: FastAPI app, routes, schemas, auth, SSE events, metrics, uploads."""

@@ -1,0 +1,1 @@
+"""The main process of ``traind serve``: supervisor, systemd readiness and notify, status, one instance per folders."""

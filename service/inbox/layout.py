@@ -1,0 +1,141 @@
+"""The inbox folder: which names are drops, where checked files go, and how they get there.
+
+Only the top level of the inbox receives drops. traind owns three sub-folders and moves
+every checked file into one of them, renamed ``<id:06d>-<name>`` after its ledger id so
+that two drops of the same name never collide:
+
+- ``accepted/``: queued for training;
+- ``duplicates/``: content already queued, training or trained;
+- ``rejected/``: not trainable, with ``<id:06d>-<name>.reason.txt`` beside it.
+
+Nothing is ever deleted. Moves are renames inside one folder tree (so on one
+filesystem), hence atomic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.inbox.names import REASON_SUFFIX, filed_name
+from service.ledger.records import FileRecord, FileState
+
+log = logging.getLogger(__name__)
+
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+DUPLICATES = "duplicates"
+IGNORED_SUFFIXES = (".tmp", ".part")
+
+
+def is_ignored(name: str) -> bool:
+    """Names a writer uses while it is still writing (hidden, ``.tmp``, ``.part``)."""
+    return name.startswith(".") or name.endswith(IGNORED_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class InboxLayout:
+    """The inbox and the sub-folders traind owns in it."""
+
+    root: Path
+    """The watched folder (absolute)."""
+
+    @property
+    def accepted(self) -> Path:
+        """Queued drops."""
+        return self.root / ACCEPTED
+
+    @property
+    def rejected(self) -> Path:
+        """Rejected drops and their ``.reason.txt``."""
+        return self.root / REJECTED
+
+    @property
+    def duplicates(self) -> Path:
+        """Drops whose content was already taken."""
+        return self.root / DUPLICATES
+
+    def create(self) -> None:
+        """Make the inbox and its sub-folders (a clear error if a file is in the way)."""
+        for folder in (self.root, self.accepted, self.rejected, self.duplicates):
+            if folder.exists() and not folder.is_dir():
+                raise NotADirectoryError(
+                    f"{folder} is a file but traind needs a folder there; move the file away"
+                )
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def is_top_level(self, path: Path) -> bool:
+        """Whether ``path`` sits directly in the inbox (not in a sub-folder)."""
+        return path.parent == self.root
+
+    def folder_for(self, state: FileState) -> Path:
+        """Where a file in ``state`` belongs: every state but these two was accepted once."""
+        if state is FileState.DUPLICATE:
+            return self.duplicates
+        if state is FileState.REJECTED:
+            return self.rejected
+        return self.accepted
+
+    def destination(self, record: FileRecord) -> Path:
+        """The path ``record``'s file is moved to, from its id, name and state; a name too
+        long for the filesystem beside its ``.reason.txt`` is shortened (see ``filed_name``)."""
+        return self.folder_for(record.state) / filed_name(record.id, record.name)
+
+
+def reason_path(destination: Path) -> Path:
+    """The ``.reason.txt`` beside a rejected file."""
+    return destination.with_name(destination.name + REASON_SUFFIX)
+
+
+def move_file(source: Path, destination: Path) -> Path:
+    """Rename ``source`` to ``destination`` without overwriting anything; return where it went.
+
+    Names carry the ledger id, and ids are kept above every id in the folders
+    (:mod:`service.inbox.inventory`), so a clash means a leftover from an earlier crash; the new
+    file then gets a ``~N`` mark before its extension (``000007-day1~1.jsonl``), so its
+    name stays one the worker reads.
+    """
+    target = destination
+    n = 0
+    while os.path.lexists(target):
+        n += 1
+        target = destination.with_name(_marked(destination.name, n))
+    os.rename(source, target)
+    _sync_folder(source.parent)
+    _sync_folder(target.parent)
+    return target
+
+
+def _marked(name: str, n: int) -> str:
+    """``name`` with ``~n`` before its data extension (or at its end if it has none)."""
+    for suffix in (".jsonl.gz", ".jsonl"):
+        if name.endswith(suffix):
+            return f"{name[: -len(suffix)]}~{n}{suffix}"
+    return f"{name}~{n}"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    temporary.replace(path)
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    # The rename must survive a power cut, or the ledger and the folders disagree.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        log.debug("cannot fsync %s", folder, exc_info=True)
+    finally:
+        os.close(fd)

@@ -1,0 +1,184 @@
+"""``traind train FILE...``: train files in order without the daemon.
+
+Same checkpoints, lineage and event-log rules as the daemon's worker. Re-running the
+same command after a crash resumes: files the lineage has completed (by content hash)
+are skipped with a message, and the interrupted file continues at its exact position.
+
+Run it as ``traind train a.jsonl b.jsonl [--config traind.toml]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.config.settings import Settings
+from service.signals import StopFlag
+from trainer.records.digest import file_sha256
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+EXIT_DISK_FULL = 75
+"""EX_TEMPFAIL: out of disk space; free some and run the same command again."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlannedFile:
+    """One command-line file with its content hash."""
+
+    path: Path
+    """The file as given."""
+    sha256: str
+    """Its content hash (identity in the lineage)."""
+
+
+def plan_files(files: list[Path]) -> list[PlannedFile]:
+    planned, seen = [], set()
+    for path in files:
+        sha = file_sha256(path)
+        if sha in seen:
+            log.warning("skipping %s: the same content appears earlier on the command line", path)
+            continue
+        seen.add(sha)
+        planned.append(PlannedFile(path=path, sha256=sha))
+    return planned
+
+
+def train_files(
+    settings: Settings,
+    files: list[Path],
+    *,
+    init_from: Path | None = None,
+    from_gold: bool = False,
+    new_lineage: bool = False,
+    stop: StopFlag | None = None,
+) -> int:
+    """Train ``files`` in order on the configured lineage; returns a process exit code."""
+    from trainer.records.space import DiskFullError
+
+    try:
+        return _train(
+            settings,
+            files,
+            init_from=init_from,
+            from_gold=from_gold,
+            new_lineage=new_lineage,
+            stop=stop,
+        )
+    except DiskFullError as exc:
+        log.error("%s; then run the same command again: it resumes from its last checkpoint", exc)
+        return EXIT_DISK_FULL
+
+
+def _train(
+    settings: Settings,
+    files: list[Path],
+    *,
+    init_from: Path | None,
+    from_gold: bool,
+    new_lineage: bool,
+    stop: StopFlag | None,
+) -> int:
+    from trainer.checkpoint import CheckpointError
+    from trainer.evaluate import EvalSetError
+    from trainer.lineage import LineageError
+    from trainer.lock import LineageLockedError
+    from trainer.loop import Trainer
+    from trainer.tokenizer import TokenizerError
+
+    if stop is None:
+        stop = StopFlag()
+        stop.install()
+    planned = plan_files(files)
+    try:
+        trainer = Trainer.open(
+            spec=settings.lineage_spec(),
+            train=settings.train_config(),
+            paths=settings.run_paths(),
+            init_from=init_from,
+            evaluation=settings.eval_config(),
+            gold=settings.gold_config(),
+            export=settings.export_config(),
+            from_gold=from_gold,
+            new_lineage=new_lineage,
+        )
+    except (LineageError, LineageLockedError, CheckpointError, TokenizerError, EvalSetError) as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    try:
+        return _train_planned(trainer, planned, stop=stop)
+    finally:
+        trainer.close()
+
+
+def _train_planned(trainer, planned: list[PlannedFile], *, stop: StopFlag) -> int:
+    from trainer.data import DataError
+    from trainer.loop import FileOutcome
+
+    state = trainer.state
+    todo = []
+    for item in planned:
+        done = state.completed(item.sha256)
+        if done is not None:
+            log.info(
+                "skipping %s: already trained (as %s, steps %d-%d)",
+                item.path,
+                done.name,
+                done.start_step,
+                done.end_step,
+            )
+        else:
+            todo.append(item)
+    current = state.current_file
+    if current is not None:
+        match = next((item for item in todo if item.sha256 == current.sha256), None)
+        if match is None:
+            log.error(
+                "the lineage is in the middle of %s (sha256 %s…, step %d of %d-%d); pass that file "
+                "again to finish it first",
+                current.name,
+                current.sha256[:12],
+                state.global_step,
+                current.start_step,
+                current.target_step,
+            )
+            return EXIT_USAGE
+        todo.remove(match)
+        todo.insert(0, match)
+    rejected = []
+    for item in todo:
+        if stop():
+            break
+        try:
+            data = trainer.prepare(item.path, sha256=item.sha256)
+        except DataError as exc:
+            log.error("rejected %s: %s", item.path, exc)
+            trainer.events.emit(
+                "file_rejected", file=item.path.name, sha256=item.sha256, reason=str(exc)
+            )
+            rejected.append(item.path)
+            continue
+        outcome = trainer.train_file(data, name=item.path.name, should_stop=stop)
+        if outcome is FileOutcome.STOPPED:
+            log.warning(
+                "stopped at step %d (checkpoint saved); run the same command again to resume",
+                state.global_step,
+            )
+            return 128 + (stop.signum or signal.SIGTERM)
+    if stop() and trainer.unsaved_steps:
+        trainer.save_checkpoint(reason="stop")
+    trainer.finish()
+    if rejected:
+        log.error("%d file(s) rejected: %s", len(rejected), ", ".join(str(p) for p in rejected))
+        return EXIT_REJECTED
+    log.info(
+        "done: global step %d, %d files in the lineage",
+        state.global_step,
+        len(state.files_completed),
+    )
+    return 128 + stop.signum if stop() else EXIT_OK

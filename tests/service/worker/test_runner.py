@@ -1,0 +1,114 @@
+"""``traind train`` semantics, in-process: skip completed files, finish the interrupted
+one first, keep going past a rejected file."""
+
+import json
+import logging
+import shutil
+
+import pytest
+
+from service.config.settings import load_settings
+from service.signals import StopFlag
+from service.worker.runner import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, train_files
+from trainer.checkpoint import latest_checkpoint
+
+
+class StopAfter(StopFlag):
+    """Asks to stop once ``checks`` step-boundary checks have passed."""
+
+    def __init__(self, checks: int) -> None:
+        super().__init__()
+        self.left = checks
+
+    def __call__(self) -> bool:
+        self.left -= 1
+        if self.left < 0 and self.signum is None:
+            self.signum = 15
+        return super().__call__()
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return load_settings(
+        None,
+        paths={
+            "checkpoints": tmp_path / "ck",
+            "state": tmp_path / "state",
+            "inbox": tmp_path / "inbox",
+        },
+        model={"preset": "test"},
+        train={
+            "micro_batch_size": 4,
+            "grad_accum_steps": 1,
+            "checkpoint_interval": 3,
+            "warmup_steps": 2,
+            "device": "cpu",
+            "log_interval": 5,
+        },
+    )
+
+
+def completed(settings):
+    state = latest_checkpoint(settings.run_paths().checkpoints).training_state
+    return [(f["name"], f["end_step"] - f["start_step"]) for f in state["files_completed"]]
+
+
+def events(settings, kind):
+    path = settings.run_paths().events
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["event"] == kind]
+
+
+def test_completed_files_and_repeated_content_are_skipped(tmp_path, drops, settings, caplog):
+    a, b, c = drops
+    assert train_files(settings, [a, b], stop=StopFlag()) == EXIT_OK
+    first = completed(settings)
+    copy = tmp_path / "renamed-a.jsonl"
+    shutil.copy(a, copy)
+    caplog.set_level(logging.INFO)
+    assert train_files(settings, [a, b, copy, c], stop=StopFlag()) == EXIT_OK
+    assert "skipping" in caplog.text and "already trained" in caplog.text
+    assert completed(settings) == [*first, ("c.jsonl", completed(settings)[2][1])]
+    assert len(events(settings, "file_complete")) == 3
+
+
+def test_interrupted_file_is_finished_first(drops, settings, caplog):
+    a, b, c = drops
+    # One check before the file starts, then one before each step: 3 steps are taken.
+    assert train_files(settings, [a, b], stop=StopAfter(4)) == 128 + 15
+    state = latest_checkpoint(settings.run_paths().checkpoints).training_state
+    assert state["current_file"]["name"] == "a.jsonl" and state["global_step"] == 3
+    # Leaving the interrupted file out is refused with the way forward.
+    assert train_files(settings, [b], stop=StopFlag()) == EXIT_USAGE
+    assert "in the middle of a.jsonl" in caplog.text and "pass that file" in caplog.text
+    # Given in any order, it is finished before anything else starts.
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    assert train_files(settings, [c, a], stop=StopFlag()) == EXIT_OK
+    assert "a.jsonl: resuming at step 3" in caplog.text
+    assert [name for name, _ in completed(settings)] == ["a.jsonl", "c.jsonl"]
+
+
+def test_a_rejected_file_is_reported_and_the_rest_train(tmp_path, drops, settings, caplog):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": 7}\n')
+    assert train_files(settings, [bad, drops[0]], stop=StopFlag()) == EXIT_REJECTED
+    assert "bad.jsonl line 2" in caplog.text
+    assert [name for name, _ in completed(settings)] == ["a.jsonl"]
+    rejected = events(settings, "file_rejected")
+    assert len(rejected) == 1 and "line 2" in rejected[0]["reason"]
+    assert bad.exists()  # never deleted
+
+
+def test_init_from_onto_an_existing_lineage_is_refused(tmp_path, drops, settings, caplog):
+    assert train_files(settings, [drops[0]], stop=StopFlag()) == EXIT_OK
+    code = train_files(
+        settings, [drops[1]], init_from=settings.run_paths().checkpoints, stop=StopFlag()
+    )
+    assert code == EXIT_USAGE
+    assert "already holds a lineage" in caplog.text
+
+
+def test_multi_process_launch_is_refused_clearly(drops, settings, caplog, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert train_files(settings, [drops[0]], stop=StopFlag()) == EXIT_USAGE
+    assert "WORLD_SIZE=2" in caplog.text

@@ -1,0 +1,99 @@
+"""What makes a folder complete: its file names and ``manifest.json``, written last.
+
+Torch-free on purpose, so ``traind inspect`` (``service.checkpoints.catalog``) checks folders by
+the very rules the trainer writes and loads them with (``trainer.checkpoint``,
+``trainer.export``), without loading torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from trainer.records.digest import file_sha256
+from trainer.records.durable import fsync_path
+from trainer.records.events import utc_now
+
+MANIFEST = "manifest.json"
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+OPTIMIZER = "optimizer.pt"
+TOKENIZER = "tokenizer.json"
+STATE = "training_state.json"
+FILES = (CONFIG, WEIGHTS, OPTIMIZER, TOKENIZER, STATE)
+"""The files of a training checkpoint (``step-*``, ``gold``)."""
+EXPORT_INFO = "export.json"
+EXPORT_FILES = (CONFIG, WEIGHTS, TOKENIZER, EXPORT_INFO)
+"""The files of the export folder."""
+STEP_DIR = re.compile(r"^step-(\d{8,})$")
+GOLD_DIR = "gold"
+"""The guarded best checkpoint, never rotated."""
+EXPORT_DIR = "export"
+"""The half-precision copy for inference."""
+ROLLED_BACK_DIR = "rolled-back"
+"""Checkpoints newer than gold that rollbacks to gold moved aside (never deleted)."""
+RETIRED_DIR = "retired"
+"""What an earlier lineage left when a new one was started on purpose (never deleted)."""
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(
+        json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8"
+    )
+
+
+def write_manifest(staging: Path, *, files: tuple[str, ...], **fields: Any) -> None:
+    """Write ``manifest.json`` (size and sha256 of each of ``files``) last, durably; the
+    folder is complete from this moment. ``fields`` go into the manifest as they are."""
+    manifest = {
+        "created_at": utc_now(),
+        **fields,
+        "files": {
+            fname: {
+                "size": (staging / fname).stat().st_size,
+                "sha256": file_sha256(staging / fname),
+            }
+            for fname in files
+        },
+    }
+    write_json(staging / MANIFEST, manifest)
+    fsync_path(staging / MANIFEST)
+    fsync_path(staging)
+
+
+def verify(
+    path: Path, *, deep: bool = True, files: Iterable[str] = FILES, every_listed: bool = False
+) -> str | None:
+    """None if ``manifest.json`` vouches for ``path``, else the reason it does not.
+
+    Each of ``files`` must be listed, present and of the listed size; ``deep`` checks its
+    sha256 too. ``every_listed`` applies the same to any other file the manifest lists.
+    """
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return "no manifest.json (an interrupted write, or not a checkpoint)"
+    try:
+        listed = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+        if not isinstance(listed, dict):
+            raise TypeError("'files' is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"manifest.json is unreadable: {exc}"
+    required = list(files)
+    if every_listed:
+        required += sorted(set(listed) - set(required))
+    for name in required:
+        entry, fpath = listed.get(name), path / name
+        if not isinstance(entry, dict):
+            return f"manifest.json does not list {name}"
+        try:
+            size = fpath.stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if size != entry.get("size"):
+            return f"{name} has {size} bytes, the manifest says {entry.get('size')}"
+        if deep and file_sha256(fpath) != entry.get("sha256"):
+            return f"{name} does not match its sha256 in the manifest"
+    return None
