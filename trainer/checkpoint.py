@@ -1,53 +1,54 @@
-"""Atomic, verifiable checkpoint folders (design rule 8, layout of design section 4).
+"""Atomic, verifiable checkpoint folders (ARCHITECTURE.md rules 8, 9 and 12).
 
-A checkpoint is written into a staging folder on the same filesystem, every file is
-fsynced, ``manifest.json`` (sizes and sha256 of every other file) is written last, the
-folder is renamed into place and the parent is fsynced. A folder without a valid
-manifest is not a checkpoint: loading verifies the manifest and falls back to the
-previous checkpoint. Weights are safetensors; the optimizer is read back with
-``torch.load(weights_only=True)`` (rule 12).
+A checkpoint is a staged folder (``trainer.records.staging``): written beside its
+destination, every file fsynced, ``manifest.json`` (sizes and sha256 of every other file)
+written last, renamed into place, the parent fsynced. A folder without a valid manifest
+is not a checkpoint: loading verifies the manifest and falls back to the previous
+checkpoint. Weights are safetensors; the optimizer is read back with
+``torch.load(weights_only=True)``. The RNG states an exact resume needs are captured
+into the training state here too. Folder and file names: ``trainer.records.checkpoints``.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
 import logging
 import os
+import random
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from trainer.faults import fault_point
-from trainer.records.durable import fsync_path
-from trainer.records.manifest import (
+from trainer.records.checkpoints import (
     CONFIG,
+    EXPORT_DIR,
     EXPORT_FILES,
     FILES,
     MANIFEST,
     OPTIMIZER,
     STATE,
-    STEP_DIR,
     TOKENIZER,
     WEIGHTS,
-    verify,
-    write_json,
-    write_manifest,
+    step_folders,
 )
-from trainer.records.space import as_disk_full, ensure_space
+from trainer.records.manifest import verify, write_json, write_manifest
+from trainer.records.staging import STAGING_PREFIX, TRASH_PREFIX, staged_folder
+from trainer.records.storage import as_disk_full, ensure_space, fsync_path
 
 log = logging.getLogger(__name__)
 
 SLACK_BYTES = 1 << 20
 """Room for the small files of a checkpoint (config, tokenizer, state, manifest)."""
-STAGING_PREFIX = ".staging-"
-TRASH_PREFIX = ".trash-"
 
 
 class CheckpointError(RuntimeError):
@@ -95,10 +96,6 @@ def load_model_weights(
         )
 
 
-def step_dir_name(step: int) -> str:
-    return f"step-{step:08d}"
-
-
 @dataclass(frozen=True, kw_only=True)
 class CheckpointContent:
     """Everything a checkpoint holds, ready to be written."""
@@ -131,57 +128,44 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
     """
     root.mkdir(parents=True, exist_ok=True)
     ensure_space(root, need=content_bytes(content), what=f"checkpoint {name}")
-    staging = root / f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
     try:
-        write_json(staging / CONFIG, content.config)
-        save_file(model_tensors(content.model), str(staging / WEIGHTS), metadata={"format": "pt"})
-        fault_point("checkpoint:after_weights")
-        torch.save(content.optimizer_state, staging / OPTIMIZER)
-        (staging / TOKENIZER).write_text(content.tokenizer_json, encoding="utf-8")
-        write_json(staging / STATE, content.training_state)
-        for fname in FILES:
-            fsync_path(staging / fname)
-        fault_point("checkpoint:before_manifest")
-        write_manifest(
-            staging,
-            files=FILES,
-            format_version=content.training_state.get("format_version", 1),
-            name=name,
-        )
-        fault_point("checkpoint:before_rename")
-        install_folder(staging, root / name)
-        fault_point("checkpoint:after_rename")
-        fsync_path(root)
+        with staged_folder(root / name, fault=fault_at("checkpoint")) as stage:
+            write_json(stage.path / CONFIG, content.config)
+            save_file(
+                model_tensors(content.model), str(stage.path / WEIGHTS), metadata={"format": "pt"}
+            )
+            fault_point("checkpoint:after_weights")
+            torch.save(content.optimizer_state, stage.path / OPTIMIZER)
+            (stage.path / TOKENIZER).write_text(content.tokenizer_json, encoding="utf-8")
+            write_json(stage.path / STATE, content.training_state)
+            stage.fsync_files = FILES
+            stage.write_manifest = functools.partial(
+                write_manifest,
+                files=FILES,
+                format_version=content.training_state.get("format_version", 1),
+                name=name,
+            )
     except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        full = as_disk_full(exc, path=root, what=f"checkpoint {name}")
-        if isinstance(exc, Exception) and full is not None:
-            raise full from exc
+        raise_disk_full(exc, path=root, what=f"checkpoint {name}")
         raise
     return root / name
 
 
-def install_folder(staging: Path, target: Path) -> None:
-    """Rename ``staging`` to ``target``, moving an existing ``target`` aside first.
+def fault_at(writer: str) -> Callable[[str], None]:
+    """The kill-test crash points of a staged write: ``<writer>:before_manifest``, ..."""
+    return lambda point: fault_point(f"{writer}:{point}")
 
-    ``staging`` must be a complete folder on the same filesystem as ``target``; the
-    caller fsyncs ``target.parent`` afterwards to make the renames durable.
-    """
-    if not target.exists():
-        os.rename(staging, target)
-        return
-    trash = target.parent / f"{TRASH_PREFIX}{target.name}-{uuid.uuid4().hex[:8]}"
-    os.rename(target, trash)
-    # A crash between these two renames leaves only the trash copy; recover_root() puts
-    # it back at the next start, so a named checkpoint (gold) never silently vanishes.
-    os.rename(staging, target)
-    shutil.rmtree(trash, ignore_errors=True)
+
+def raise_disk_full(exc: BaseException, *, path: Path, what: str) -> None:
+    """Raise the DiskFullError a failed write really was (nothing if it was not one)."""
+    full = as_disk_full(exc, path=path, what=what)
+    if isinstance(exc, Exception) and full is not None:
+        raise full from exc
 
 
 def _files_of(folder: Path) -> tuple[str, ...]:
     """The files a complete folder of this name holds (export has its own set)."""
-    return EXPORT_FILES if folder.name == "export" else FILES
+    return EXPORT_FILES if folder.name == EXPORT_DIR else FILES
 
 
 def recover_root(root: Path) -> None:
@@ -204,18 +188,6 @@ def recover_root(root: Path) -> None:
         else:
             shutil.rmtree(entry, ignore_errors=True)
     fsync_path(root)
-
-
-def step_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """``step-*`` folders, newest first (by step number, not by time)."""
-    if not root.is_dir():
-        return []
-    found = []
-    for entry in root.iterdir():
-        match = STEP_DIR.match(entry.name)
-        if match and entry.is_dir():
-            found.append((int(match.group(1)), entry))
-    return sorted(found, reverse=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -262,7 +234,7 @@ def latest_checkpoint(
     root: Path, *, on_skip: Callable[[Path, str], None] | None = None
 ) -> LoadedCheckpoint | None:
     """The newest valid ``step-*`` checkpoint, falling back past broken ones."""
-    for _step, path in step_checkpoints(root):
+    for _step, path in step_folders(root):
         try:
             return read_checkpoint(path)
         except CheckpointError as exc:
@@ -298,7 +270,7 @@ def rotate(root: Path, *, keep: int, protect: tuple[Path, ...] = ()) -> list[Pat
     """
     removed = []
     kept = 0
-    for _step, path in step_checkpoints(root):
+    for _step, path in step_folders(root):
         if verify(path, deep=False) is not None:
             continue
         kept += 1
@@ -310,3 +282,48 @@ def rotate(root: Path, *, keep: int, protect: tuple[Path, ...] = ()) -> list[Pat
     if removed:
         fsync_path(root)
     return removed
+
+
+# ----------------------------------------------------------------- RNG states (rule 9)
+
+
+def _b64(tensor: torch.Tensor) -> str:
+    return base64.b64encode(tensor.cpu().numpy().tobytes()).decode()
+
+
+def _tensor(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
+
+
+def capture_rng() -> dict[str, Any]:
+    """JSON-safe snapshot of the torch (CPU and CUDA), numpy and python generators."""
+    version, internal, gauss = random.getstate()
+    state = {
+        "torch_cpu": _b64(torch.get_rng_state()),
+        "numpy": _numpy_state(),
+        "python": [version, list(internal), gauss],
+    }
+    if torch.cuda.is_available():
+        state["torch_cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    if not state:
+        return
+    torch.set_rng_state(_tensor(state["torch_cpu"]))
+    if "torch_cuda" in state and torch.cuda.is_available():
+        cuda = [_tensor(s) for s in state["torch_cuda"]]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    if "numpy" in state:
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+
+
+def _numpy_state() -> list[Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+from trainer.checkpointer import Checkpointer
+from trainer.config import EvalConfig, GoldConfig, TrainConfig
+from trainer.evaluate import EvalResult
 from trainer.gold import EvalPoint, decide_gold
-from trainer.progress import format_duration, progress_pct
+from trainer.optim import lr_at
+from trainer.progress import Scalars, format_duration, progress_pct
 from trainer.records.events import round_loss, utc_now
 from trainer.records.state import FileProgress
-from trainer.schedule import lr_at
-
-if TYPE_CHECKING:
-    from trainer.loop import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,24 @@ HISTORY = 50
 class Checkup:
     """Evaluation and gold decisions for one trainer."""
 
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
+    def __init__(
+        self,
+        evaluate: Callable[[], EvalResult],
+        *,
+        checkpointer: Checkpointer,
+        scalars: Scalars,
+        train: TrainConfig,
+        evaluation: EvalConfig,
+        gold: GoldConfig,
+    ) -> None:
+        self.evaluate = evaluate
+        """Scores the model on the eval sets (``Evaluator.evaluate`` bound to it)."""
+        self.checkpointer = checkpointer
+        """Holds the training state and event log, and writes gold."""
+        self.scalars = scalars
+        self.train = train
+        self.evaluation = evaluation
+        self.gold_config = gold
         self._train_loss_sum = 0.0
         self._train_loss_steps = 0
 
@@ -48,15 +65,15 @@ class Checkup:
         self._train_loss_sum, self._train_loss_steps = 0.0, 0
         return total / steps if steps else None
 
-    def run(self, current: FileProgress | None) -> dict[str, Any]:
-        """Evaluate now (at an optimizer-step boundary); returns the ``eval`` event."""
-        trainer = self.trainer
-        state = trainer.state
+    def run(self, current: FileProgress | None, *, eta_s: float | None = None) -> dict[str, Any]:
+        """Evaluate now (at an optimizer-step boundary); returns the ``eval`` event.
+
+        ``eta_s``, the seconds left to the file's target, goes into the console summary.
+        """
+        state, events = self.checkpointer.state, self.checkpointer.events
         step = state.global_step
-        result = trainer.evaluator.evaluate(
-            trainer.model, device=trainer.device, autocast=trainer.steps.autocast
-        )
-        deciding = trainer.evaluation.deciding_set
+        result = self.evaluate()
+        deciding = self.evaluation.deciding_set
         rounded = {name: round_loss(loss) for name, loss in result.losses.items()}
         sets = {name: loss for name, loss in rounded.items() if loss is not None}
         point = EvalPoint(
@@ -65,13 +82,13 @@ class Checkup:
             train_loss=round_loss(self._take_train_loss()),
             sets=sets,
         )
-        event = trainer.events.emit(
+        event = events.emit(
             "eval",
             step=step,
             elapsed_s=round(self._elapsed(current), 3),
             tokens_processed=state.tokens_processed,
             progress_pct=_progress(current, step),
-            lr=lr_at(max(step - 1, 0), trainer.train),
+            lr=lr_at(max(step - 1, 0), self.train),
             file=current.name if current else None,
             val_loss=point.val_loss,
             val_set=deciding,
@@ -80,12 +97,12 @@ class Checkup:
             eval_duration_s=round(result.duration_s, 3),
             samples=result.samples,
         )
-        self._print(point, current, deciding=deciding)
-        trainer.scalars.evaluation(step, sets)
+        self._print(point, current, deciding=deciding, eta_s=eta_s)
+        self.scalars.evaluation(step, sets)
         for sample in result.samples:
             log.info("sample %r -> %r", sample["prompt"], sample["completion"])
         history = [e.get("val_loss") for e in state.eval_history]
-        decision = decide_gold(point, history=history, gold=state.gold, config=trainer.gold_config)
+        decision = decide_gold(point, history=history, gold=state.gold, config=self.gold_config)
         state.eval_history.append(point.to_record())
         del state.eval_history[:-HISTORY]
         if decision.promote:
@@ -93,7 +110,7 @@ class Checkup:
         elif decision.candidate:
             prev = state.gold["val_loss"] if state.gold else None
             log.warning("gold blocked at step %d: %s", step, decision.reason)
-            trainer.events.emit(
+            events.emit(
                 "gold_blocked",
                 step=step,
                 val_loss=point.val_loss,
@@ -105,17 +122,14 @@ class Checkup:
         return event
 
     def _promote(self, point: EvalPoint) -> None:
-        trainer = self.trainer
-        state = trainer.state
+        state = self.checkpointer.state
         prev = state.gold["val_loss"] if state.gold else None
         record = {**point.to_record(), "prev_best": prev, "promoted_at": utc_now()}
         # The record goes into the state first, so gold's own training_state says it is gold.
         state.gold = record
         state.gold_history.append(record)
         started = time.monotonic()
-        path = trainer.save_gold()
-        if trainer.on_gold is not None:
-            trainer.on_gold(path, point.step)
+        path = self.checkpointer.save_gold()
         log.info(
             "new gold at step %d: val loss %.4f (was %s); saved in %.2fs",
             point.step,
@@ -123,7 +137,7 @@ class Checkup:
             f"{prev:.4f}" if prev is not None else "none",
             time.monotonic() - started,
         )
-        trainer.events.emit(
+        self.checkpointer.events.emit(
             "gold_checkpoint",
             step=point.step,
             val_loss=point.val_loss,
@@ -135,15 +149,20 @@ class Checkup:
 
     def _elapsed(self, current: FileProgress | None) -> float:
         """Training seconds of the lineage: finished files plus the one in progress."""
-        done = sum(f.duration_s for f in self.trainer.state.files_completed)
+        done = sum(f.duration_s for f in self.checkpointer.state.files_completed)
         return done + (current.elapsed_s if current else 0.0)
 
-    def _print(self, point: EvalPoint, current: FileProgress | None, *, deciding: str | None):
+    def _print(
+        self,
+        point: EvalPoint,
+        current: FileProgress | None,
+        *,
+        deciding: str | None,
+        eta_s: float | None,
+    ) -> None:
         """The two-line console summary: progress, then the losses."""
-        trainer = self.trainer
-        state = trainer.state
-        report = trainer.last_report
-        eta = format_duration(report.eta_s) if report else "-"
+        state = self.checkpointer.state
+        eta = format_duration(eta_s) if eta_s is not None else "-"
         where = (
             f"{current.name} {_progress(current, point.step):.1f}%" if current else "between files"
         )

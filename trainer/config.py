@@ -85,7 +85,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step."""
     epochs_per_file: float = 1.0
-    """Passes over each file; sets its budget of optimizer steps (design rule 1)."""
+    """Passes over each file; sets its budget of optimizer steps (ARCHITECTURE.md rule 1)."""
     learning_rate: float = 3e-4
     """Peak learning rate, reached after warm-up."""
     min_lr_ratio: float = 0.1
@@ -117,7 +117,8 @@ class TrainConfig:
     log_interval: int = 10
     """Console progress line every this many steps."""
     nan_skip_limit: int = 3
-    """Non-finite steps within ``nan_window`` steps that trigger a rollback."""
+    """Non-finite steps within ``nan_window`` steps that rewind the weights to the newest
+    checkpoint (event ``rollback``)."""
     nan_window: int = 100
     """Window, in global steps, over which non-finite skips are counted."""
     cuda_memory_fraction: float | None = None
@@ -187,7 +188,7 @@ RECENT_SET = "recent"
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
-    """What to evaluate, and when (design rule 10's inputs)."""
+    """What to evaluate, and when (ARCHITECTURE.md rule 10's inputs)."""
 
     interval: int = 500
     """Evaluate every this many global steps."""

@@ -1,58 +1,27 @@
-"""Tokenized cache of drop files and the batches the training loop draws from it.
+"""Tokenized drop files as the training loop draws from them.
 
-A validated file is tokenized once into flat arrays under ``cache_dir/<key>/``, keyed by the
-file's content, the tokenizer and the block size, and memory-mapped from then on. Entries are
-built in a staging folder and renamed into place with ``meta.json`` written last, so a crash
-never leaves a usable half-written entry and concurrent builders agree on one winner.
+A :class:`TokenizedFile` is a file's sequences as rows of memory-mapped arrays (built
+and kept by ``trainer.cache``): rows ``tokens[start : start + length]``, with ``mask``
+marking the positions that are prediction targets. Text files are one packed stream cut
+into overlapping windows of ``block_size + 1`` tokens; prompt/completion and chat files
+give one sequence per example.
 
-Sequences are rows ``tokens[start : start + length]``; ``mask`` marks the positions that are
-prediction targets. Text files are one packed stream cut into overlapping windows of
-``block_size + 1`` tokens; prompt/completion and chat files give one sequence per example.
+The loop's data position is a single cursor over the file's epochs laid end to end;
+each epoch's order is a pure function of (lineage seed, file hash, epoch)
+(:func:`sequence_order`). So the cursor alone says exactly which micro-batch comes next,
+whatever happened before (ARCHITECTURE.md rule 4), and nothing about it depends on a
+batch index that a resume could get wrong (:class:`FileSampler`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
-import json
-import logging
-import os
-import secrets
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from trainer.arrays import ARRAYS, ArrayWriters, token_dtype
-from trainer.packing import Holdout, tokenize_stream
-from trainer.records.durable import fsync_path, write_durably
-from trainer.records.formats import (
-    MAX_LINE_BYTES,
-    DataError,
-    ExampleStream,
-    Format,
-    LineError,
-    ValidationReport,
-    file_sha256,
-    invalid_lines_error,
-    validate_file,
-)
-from trainer.records.space import as_disk_full
-from trainer.tokenizer import Tokenizer
-
-log = logging.getLogger(__name__)
-
-CACHE_VERSION = 1
-"""Bump when the layout or the tokenization rules change: old entries are then ignored."""
-META = "meta.json"
-HOLDOUT = "holdout"
-"""Subfolder of an entry with the held-out part's arrays."""
-_STAGING = ".staging-"
+from trainer.records.formats import DataError, Format
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,17 +103,6 @@ class TokenizedFile:
         return int(self.target_counts[np.asarray(indices, dtype=np.int64)].sum())
 
 
-def cache_key(
-    sha256: str, *, tokenizer: Tokenizer, block_size: int, holdout_fraction: float = 0.0
-) -> str:
-    """Folder name of a file's entry: content, tokenizer, block size, holdout and layout."""
-    material = f"{sha256}:{tokenizer.fingerprint}:{block_size}:{CACHE_VERSION}"
-    if holdout_fraction > 0:
-        # Only then, so entries built before holdouts existed keep their keys.
-        material += f":holdout={holdout_fraction!r}"
-    return hashlib.sha256(material.encode()).hexdigest()[:32]
-
-
 def sequence_order(n: int, *, seed: int, sha256: str, epoch: int) -> np.ndarray:
     """Permutation of ``range(n)`` fixed by (seed, file, epoch), equal in every process."""
     if seed < 0 or epoch < 0:
@@ -153,316 +111,38 @@ def sequence_order(n: int, *, seed: int, sha256: str, epoch: int) -> np.ndarray:
     return np.random.Generator(np.random.PCG64(entropy)).permutation(n)
 
 
-def tokenize_file(
-    path: Path | str,
-    *,
-    tokenizer: Tokenizer,
-    block_size: int,
-    cache_dir: Path | str,
-    allow_invalid: bool = False,
-    sha256: str | None = None,
-    max_line_bytes: int = MAX_LINE_BYTES,
-    holdout_fraction: float = 0.0,
-) -> TokenizedFile:
-    """The tokenized form of ``path``, from the cache when an entry exists, else built.
+class FileSampler:
+    """Maps cursor positions of one file to sequence indices."""
 
-    With ``sha256`` given (e.g. from ``validate_file``) a cache hit reads nothing but the
-    entry. Raises ``DataError`` for an untrainable file, including any invalid line unless
-    ``allow_invalid`` (then invalid lines are skipped). With ``holdout_fraction`` that share
-    of the examples (chosen by content hash) goes to ``.holdout`` instead of training.
-    """
-    if block_size < 1:
-        raise ValueError("block_size must be positive")
-    path, cache_dir = Path(path), Path(cache_dir)
-    sha256 = sha256 or _hash_source(path)
-    key = cache_key(
-        sha256, tokenizer=tokenizer, block_size=block_size, holdout_fraction=holdout_fraction
-    )
-    entry = cache_dir / key
-    loaded = _load_entry(entry, path=path, key=key)
-    if loaded is None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        _remove_dead_staging(cache_dir, key)
-        loaded = _built_entry(
-            path,
-            entry=entry,
-            key=key,
-            sha256=sha256,
-            tokenizer=tokenizer,
-            block_size=block_size,
-            max_line_bytes=max_line_bytes,
-            allow_invalid=allow_invalid,
-            holdout_fraction=holdout_fraction,
-        )
-    meta, tokenized = loaded
-    if meta["n_invalid"] and not allow_invalid:
-        errors = tuple(LineError(**error) for error in meta["invalid_lines"])
-        raise invalid_lines_error(path, errors, n_invalid=meta["n_invalid"])
-    return tokenized
+    def __init__(self, data: TokenizedFile, *, seed: int) -> None:
+        self.data = data
+        self.seed = seed
+        self._orders: dict[int, np.ndarray] = {}
 
-
-def _hash_source(path: Path) -> str:
-    try:
-        return file_sha256(path)
-    except FileNotFoundError as exc:
-        raise DataError(f"{path.name}: file not found", path=path) from exc
-
-
-def _load_entry(entry: Path, *, path: Path, key: str) -> tuple[dict, TokenizedFile] | None:
-    """A complete entry, or ``None`` (a folder without a readable meta.json is incomplete)."""
-    try:
-        meta = json.loads((entry / META).read_text(encoding="utf-8"))
-        if meta["cache_version"] != CACHE_VERSION or meta["key"] != key:
-            raise ValueError("entry written by another cache version")
-        arrays = {name: np.load(entry / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
-        fields = {name: meta[name] for name in _META_FIELDS}
-        expected = {"tokens": meta["n_tokens"], "mask": meta["n_tokens"]}
-        expected.update(dict.fromkeys(ARRAYS[2:], meta["n_sequences"]))
-        if any(len(arrays[name]) != rows for name, rows in expected.items()):
-            raise ValueError("array sizes disagree with meta.json")
-    except FileNotFoundError:
-        if entry.exists():
-            log.warning("ignoring incomplete cache entry %s; rebuilding it", entry)
-            shutil.rmtree(entry, ignore_errors=True)
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring unreadable cache entry %s (%s); rebuilding it", entry, exc)
-        shutil.rmtree(entry, ignore_errors=True)
-        return None
-    holdout = None
-    if meta.get("holdout", {}).get("n_sequences"):
-        held = meta["holdout"]
-        holdout = TokenizedFile(
-            path=path,
-            key=key,
-            **{**fields, **{k: held[k] for k in _COUNT_FIELDS}},
-            **{name: np.load(entry / HOLDOUT / f"{name}.npy", mmap_mode="r") for name in ARRAYS},
-        )
-    return meta, TokenizedFile(
-        path=path,
-        key=key,
-        **fields,
-        **arrays,
-        holdout_fraction=meta.get("holdout_fraction", 0.0),
-        holdout=holdout,
-    )
-
-
-def load_cached(
-    sha256: str,
-    *,
-    name: str,
-    tokenizer: Tokenizer,
-    block_size: int,
-    cache_dir: Path | str,
-    holdout_fraction: float = 0.0,
-) -> TokenizedFile | None:
-    """A file's cache entry without its source (e.g. for the held-out set on resume)."""
-    key = cache_key(
-        sha256, tokenizer=tokenizer, block_size=block_size, holdout_fraction=holdout_fraction
-    )
-    loaded = _load_entry(Path(cache_dir) / key, path=Path(name), key=key)
-    return None if loaded is None else loaded[1]
-
-
-_COUNT_FIELDS = (
-    "n_examples",
-    "n_sequences",
-    "n_tokens",
-    "n_targets",
-    "n_truncated",
-    "n_no_target",
-)
-_META_FIELDS = (
-    "sha256",
-    "format",
-    "block_size",
-    "pad_id",
-    "n_examples",
-    "n_invalid",
-    "n_sequences",
-    "n_tokens",
-    "n_targets",
-    "n_truncated",
-    "n_no_target",
-)
-
-
-def _remove_dead_staging(cache_dir: Path, key: str) -> None:
-    """Delete staging folders of this key left by builders that died (same host)."""
-    for staging in cache_dir.glob(f"{_STAGING}{key}-*"):
-        try:
-            pid = int(staging.name.split("-")[2])
-            os.kill(pid, 0)
-        except (ValueError, IndexError, ProcessLookupError):
-            shutil.rmtree(staging, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, owned by another user
-
-
-def _built_entry(path: Path, *, entry: Path, **options: Any) -> tuple[dict, TokenizedFile]:
-    """``_build_entry``, with a full disk named as such (the file is not at fault)."""
-    try:
-        return _build_entry(path, entry=entry, **options)
-    except OSError as exc:
-        full = as_disk_full(exc, path=entry.parent, what=f"the tokenized cache of {path.name}")
-        if full is not None:
-            raise full from exc
-        raise
-
-
-def _build_entry(
-    path: Path,
-    *,
-    entry: Path,
-    key: str,
-    sha256: str,
-    tokenizer: Tokenizer,
-    block_size: int,
-    max_line_bytes: int,
-    allow_invalid: bool,
-    holdout_fraction: float = 0.0,
-) -> tuple[dict, TokenizedFile]:
-    staging = entry.with_name(f"{_STAGING}{key}-{os.getpid()}-{secrets.token_hex(4)}")
-    build = functools.partial(
-        _tokenize_into,
-        staging,
-        path=path,
-        tokenizer=tokenizer,
-        block_size=block_size,
-        max_line_bytes=max_line_bytes,
-        allow_invalid=allow_invalid,
-    )
-    try:
-        report, counts = build(holdout_fraction=holdout_fraction)
-        if counts["n_sequences"] == 0 and holdout_fraction > 0:
-            # A file so small that every example drew the holdout: train on all of it
-            # rather than reject a valid drop. The entry records that none was held out.
-            log.warning("%s is too small to hold examples out; training on all of it", path.name)
-            shutil.rmtree(staging)
-            holdout_fraction = 0.0
-            report, counts = build(holdout_fraction=0.0)
-        if report.sha256 != sha256:
-            raise DataError(
-                f"{path.name} changed while it was being read; drop files complete, "
-                "e.g. write them elsewhere and move them into the inbox",
-                path=path,
+    def order(self, epoch: int) -> np.ndarray:
+        order = self._orders.get(epoch)
+        if order is None:
+            order = sequence_order(
+                self.data.n_sequences, seed=self.seed, sha256=self.data.sha256, epoch=epoch
             )
-        if counts["n_sequences"] == 0:
-            raise DataError(
-                f"{path.name}: no example is long enough to train on (each needs 2 tokens)",
-                path=path,
-            )
-        if counts["n_targets"] == 0:
-            raise DataError(
-                f"{path.name}: no token to learn from: in every example the part trained on "
-                f"(completion, assistant turns) falls beyond the model's context of {block_size} "
-                "tokens; shorten the prompts or raise model.overrides.block_size",
-                path=path,
-            )
-        meta = _meta(report, counts, key=key, tokenizer=tokenizer, block_size=block_size)
-        meta["holdout_fraction"] = holdout_fraction
-        write_durably(staging / META, json.dumps(meta, indent=1).encode())
-        if meta.get("holdout"):
-            fsync_path(staging / HOLDOUT)
-        fsync_path(staging)
-        try:
-            staging.rename(entry)
-        except OSError:
-            # Another builder won the race; its entry is equivalent, use it.
-            if not (entry / META).exists():
-                raise
-            log.info("cache entry %s was built concurrently; using that one", key)
-        fsync_path(entry.parent)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    loaded = _load_entry(entry, path=path, key=key)
-    if loaded is None:
-        raise RuntimeError(f"cache entry {entry} vanished right after being written")
-    log.info(
-        "tokenized %s: %d examples -> %d sequences, %d tokens, %d targets",
-        path.name,
-        counts["n_examples"],
-        counts["n_sequences"],
-        counts["n_tokens"],
-        counts["n_targets"],
-    )
-    return loaded
+            # A step straddles at most two epochs; keep no more than that in memory.
+            for old in sorted(self._orders)[:-1]:
+                del self._orders[old]
+            self._orders[epoch] = order
+        return order
+
+    def indices(self, cursor: int, count: int) -> np.ndarray:
+        """Sequence indices at positions ``cursor .. cursor + count - 1``."""
+        positions = np.arange(cursor, cursor + count)
+        epochs = positions // self.data.n_sequences
+        within = positions % self.data.n_sequences
+        if epochs[0] == epochs[-1]:
+            return self.order(int(epochs[0]))[within]
+        out = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            mask = epochs == epoch
+            out[mask] = self.order(int(epoch))[within[mask]]
+        return out
 
 
-def _tokenize_into(
-    staging: Path,
-    *,
-    path: Path,
-    tokenizer: Tokenizer,
-    block_size: int,
-    max_line_bytes: int,
-    allow_invalid: bool,
-    holdout_fraction: float,
-) -> tuple[ValidationReport, dict[str, Any]]:
-    """Tokenize ``path`` into a fresh ``staging`` folder (held-out part in its subfolder)."""
-    staging.mkdir()
-    stream = ExampleStream(path, max_line_bytes=max_line_bytes)
-    with contextlib.ExitStack() as stack:
-        writers = stack.enter_context(ArrayWriters(staging, vocab_size=tokenizer.vocab_size))
-        holdout = None
-        if holdout_fraction > 0:
-            (staging / HOLDOUT).mkdir()
-            held = stack.enter_context(
-                ArrayWriters(staging / HOLDOUT, vocab_size=tokenizer.vocab_size)
-            )
-            holdout = Holdout(held, holdout_fraction)
-        counts = tokenize_stream(
-            stream, writers, tokenizer=tokenizer, block_size=block_size, holdout=holdout
-        )
-    report = stream.report()
-    if not allow_invalid:
-        # Strict mode rejects before committing: no entry is kept for a rejected file.
-        report.raise_if_invalid()
-    return report, counts
-
-
-def _meta(
-    report: ValidationReport,
-    counts: dict[str, int],
-    *,
-    key: str,
-    tokenizer: Tokenizer,
-    block_size: int,
-) -> dict[str, Any]:
-    return {
-        "cache_version": CACHE_VERSION,
-        "key": key,
-        "source_name": report.path.name,
-        "sha256": report.sha256,
-        "size": report.size,
-        "format": report.format,
-        "tokenizer_fingerprint": tokenizer.fingerprint,
-        "vocab_size": tokenizer.vocab_size,
-        "token_dtype": token_dtype(tokenizer.vocab_size).name,
-        "block_size": block_size,
-        "eos_id": tokenizer.eos_id,
-        "pad_id": tokenizer.pad_id,
-        **counts,
-        "n_invalid": report.n_invalid,
-        "n_empty_lines": report.n_empty_lines,
-        "invalid_lines": [
-            {"line": e.line, "reason": e.reason, "message": e.message} for e in report.errors
-        ],
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
-__all__ = [
-    "CACHE_VERSION",
-    "DataError",
-    "LineError",
-    "TokenizedFile",
-    "ValidationReport",
-    "cache_key",
-    "file_sha256",
-    "load_cached",
-    "sequence_order",
-    "tokenize_file",
-    "validate_file",
-]
+__all__ = ["DataError", "FileSampler", "TokenizedFile", "sequence_order"]

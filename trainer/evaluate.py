@@ -21,9 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer.cache import load_cached, tokenize_file
 from trainer.completion import complete
 from trainer.config import RECENT_SET, EvalConfig
-from trainer.data import DataError, TokenizedFile, load_cached, sequence_order, tokenize_file
+from trainer.data import DataError, TokenizedFile, sequence_order
 from trainer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)

@@ -2,8 +2,8 @@
 
 The folder holds ``config.json`` (architecture, as in every checkpoint),
 ``model.safetensors`` (fp16 or bf16, a tied weight stored once), ``tokenizer.json``,
-``export.json`` (where it came from and how to load it) and ``manifest.json``. It is
-written exactly like a checkpoint (design rule 8): a staging folder in the same root,
+``export.json`` (where it came from and how to load it) and ``manifest.json``. It is a
+staged folder like every checkpoint (``trainer.records.staging``, ARCHITECTURE.md rule 8):
 fsynced files, the manifest last, one rename into place, the root fsynced. Nothing in it
 is needed to train and nothing outside it is needed to generate: a copy of the folder
 alone serves ``traind generate``. Loading reads safetensors only, never pickle (rule 12).
@@ -11,10 +11,9 @@ alone serves ``traind generate``. Loading reads safetensors only, never pickle (
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import shutil
-import uuid
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -25,31 +24,34 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from trainer.checkpoint import (
-    CONFIG,
-    MANIFEST,
     SLACK_BYTES,
-    STAGING_PREFIX,
-    STATE,
-    TOKENIZER,
-    WEIGHTS,
     CheckpointError,
     LoadedCheckpoint,
-    install_folder,
+    fault_at,
     latest_checkpoint,
     load_model_weights,
     model_tensors_names,
+    raise_disk_full,
     read_checkpoint,
     resolve_checkpoint,
-    verify,
-    write_manifest,
 )
 from trainer.config import ModelConfig
 from trainer.faults import fault_point
 from trainer.model import GPT
-from trainer.records.durable import fsync_path
+from trainer.records.checkpoints import (
+    CONFIG,
+    EXPORT_DIR,
+    EXPORT_FILES,
+    EXPORT_INFO,
+    MANIFEST,
+    STATE,
+    TOKENIZER,
+    WEIGHTS,
+)
 from trainer.records.events import utc_now
-from trainer.records.manifest import EXPORT_DIR, EXPORT_FILES, EXPORT_INFO, write_json
-from trainer.records.space import as_disk_full, ensure_space
+from trainer.records.manifest import verify, write_json, write_manifest
+from trainer.records.staging import staged_folder
+from trainer.records.storage import ensure_space
 from trainer.tokenizer import Tokenizer, TokenizerError
 
 log = logging.getLogger(__name__)
@@ -112,57 +114,49 @@ def write_export(
     """
     half = export_dtype(dtype)
     root.mkdir(parents=True, exist_ok=True)
-    ensure_space(
-        root,
-        need=sum(p.numel() for p in model.parameters()) * half.itemsize + SLACK_BYTES,
-        what="the export",
-    )
-    staging = root / f"{STAGING_PREFIX}{EXPORT_DIR}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    # parameters() yields a tied matrix once, so this is the stored count.
+    parameters = sum(p.numel() for p in model.parameters())
+    ensure_space(root, need=parameters * half.itemsize + SLACK_BYTES, what="the export")
     try:
-        write_json(staging / CONFIG, config)
-        save_file(
-            _half_tensors(model, half),
-            str(staging / WEIGHTS),
-            metadata={"format": "pt", "dtype": dtype},
-        )
-        fault_point("export:after_weights")
-        (staging / TOKENIZER).write_text(tokenizer_json, encoding="utf-8")
-        details = {
-            **info,
-            "format": EXPORT_FORMAT,
-            "format_version": EXPORT_FORMAT_VERSION,
-            "dtype": dtype,
-            # parameters() yields a tied matrix once, so this is the stored count.
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "created_at": utc_now(),
-            "traind_version": _traind_version(),
-            "how_to_load": HOW_TO_LOAD,
-        }
-        write_json(staging / INFO, details)
-        for fname in EXPORT_FILES:
-            fsync_path(staging / fname)
-        fault_point("export:before_manifest")
-        write_manifest(
-            staging,
-            files=tuple(EXPORT_FILES),
-            format_version=EXPORT_FORMAT_VERSION,
-            name=EXPORT_DIR,
-            kind="export",
-            created_at=details["created_at"],
-        )
-        fault_point("export:before_rename")
-        install_folder(staging, root / EXPORT_DIR)
-        fault_point("export:after_rename")
-        fsync_path(root)
+        with staged_folder(root / EXPORT_DIR, fault=fault_at("export")) as stage:
+            write_json(stage.path / CONFIG, config)
+            save_file(
+                _half_tensors(model, half),
+                str(stage.path / WEIGHTS),
+                metadata={"format": "pt", "dtype": dtype},
+            )
+            fault_point("export:after_weights")
+            (stage.path / TOKENIZER).write_text(tokenizer_json, encoding="utf-8")
+            details = _details(info, dtype=dtype, parameters=parameters)
+            write_json(stage.path / INFO, details)
+            stage.fsync_files = EXPORT_FILES
+            stage.write_manifest = functools.partial(
+                write_manifest,
+                files=EXPORT_FILES,
+                format_version=EXPORT_FORMAT_VERSION,
+                name=EXPORT_DIR,
+                kind="export",
+                created_at=details["created_at"],
+            )
     except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        full = as_disk_full(exc, path=root, what="the export")
-        if isinstance(exc, Exception) and full is not None:
-            raise full from exc
+        raise_disk_full(exc, path=root, what="the export")
         raise
     log.debug("exported %s (%s, step %s)", root / EXPORT_DIR, dtype, info.get("step"))
     return root / EXPORT_DIR
+
+
+def _details(info: dict[str, Any], *, dtype: str, parameters: int) -> dict[str, Any]:
+    """``export.json``: where the export came from and how to load it."""
+    return {
+        **info,
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_FORMAT_VERSION,
+        "dtype": dtype,
+        "parameters": parameters,
+        "created_at": utc_now(),
+        "traind_version": _traind_version(),
+        "how_to_load": HOW_TO_LOAD,
+    }
 
 
 def _half_tensors(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""The gold checkpoint: the guarded best (design rule 10).
+"""The gold checkpoint: the guarded best (ARCHITECTURE.md rule 10).
 
 A new best validation loss (strictly below the current gold's) becomes gold only if
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer.config import GoldConfig
-from trainer.records.manifest import GOLD_DIR, ROLLED_BACK_DIR
+from trainer.records.checkpoints import GOLD_DIR, ROLLED_BACK_DIR
 
 log = logging.getLogger(__name__)
 

@@ -1,28 +1,29 @@
-"""What the loop does when a step goes wrong (design rules 6 and 7).
+"""What the loop does when a step goes wrong (ARCHITECTURE.md rules 6 and 7).
 
 A non-finite loss or gradient skips the step and is reported with the file and source
-lines; too many skips in a window roll the weights and optimizer moments back to the
-newest checkpoint while the global step and data position go on past the bad data. A
-CUDA out-of-memory error halves the micro-batch and doubles accumulation, which keeps
-the effective batch, the update and the file's budget unchanged.
+lines; too many skips in a window *rewind* the weights and optimizer moments to the
+newest checkpoint while the global step and data position go on past the bad data (a
+rewind, not to be confused with the operator's rollback to gold, ``trainer.rollback``;
+its event and checkpoint reason keep their public name ``rollback``). A CUDA
+out-of-memory error halves the micro-batch and doubles accumulation, which keeps the
+effective batch, the update and the file's budget unchanged.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from trainer.checkpoint import latest_checkpoint, load_model_weights
+from trainer.checkpointer import Checkpointer
+from trainer.config import TrainConfig
 from trainer.data import TokenizedFile
 from trainer.optim import optimizer_state_mismatch
 from trainer.records.state import FileProgress
-
-if TYPE_CHECKING:
-    from trainer.loop import Trainer
+from trainer.step import StepRunner
 
 log = logging.getLogger(__name__)
 
@@ -50,105 +51,138 @@ def merge_line_ranges(ranges: list[tuple[int, int]]) -> str:
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in merged)
 
 
-def record_skip(
-    trainer: Trainer, data: TokenizedFile, indices: np.ndarray, *, loss: float, norm: float
-) -> None:
-    """Count and report a skipped step with the file and source lines it came from."""
-    state = trainer.state
-    state.nan_skips_total += 1
-    state.nan_skip_steps.append(state.global_step)
-    lines = merge_line_ranges(data.lines_of(indices))
-    log.warning(
-        "step %d skipped: non-finite %s (loss %s, grad norm %s) in %s lines %s",
-        state.global_step,
-        "loss" if not math.isfinite(loss) else "gradients",
-        loss,
-        norm,
-        state.current_file.name,
-        lines,
-    )
-    trainer.events.emit(
-        "nan_skipped",
-        step=state.global_step,
-        file=state.current_file.name,
-        sha256=state.current_file.sha256,
-        lines=lines,
-        loss=loss,
-        grad_norm=norm,
-        skipped_total=state.nan_skips_total,
-    )
+class Guard:
+    """Skips, rewinds and OOM recovery around one trainer's optimizer steps."""
 
+    def __init__(
+        self,
+        checkpointer: Checkpointer,
+        *,
+        steps: StepRunner,
+        train: TrainConfig,
+        device: torch.device,
+    ) -> None:
+        self.checkpointer = checkpointer
+        """Holds the training state and event log, and the checkpoints to rewind to."""
+        self.steps = steps
+        self.train = train
+        self.device = device
 
-def roll_back_if_needed(trainer: Trainer, data: TokenizedFile, indices: np.ndarray) -> None:
-    """After ``nan_skip_limit`` skips within ``nan_window`` steps, restore the newest
-    checkpoint's weights and moments; the step count and data position go on (rule 6)."""
-    state = trainer.state
-    window_start = state.global_step - trainer.train.nan_window
-    state.nan_skip_steps = [s for s in state.nan_skip_steps if s >= window_start]
-    if len(state.nan_skip_steps) < trainer.train.nan_skip_limit:
-        return
-    good = latest_checkpoint(trainer.paths.checkpoints)
-    skipped = list(state.nan_skip_steps)
-    state.nan_skip_steps = []
-    if good is None:
-        log.error("%d non-finite steps but no checkpoint to roll back to", len(skipped))
-        return
-    load_model_weights(trainer.model, good.weights())
-    saved = good.optimizer_state(map_location=trainer.device)
-    if optimizer_state_mismatch(trainer.optimizer, saved) is None:
-        trainer.optimizer.load_state_dict(saved)
-    state.rollbacks += 1
-    log.error(
-        "ROLLBACK: %d non-finite steps within %d steps; weights and optimizer restored from %s "
-        "(step %d); training continues at step %d past the bad data",
-        len(skipped),
-        trainer.train.nan_window,
-        good.path.name,
-        good.step,
-        state.global_step,
-    )
-    trainer.events.emit(
-        "rollback",
-        step=state.global_step,
-        checkpoint=good.path.name,
-        checkpoint_step=good.step,
-        skipped_steps=skipped,
-        file=state.current_file.name if state.current_file else None,
-        lines=merge_line_ranges(data.lines_of(indices)),
-    )
-    # Make the rollback durable so a crash now cannot replay the bad stretch.
-    trainer.save_checkpoint(reason="rollback")
+    def accumulate(
+        self, data: TokenizedFile, indices: np.ndarray, *, n_targets: int, current: FileProgress
+    ) -> torch.Tensor:
+        """``StepRunner.accumulate`` over the step's micro-batches; on CUDA OOM the split
+        is made smaller and the step tried again (rule 7)."""
+        while True:
+            try:
+                return self.steps.accumulate(
+                    data,
+                    indices,
+                    micro=self.checkpointer.state.micro_batch_size,
+                    n_targets=n_targets,
+                )
+            except torch.OutOfMemoryError:
+                self._recover_from_oom(current)
 
-
-def recover_from_oom(trainer: Trainer, current: FileProgress) -> None:
-    """Halve the micro-batch and double accumulation: same effective batch (rule 7)."""
-    state = trainer.state
-    trainer.steps.discard()
-    if trainer.device.type == "cuda":
-        torch.cuda.empty_cache()
-    old_micro, old_accum = state.micro_batch_size, state.grad_accum_steps
-    if old_micro == 1:
-        raise RuntimeError(
-            "out of memory at micro_batch_size 1: lower model.overrides.block_size, pick a "
-            "smaller preset or raise train.cuda_memory_fraction"
+    def record_skip(
+        self, data: TokenizedFile, indices: np.ndarray, *, loss: float, norm: float
+    ) -> None:
+        """Count and report a skipped step with the file and source lines it came from."""
+        state = self.checkpointer.state
+        state.nan_skips_total += 1
+        state.nan_skip_steps.append(state.global_step)
+        lines = merge_line_ranges(data.lines_of(indices))
+        log.warning(
+            "step %d skipped: non-finite %s (loss %s, grad norm %s) in %s lines %s",
+            state.global_step,
+            "loss" if not math.isfinite(loss) else "gradients",
+            loss,
+            norm,
+            state.current_file.name,
+            lines,
         )
-    state.micro_batch_size, state.grad_accum_steps = halve_micro_batch(old_micro, old_accum)
-    new_micro = state.micro_batch_size
-    state.oom_recoveries += 1
-    log.warning(
-        "out of memory at step %d: micro-batch %d x accum %d -> %d x %d (same effective batch), "
-        "retrying the step",
-        state.global_step,
-        old_micro,
-        old_accum,
-        new_micro,
-        state.grad_accum_steps,
-    )
-    trainer.events.emit(
-        "oom_recovered",
-        step=state.global_step,
-        file=current.name,
-        micro_batch_size=new_micro,
-        grad_accum_steps=state.grad_accum_steps,
-        previous=[old_micro, old_accum],
-    )
+        self.checkpointer.events.emit(
+            "nan_skipped",
+            step=state.global_step,
+            file=state.current_file.name,
+            sha256=state.current_file.sha256,
+            lines=lines,
+            loss=loss,
+            grad_norm=norm,
+            skipped_total=state.nan_skips_total,
+        )
+
+    def rewind_if_needed(self, data: TokenizedFile, indices: np.ndarray) -> None:
+        """After ``nan_skip_limit`` skips within ``nan_window`` steps, rewind to the newest
+        checkpoint's weights and moments; the step count and data position go on (rule 6)."""
+        checkpointer, train = self.checkpointer, self.train
+        state = checkpointer.state
+        window_start = state.global_step - train.nan_window
+        state.nan_skip_steps = [s for s in state.nan_skip_steps if s >= window_start]
+        if len(state.nan_skip_steps) < train.nan_skip_limit:
+            return
+        good = latest_checkpoint(checkpointer.root)
+        skipped = list(state.nan_skip_steps)
+        state.nan_skip_steps = []
+        if good is None:
+            log.error("%d non-finite steps but no checkpoint to roll back to", len(skipped))
+            return
+        model, optimizer = checkpointer.lineage.model, checkpointer.lineage.optimizer
+        load_model_weights(model, good.weights())
+        saved = good.optimizer_state(map_location=self.device)
+        if optimizer_state_mismatch(optimizer, saved) is None:
+            optimizer.load_state_dict(saved)
+        state.rollbacks += 1  # the training state's public name for rewinds
+        log.error(
+            "ROLLBACK: %d non-finite steps within %d steps; weights and optimizer restored "
+            "from %s (step %d); training continues at step %d past the bad data",
+            len(skipped),
+            train.nan_window,
+            good.path.name,
+            good.step,
+            state.global_step,
+        )
+        checkpointer.events.emit(
+            "rollback",
+            step=state.global_step,
+            checkpoint=good.path.name,
+            checkpoint_step=good.step,
+            skipped_steps=skipped,
+            file=state.current_file.name if state.current_file else None,
+            lines=merge_line_ranges(data.lines_of(indices)),
+        )
+        # Make the rewind durable so a crash now cannot replay the bad stretch.
+        checkpointer.save(reason="rollback")
+
+    def _recover_from_oom(self, current: FileProgress) -> None:
+        """Halve the micro-batch and double accumulation: same effective batch (rule 7)."""
+        state = self.checkpointer.state
+        self.steps.discard()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        old_micro, old_accum = state.micro_batch_size, state.grad_accum_steps
+        if old_micro == 1:
+            raise RuntimeError(
+                "out of memory at micro_batch_size 1: lower model.overrides.block_size, pick a "
+                "smaller preset or raise train.cuda_memory_fraction"
+            )
+        state.micro_batch_size, state.grad_accum_steps = halve_micro_batch(old_micro, old_accum)
+        new_micro = state.micro_batch_size
+        state.oom_recoveries += 1
+        log.warning(
+            "out of memory at step %d: micro-batch %d x accum %d -> %d x %d (same effective "
+            "batch), retrying the step",
+            state.global_step,
+            old_micro,
+            old_accum,
+            new_micro,
+            state.grad_accum_steps,
+        )
+        self.checkpointer.events.emit(
+            "oom_recovered",
+            step=state.global_step,
+            file=current.name,
+            micro_batch_size=new_micro,
+            grad_accum_steps=state.grad_accum_steps,
+            previous=[old_micro, old_accum],
+        )

@@ -5,7 +5,7 @@ The checkpoint is the truth of what was trained. Three ways in:
 * resume: weights, optimizer moments, step, data position and RNG from the newest
   valid ``step-*`` folder (broken ones are skipped with a warning);
 * architecture changed since the checkpoint: keep every weight whose name and shape
-  still fit, start a fresh optimizer, and say so loudly (design rule 3);
+  still fit, start a fresh optimizer, and say so loudly (ARCHITECTURE.md rule 3);
 * new: from the preset (``--init-from`` takes another checkpoint's weights instead),
   with a fresh optimizer at step 0.
 """
@@ -25,6 +25,7 @@ from trainer.checkpoint import (
     load_model_weights,
     model_tensors_names,
     resolve_checkpoint,
+    restore_rng,
 )
 from trainer.config import LineageSpec, ModelConfig, TrainConfig
 from trainer.model import GPT
@@ -32,7 +33,6 @@ from trainer.optim import build_optimizer, optimizer_state_mismatch
 from trainer.presets import model_config_for
 from trainer.records.state import TrainingState
 from trainer.records.traces import lineage_traces, refusal, retire
-from trainer.rng import restore_rng
 from trainer.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def open_lineage(
 ) -> Lineage:
     """Resume the lineage under ``checkpoints``, or start one where none exists.
 
-    Never a silent new lineage (design rule 15): where the folder holds traces of one
+    Never a silent new lineage (ARCHITECTURE.md rule 15): where the folder holds traces of one
     (gold, export, rolled-back or broken checkpoints) or ``expected`` says one must exist
     (e.g. the ledger records trained files), but no step checkpoint can be resumed,
     LineageError says what to do. ``new_lineage`` starts one on purpose, after moving the
@@ -231,34 +231,9 @@ def _resume(
     state = TrainingState.from_dict(found.training_state)
     torch.manual_seed(state.seed)
     wanted = _wanted_config(state, spec, saved=saved_config, tokenizer=tokenizer, found=found)
-    notices: list[dict[str, Any]] = []
-    model = GPT(wanted)
-    if wanted.shape_key() == saved_config.shape_key():
-        load_model_weights(model, found.weights())
-        model.to(device)
-        optimizer = build_optimizer(model, train)
-        saved = found.optimizer_state(map_location=device)
-        problem = optimizer_state_mismatch(optimizer, saved)
-        if problem is None:
-            optimizer.load_state_dict(saved)
-        else:
-            notices.append(_reset_notice(found, problem))
-    else:
-        kept, dropped = _load_fitting(model, found.weights())
-        model.to(device)
-        optimizer = build_optimizer(model, train)
-        changed = {
-            k: (v, wanted.to_dict()[k])
-            for k, v in saved_config.shape_key().items()
-            if wanted.to_dict()[k] != v
-        }
-        notices.append(
-            _reset_notice(
-                found,
-                f"architecture changed {changed}; kept {kept} tensors, re-initialised {dropped}",
-            )
-        )
-    config = wanted
+    model, optimizer, notices = _restore_model(
+        found, wanted=wanted, saved=saved_config, train=train, device=device
+    )
     for notice in notices:
         log.warning("OPTIMIZER RESET: %s", notice["reason"])
         state.optimizer_resets.append(notice)
@@ -285,11 +260,50 @@ def _resume(
         model=model,
         optimizer=optimizer,
         tokenizer=tokenizer,
-        model_config=config,
+        model_config=wanted,
         state=state,
         resumed_from=found.path,
         notices=notices,
     )
+
+
+def _restore_model(
+    found: LoadedCheckpoint,
+    *,
+    wanted: ModelConfig,
+    saved: ModelConfig,
+    train: TrainConfig,
+    device: torch.device,
+) -> tuple[GPT, torch.optim.AdamW, list[dict[str, Any]]]:
+    """The model of ``wanted``'s architecture with the checkpoint's weights, and its
+    optimizer with the saved moments where they fit (rule 3); the notices of a reset."""
+    notices: list[dict[str, Any]] = []
+    model = GPT(wanted)
+    if wanted.shape_key() == saved.shape_key():
+        load_model_weights(model, found.weights())
+        model.to(device)
+        optimizer = build_optimizer(model, train)
+        moments = found.optimizer_state(map_location=device)
+        problem = optimizer_state_mismatch(optimizer, moments)
+        if problem is None:
+            optimizer.load_state_dict(moments)
+        else:
+            notices.append(_reset_notice(found, problem))
+        return model, optimizer, notices
+    kept, dropped = _load_fitting(model, found.weights())
+    model.to(device)
+    optimizer = build_optimizer(model, train)
+    changed = {
+        k: (v, wanted.to_dict()[k])
+        for k, v in saved.shape_key().items()
+        if wanted.to_dict()[k] != v
+    }
+    notices.append(
+        _reset_notice(
+            found, f"architecture changed {changed}; kept {kept} tensors, re-initialised {dropped}"
+        )
+    )
+    return model, optimizer, notices
 
 
 def _wanted_config(

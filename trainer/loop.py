@@ -1,45 +1,40 @@
 """The training loop: one file at a time, on one global step count that only grows.
 
-Design rules 1-9 live here. A file's budget of optimizer steps is fixed when it starts
-and kept in the checkpoint; the learning rate is a function of the global step only;
-each optimizer step's loss is the mean over all target tokens of all its micro-batches;
-non-finite steps are skipped and, past a limit, rolled back; CUDA OOM halves the
-micro-batch and doubles accumulation; checkpoints are taken only at optimizer-step
-boundaries and hold everything an exact resume needs.
+ARCHITECTURE.md rules 1-9 meet here. A file's budget of optimizer steps is fixed when it
+starts and kept in the checkpoint (``trainer.budget``); the learning rate is a function
+of the global step only; each optimizer step's loss is the mean over all target tokens
+of all its micro-batches (``trainer.step``); non-finite steps are skipped and, past a
+limit, rewound, and CUDA OOM halves the micro-batch and doubles accumulation
+(``trainer.guard``); checkpoints are taken only at optimizer-step boundaries and hold
+everything an exact resume needs (``trainer.checkpointer``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import logging
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
-from trainer.bookkeeping import Bookkeeping
+from trainer.budget import advance, end_file, refuse_another, take_up
+from trainer.cache import tokenize_file
+from trainer.checkpointer import Checkpointer
 from trainer.checkup import Checkup
-from trainer.config import EvalConfig, ExportConfig, GoldConfig, RunPaths, TrainConfig
-from trainer.data import TokenizedFile, tokenize_file
+from trainer.config import EvalConfig, ExportConfig, GoldConfig, LineageSpec, RunPaths, TrainConfig
+from trainer.data import FileSampler, TokenizedFile
 from trainer.evaluate import Evaluator
 from trainer.faults import fault_point
-from trainer.guard import record_skip, recover_from_oom, roll_back_if_needed
-from trainer.lineage import Lineage
-from trainer.lock import LineageLock
-from trainer.opening import Opening
-from trainer.parking import note_split, unpark
-from trainer.progress import ProgressMeter
-from trainer.records.digest import file_sha256
-from trainer.records.events import EventLog, round_loss
-from trainer.records.space import DiskFullError
-from trainer.records.state import CompletedFile, FileProgress
-from trainer.rollback import Rollback
-from trainer.sampler import FileSampler
-from trainer.scalars import Scalars
-from trainer.schedule import lr_at
+from trainer.guard import Guard
+from trainer.opening import HeldLineage, OpenRequest, check_memory, hold_lineage
+from trainer.optim import lr_at
+from trainer.parking import holdout_for, park_current
+from trainer.progress import ProgressMeter, Scalars, StepReport, next_report
+from trainer.records.events import EventLog
+from trainer.records.state import FileProgress
+from trainer.records.storage import DiskFullError
+from trainer.rollback import Rollback, commit_rollback
+from trainer.session import Session
 from trainer.step import StepRunner
 
 log = logging.getLogger(__name__)
@@ -50,76 +45,51 @@ class FileOutcome(enum.Enum):
     STOPPED = "stopped"
 
 
-def steps_for_file(n_sequences: int, *, epochs: float, micro: int, accum: int, world: int) -> int:
-    """Design rule 1: the file's budget in optimizer steps (at least one)."""
-    return max(1, math.ceil(epochs * n_sequences / (micro * accum * world)))
+def _on_checkpointer(name: str) -> property:
+    """A Trainer attribute that is the checkpointer's (the worker sets its hooks on the
+    Trainer): see ``Checkpointer.on_checkpoint`` and ``Checkpointer.on_gold``."""
+    return property(
+        lambda trainer: getattr(trainer.checkpointer, name),
+        lambda trainer, value: setattr(trainer.checkpointer, name, value),
+    )
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class StepReport:
-    """The latest optimizer step, for heartbeats and progress displays."""
-
-    step: int
-    """Global step reached."""
-    target_step: int
-    """The current file's target."""
-    loss: float | None
-    """Mean loss of the step (None if skipped or without targets)."""
-    lr: float
-    """Learning rate the step used."""
-    tokens_per_s: float
-    """Throughput over the recent steps."""
-    eta_s: float
-    """Seconds to the file's target at the recent pace."""
-    seconds: float
-    """Wall time of this step."""
-
-
-class Trainer(Bookkeeping, Opening):
+class Trainer:
     """A resident model that trains files on one lineage. Not thread-safe."""
 
     def __init__(
         self,
-        lineage: Lineage,
+        held: HeldLineage,
         *,
         train: TrainConfig,
         paths: RunPaths,
-        events: EventLog,
-        device: torch.device,
         evaluation: EvalConfig | None = None,
         gold: GoldConfig | None = None,
         export: ExportConfig | None = None,
+        on_disk_full: Callable[[DiskFullError], None] | None = None,
     ) -> None:
-        self.lineage = lineage
-        self.model = lineage.model
-        self.optimizer = lineage.optimizer
-        self.tokenizer = lineage.tokenizer
-        self.state = lineage.state
-        self.train = train
-        self.paths = paths
-        self.events = events
-        self.device = device
+        lineage = self.lineage = held.lineage
+        self.model, self.optimizer = lineage.model, lineage.optimizer
+        self.tokenizer, self.state = lineage.tokenizer, lineage.state
+        self.train, self.paths, self.events, self.device = train, paths, held.events, held.device
         self.world_size = 1
-        self._sampler: FileSampler | None = None
-        self._last_saved_step = -1 if lineage.resumed_from is None else self.state.global_step
-        self._lock: LineageLock | None = None
-        self.last_report: StepReport | None = None
-        self.on_checkpoint: Callable[[Path, int, list[Path]], None] | None = None
-        """Called after each committed checkpoint with (folder, step, folders rotated out)."""
-        self.on_gold: Callable[[Path, int], None] | None = None
-        """Called after each promotion to gold with (folder, step)."""
-        self.rollback: Rollback | None = None
+        self.rollback: Rollback | None = held.rollback
         """The rollback to gold done as this trainer opened, if any."""
-        self.on_disk_full: Callable[[DiskFullError], None] | None = None
-        """Called when a checkpoint, gold or export write finds the disk full: it returns
-        when the write is worth trying again, or raises to give up (see ``with_space``)."""
-        self._session_start = time.monotonic()
-        self._session_start_step = self.state.global_step
-        self._session_start_tokens = self.state.tokens_processed
-        self.steps = StepRunner(self.model, self.optimizer, train=train, device=device)
+        self.last_report: StepReport | None = None
         self.evaluation = evaluation or EvalConfig()
         self.gold_config = gold or GoldConfig()
         self.export_config = export or ExportConfig()
+        self.checkpointer = Checkpointer(
+            lineage,
+            root=paths.checkpoints,
+            train=train,
+            export=self.export_config,
+            events=self.events,
+            on_disk_full=on_disk_full,
+        )
+        self.session = Session(self.state, events=self.events)
+        self.steps = StepRunner(self.model, self.optimizer, train=train, device=self.device)
+        self.guard = Guard(self.checkpointer, steps=self.steps, train=train, device=self.device)
         self.evaluator = Evaluator(
             self.evaluation,
             tokenizer=self.tokenizer,
@@ -127,10 +97,110 @@ class Trainer(Bookkeeping, Opening):
             cache_dir=paths.cache,
             seed=self.state.seed,
         )
-        self.checkup = Checkup(self)
         self.scalars = Scalars(
             paths.state / "tensorboard" if self.evaluation.tensorboard else None,
             step=self.state.global_step,
+        )
+        self.checkup = Checkup(
+            lambda: self.evaluator.evaluate(
+                self.model, device=self.device, autocast=self.steps.autocast
+            ),
+            checkpointer=self.checkpointer,
+            scalars=self.scalars,
+            train=train,
+            evaluation=self.evaluation,
+            gold=self.gold_config,
+        )
+        self._sampler: FileSampler | None = None
+        self._lock = held.lock
+
+    # ------------------------------------------------------------- opening
+    @classmethod
+    def open(
+        cls,
+        *,
+        spec: LineageSpec,
+        train: TrainConfig,
+        paths: RunPaths,
+        init_from: Path | None = None,
+        events: EventLog | None = None,
+        lock_wait_s: float = 0.0,
+        evaluation: EvalConfig | None = None,
+        gold: GoldConfig | None = None,
+        export: ExportConfig | None = None,
+        from_gold: bool = False,
+        rollback_request: str | None = None,
+        in_progress: dict | None = None,
+        new_lineage: bool = False,
+        expected_lineage: str | None = None,
+        on_disk_full: Callable[[DiskFullError], None] | None = None,
+    ) -> Trainer:
+        """Open (or start) the lineage under ``paths.checkpoints`` and hold it.
+
+        ``from_gold`` first rolls it back to gold (newer checkpoints are kept under
+        ``rolled-back/``) for the operator's request of ``rollback_request`` (ISO time),
+        made while ``in_progress`` (``name``, ``sha256``) was trained; a rollback a crash
+        interrupted is finished first, whatever is asked. ``new_lineage``,
+        ``expected_lineage``: :func:`trainer.lineage.open_lineage`."""
+        held = hold_lineage(
+            OpenRequest(
+                spec=spec,
+                train=train,
+                paths=paths,
+                events=events,
+                lock_wait_s=lock_wait_s,
+                init_from=init_from,
+                from_gold=from_gold,
+                rollback_request=rollback_request,
+                in_progress=in_progress,
+                new_lineage=new_lineage,
+                expected_lineage=expected_lineage,
+            )
+        )
+        try:
+            trainer = cls(
+                held,
+                train=train,
+                paths=paths,
+                evaluation=evaluation,
+                gold=gold,
+                export=export,
+                on_disk_full=on_disk_full,
+            )
+        except BaseException:
+            held.lock.release()
+            raise
+        try:
+            trainer._start()
+        except BaseException:
+            trainer.close()
+            raise
+        return trainer
+
+    def _start(self) -> None:
+        """What opening does once the lineage is held: record a retired lineage or a
+        rollback, say that training starts, and write what a crash may have cut off."""
+        lineage = self.lineage
+        if lineage.retired is not None:
+            self.events.emit("lineage_retired", kept_in=str(lineage.retired))
+        if self.rollback is not None:
+            commit_rollback(self.rollback, checkpointer=self.checkpointer)
+        memory = check_memory(
+            lineage, train=self.train, device=self.device, half_precision=self.steps.half_precision
+        )
+        self.session.start(
+            lineage,
+            device=self.device,
+            memory=memory,
+            train=self.train,
+            evaluation=self.evaluation,
+            gold=self.gold_config,
+        )
+        if lineage.resumed_from is None:
+            self.checkpointer.save(reason="lineage_start")
+        self.checkpointer.restore_export()
+        self.evaluator.restore_recent(
+            [(f.name, f.sha256, f.holdout_fraction) for f in self.state.files_completed]
         )
 
     # ------------------------------------------------------------- data
@@ -149,23 +219,10 @@ class Trainer(Bookkeeping, Opening):
             block_size=self.lineage.model_config.block_size,
             cache_dir=self.paths.cache,
             allow_invalid=allow_invalid,
-            holdout_fraction=self._holdout_for(path, sha256),
+            holdout_fraction=holdout_for(
+                self.state, path, sha256=sha256, default=self.evaluation.holdout_fraction
+            ),
         )
-
-    def _holdout_for(self, path: Path, sha256: str | None) -> float:
-        """A file in progress or parked keeps the holdout it started with (its sequences,
-        and so its cursor and budget, depend on it); a new file takes the setting."""
-        state = self.state
-        if state.current_file is None and not state.parked:
-            return self.evaluation.holdout_fraction
-        sha256 = sha256 or file_sha256(path)
-        current = state.current_file
-        if current is not None and sha256 == current.sha256:
-            return current.holdout_fraction
-        parked = state.parked_file(sha256)
-        if parked is not None:
-            return parked.holdout_fraction
-        return self.evaluation.holdout_fraction
 
     # ------------------------------------------------------------- training
     def train_file(
@@ -173,155 +230,91 @@ class Trainer(Bookkeeping, Opening):
         data: TokenizedFile,
         *,
         name: str,
-        should_stop: Callable[[], bool | str] = lambda: False,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> FileOutcome:
         """Train ``data`` to its target step, or until ``should_stop`` (then checkpoint).
 
-        ``should_stop`` is asked before every optimizer step; a string answer is the reason
-        recorded with the checkpoint (``pause``, ``stop``...).
+        ``should_stop`` is asked before every optimizer step, at a step boundary. Why to
+        stop is the caller's to keep: a stop is checkpointed with reason ``stop``, unless
+        ``should_stop`` itself committed a checkpoint (with its own reason) while asked.
         """
-        state = self.state
-        current = state.current_file
-        if current is not None and current.sha256 != data.sha256:
-            raise RuntimeError(f"{current.name} is in progress; finish it before starting {name}")
-        started = current or state.parked_file(data.sha256)
-        if started is not None and started.holdout_fraction != data.holdout_fraction:
-            raise RuntimeError(
-                f"{name} was prepared with holdout {data.holdout_fraction}, but it started "
-                f"with {started.holdout_fraction}; use Trainer.prepare"
-            )
-        self.evaluator.add_recent(data.sha256, data.holdout)
-        self._sampler = FileSampler(data, seed=state.seed)
-        if current is None:
-            current = unpark(self, data.sha256, name=name)
-        if current is None:
-            per_step = state.micro_batch_size * state.grad_accum_steps * self.world_size
-            steps = steps_for_file(
-                data.n_sequences,
-                epochs=self.train.epochs_per_file,
-                micro=state.micro_batch_size,
-                accum=state.grad_accum_steps,
-                world=self.world_size,
-            )
-            current = FileProgress(
-                name=name,
-                sha256=data.sha256,
-                n_sequences=data.n_sequences,
-                steps_for_file=steps,
-                start_step=state.global_step,
-                target_step=state.global_step + steps,
-                holdout_fraction=data.holdout_fraction,
-                n_holdout=data.holdout.n_sequences if data.holdout else 0,
-                sequences_per_step=per_step,
-            )
-            state.current_file = current
-            self.events.emit(
-                "file_start",
-                file=name,
-                sha256=data.sha256,
-                start_step=current.start_step,
-                target_step=current.target_step,
-                steps=steps,
-                n_sequences=data.n_sequences,
-                n_tokens=data.n_tokens,
-                format=data.format,
-                n_holdout=current.n_holdout,
-                sequences_per_step=per_step,
-            )
-            log.info(
-                "%s: %d sequences, %d steps (global %d -> %d)",
-                name,
-                data.n_sequences,
-                steps,
-                current.start_step,
-                current.target_step,
-            )
-        else:
-            log.info(
-                "%s: resuming at step %d/%d (epoch %d, sequence %d)",
-                name,
-                state.global_step,
-                current.target_step,
-                current.epoch,
-                current.cursor,
-            )
-        note_split(self, current)
-        meter = ProgressMeter(
-            file_name=name,
-            start_step=current.start_step,
-            target_step=current.target_step,
-            session_start_step=state.global_step,
-            prior_elapsed=current.elapsed_s,
-        )
-        while state.global_step < current.target_step:
-            stop = should_stop()
-            if stop:
-                current.elapsed_s = meter.elapsed()
-                self.save_checkpoint(reason=stop if isinstance(stop, str) else "stop")
+        current = self._take_up(data, name=name)
+        meter = ProgressMeter.of_file(current, name=name, step=self.state.global_step)
+        while self.state.global_step < current.target_step:
+            if self._stop_asked(should_stop, current, meter):
                 return FileOutcome.STOPPED
-            started = time.monotonic()
-            loss, tokens = self._optimizer_step(data, current)
-            meter.add(tokens=tokens, loss=loss)
-            self.checkup.add_train_loss(loss)
-            step = state.global_step
-            self._report(
-                step, current, loss=loss, tokens=tokens, seconds=time.monotonic() - started
-            )
-            report = self.last_report
-            self.scalars.step(step, loss=loss, lr=report.lr, tokens_per_s=report.tokens_per_s)
-            if step % self.train.log_interval == 0 or step == current.target_step:
-                log.info(meter.line(step=step, lr=lr_at(step - 1, self.train)))
-            if step % self.evaluation.interval == 0:
-                current.elapsed_s = meter.elapsed()
-                self.checkup.run(current)
-            if (
-                step % self.train.checkpoint_interval == 0
-                and step < current.target_step
-                and self._last_saved_step != step
-            ):
-                current.elapsed_s = meter.elapsed()
-                self.save_checkpoint(reason="interval")
-        current.elapsed_s = meter.elapsed()
-        done = CompletedFile(
-            name=current.name,
-            sha256=current.sha256,
-            start_step=current.start_step,
-            end_step=state.global_step,
-            n_sequences=current.n_sequences,
-            tokens=current.tokens,
-            mean_loss=round_loss(current.loss_sum / current.loss_steps)
-            if current.loss_steps
-            else None,
-            duration_s=round(current.elapsed_s, 3),
-            holdout_fraction=current.holdout_fraction,
-            n_holdout=current.n_holdout,
-        )
-        state.files_completed.append(done)
-        state.current_file = None
-        self.save_checkpoint(reason="file_end")
-        fault_point("loop:before_file_complete")
-        self._emit_file_complete(done)
-        if self.export_config.enabled:
-            self.export()
+            self._train_step(data, current, meter)
+        self._complete_file(current, meter)
         return FileOutcome.COMPLETED
 
-    def _report(
-        self, step: int, current: FileProgress, *, loss: float | None, tokens: int, seconds: float
-    ) -> None:
-        # Exponential average over ~10 steps: steady enough for an ETA, quick to follow.
-        rate = tokens / max(seconds, 1e-9)
-        if self.last_report is not None and self.last_report.target_step == current.target_step:
-            rate = 0.9 * self.last_report.tokens_per_s + 0.1 * rate
-        step_s = tokens / rate if rate > 0 else seconds
-        self.last_report = StepReport(
+    def _take_up(self, data: TokenizedFile, *, name: str) -> FileProgress:
+        """Make ``data`` the file in progress (``trainer.budget.take_up``), with its
+        held-out part among the recent eval set and its sampler ready."""
+        refuse_another(self.state, data, name=name)
+        self.evaluator.add_recent(data.sha256, data.holdout)
+        self._sampler = FileSampler(data, seed=self.state.seed)
+        return take_up(
+            self.state,
+            data,
+            name=name,
+            epochs=self.train.epochs_per_file,
+            world_size=self.world_size,
+            events=self.events,
+        )
+
+    def _stop_asked(
+        self, should_stop: Callable[[], bool], current: FileProgress, meter: ProgressMeter
+    ) -> bool:
+        """Ask ``should_stop``; on yes, make sure this step boundary is committed."""
+        # Recorded first, so a checkpoint the caller takes while asked has it too.
+        current.elapsed_s = meter.elapsed()
+        saves = self.checkpointer.saves
+        if not should_stop():
+            return False
+        if self.checkpointer.saves == saves:
+            self.checkpointer.save(reason="stop")
+        return True
+
+    def _train_step(self, data: TokenizedFile, current: FileProgress, meter: ProgressMeter):
+        """One optimizer step, then what is due at its boundary: the progress line, an
+        evaluation, an interval checkpoint."""
+        started = time.monotonic()
+        loss, tokens = self._optimizer_step(data, current)
+        meter.add(tokens=tokens, loss=loss)
+        self.checkup.add_train_loss(loss)
+        step = self.state.global_step
+        report = self.last_report = next_report(
+            self.last_report,
             step=step,
             target_step=current.target_step,
             loss=loss,
             lr=lr_at(step - 1, self.train),
-            tokens_per_s=rate,
-            eta_s=step_s * (current.target_step - step),
-            seconds=seconds,
+            tokens=tokens,
+            seconds=time.monotonic() - started,
         )
+        self.scalars.step(step, loss=loss, lr=report.lr, tokens_per_s=report.tokens_per_s)
+        if step % self.train.log_interval == 0 or step == current.target_step:
+            log.info(meter.line(step=step, lr=lr_at(step - 1, self.train)))
+        if step % self.evaluation.interval == 0:
+            current.elapsed_s = meter.elapsed()
+            self.checkup.run(current, eta_s=report.eta_s)
+        if (
+            step % self.train.checkpoint_interval == 0
+            and step < current.target_step
+            and self.checkpointer.last_saved_step != step
+        ):
+            current.elapsed_s = meter.elapsed()
+            self.checkpointer.save(reason="interval")
+
+    def _complete_file(self, current: FileProgress, meter: ProgressMeter) -> None:
+        """The file reached its target: commit its end, then say so (exactly once)."""
+        current.elapsed_s = meter.elapsed()
+        done = end_file(self.state)
+        self.checkpointer.save(reason="file_end")
+        fault_point("loop:before_file_complete")
+        self.session.file_complete(done)
+        if self.export_config.enabled:
+            self.checkpointer.export()
 
     def _optimizer_step(
         self, data: TokenizedFile, current: FileProgress
@@ -333,14 +326,7 @@ class Trainer(Bookkeeping, Opening):
         count = current.sequences_per_step
         indices = self._sampler.indices(current.cursor, count)
         n_targets = data.targets_of(indices)
-        while True:
-            try:
-                loss_sum = self.steps.accumulate(
-                    data, indices, micro=state.micro_batch_size, n_targets=n_targets
-                )
-                break
-            except torch.OutOfMemoryError:
-                recover_from_oom(self, current)
+        loss_sum = self.guard.accumulate(data, indices, n_targets=n_targets, current=current)
         fault_point("loop:mid_step")
         loss = None
         if n_targets == 0:
@@ -354,16 +340,47 @@ class Trainer(Bookkeeping, Opening):
             if result.applied:
                 loss = result.loss
             else:
-                record_skip(self, data, indices, loss=result.loss, norm=result.grad_norm)
+                self.guard.record_skip(data, indices, loss=result.loss, norm=result.grad_norm)
         tokens = int(data.lengths[indices].sum()) - len(indices)
-        state.global_step += 1
-        state.tokens_processed += tokens
-        current.cursor += count
-        current.tokens += tokens
-        if loss is not None:
-            current.loss_sum += loss
-            current.loss_steps += 1
-        roll_back_if_needed(self, data, indices)
+        advance(state, current, sequences=count, tokens=tokens, loss=loss)
+        self.guard.rewind_if_needed(data, indices)
         return loss, tokens
 
-    # ------------------------------------------------------------- checkpoints
+    # ------------------------------------------------------------- for the worker
+    def park_current(self, *, reason: str) -> None:
+        """Set the file in progress aside unfinished and commit that (what it taught stays
+        in the weights; training the same content again continues it): ``trainer.parking``."""
+        if park_current(self.state, events=self.events, reason=reason) is not None:
+            self.checkpointer.save(reason="park")
+
+    def save_checkpoint(self, *, reason: str) -> Path:
+        """``Checkpointer.save``: commit this step boundary as ``step-NNNNNNNN``."""
+        return self.checkpointer.save(reason=reason)
+
+    def export(self, *, reason: str = "file_end") -> Path:
+        """``Checkpointer.export``: write ``checkpoints/export``."""
+        return self.checkpointer.export(reason=reason)
+
+    @property
+    def unsaved_steps(self) -> int:
+        """Optimizer steps since the newest step checkpoint."""
+        return self.checkpointer.unsaved_steps
+
+    on_checkpoint = _on_checkpointer("on_checkpoint")
+    on_gold = _on_checkpointer("on_gold")
+
+    def reconcile_file_complete(self) -> None:
+        """``Session.reconcile_file_complete``: emit a ``file_complete`` a crash cut off."""
+        self.session.reconcile_file_complete()
+
+    def close(self) -> None:
+        """Let go of the lineage (another process may then open it)."""
+        self.scalars.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def finish(self) -> None:
+        """Record a clean end of the session (``training_complete``) and close."""
+        self.session.finish()
+        self.close()

@@ -37,7 +37,7 @@ class LayerNorm(nn.LayerNorm):
     buffer per OpenMP thread, then adds the buffers: how the rows are split, and so the
     rounding, follows the number of threads. Two runs (or a run and its resume) with a
     different thread count then drift apart by a few ulps per step, and exact resume
-    (design rule 9) breaks. Here the normalisation runs without the affine and the gain
+    (ARCHITECTURE.md rule 9) breaks. Here the normalisation runs without the affine and the gain
     and bias are applied as a plain multiply and add, so autograd reduces their gradients
     column by column, the same whatever the split. CUDA keeps the fused kernel, which is
     already deterministic there and faster.

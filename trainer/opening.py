@@ -1,192 +1,225 @@
-"""Opening a lineage for training: the lock, recovery, rollbacks, and the first records.
+"""Opening a lineage for training: the lock, recovery, rollbacks to gold, the memory check.
 
-Mixed into :class:`trainer.loop.Trainer` (``Trainer.open``). Opening takes the lineage
-lock, clears what an interrupted write left, finishes an interrupted rollback to gold
-(or does a requested one), resumes or starts the lineage (never a silent new one: design
-rule 15), and then records the start: ``training_start``, the first checkpoint of a new
-lineage, the export a crash may have cut off.
+:func:`hold_lineage` takes the lineage lock, clears what an interrupted write left,
+finishes an interrupted rollback to gold (or does a requested one) and resumes or starts
+the lineage (never a silent new one: ARCHITECTURE.md rule 15). It returns what the
+:class:`trainer.loop.Trainer` is built from; the Trainer then records the start.
+
+One trainer per lineage: :class:`LineageLock` is an exclusive ``flock`` on
+``checkpoints/.lock``, held for the life of a Trainer. Two processes training the same
+checkpoints folder (an orphaned worker and its replacement, or ``traind train`` run by
+hand beside the daemon) would interleave checkpoints of diverging states. The kernel
+drops the lock when its holder dies, even by SIGKILL, so a crash never leaves a stale
+lock behind.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
-from collections.abc import Callable
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from trainer.checkpoint import recover_root
-from trainer.config import EvalConfig, ExportConfig, GoldConfig, LineageSpec, RunPaths, TrainConfig
-from trainer.gold import GOLD
-from trainer.lineage import LineageError, LostCheckpointsError, open_lineage, resolve_device
-from trainer.lock import LineageLock
+from trainer.config import LineageSpec, RunPaths, TrainConfig
+from trainer.lineage import (
+    Lineage,
+    LineageError,
+    LostCheckpointsError,
+    open_lineage,
+    resolve_device,
+)
 from trainer.memory import MemoryEstimate, estimate_training_memory
+from trainer.records.checkpoints import GOLD_DIR
 from trainer.records.events import EventLog
-from trainer.records.space import DiskFullError
 from trainer.rollback import Rollback, interrupted_rollback, roll_back_to_gold
-
-if TYPE_CHECKING:
-    from trainer.loop import Trainer
 
 log = logging.getLogger(__name__)
 
 
-class Opening:
-    """``Trainer.open`` and what it does once the lineage is held."""
+@dataclass(frozen=True, kw_only=True)
+class HeldLineage:
+    """An opened lineage, held under its lock: what a Trainer is built from."""
 
-    @classmethod
-    def open(
-        cls,
-        *,
-        spec: LineageSpec,
-        train: TrainConfig,
-        paths: RunPaths,
-        init_from: Path | None = None,
-        events: EventLog | None = None,
-        lock_wait_s: float = 0.0,
-        evaluation: EvalConfig | None = None,
-        gold: GoldConfig | None = None,
-        export: ExportConfig | None = None,
-        from_gold: bool = False,
-        rollback_request: str | None = None,
-        in_progress: dict | None = None,
-        new_lineage: bool = False,
-        expected_lineage: str | None = None,
-        on_disk_full: Callable[[DiskFullError], None] | None = None,
-    ) -> Trainer:
-        """Open (or start) the lineage under ``paths.checkpoints`` and hold it.
+    lineage: Lineage
+    """The model, optimizer, tokenizer and training state."""
+    lock: LineageLock
+    """The lineage lock, held; whoever takes this releases it."""
+    events: EventLog
+    """The event log to write to."""
+    device: torch.device
+    """Where the model lives."""
+    rollback: Rollback | None
+    """The rollback to gold done while opening (finished or requested), if any."""
 
-        ``from_gold`` first rolls the lineage back to its gold checkpoint (newer
-        checkpoints are kept under ``rolled-back/``), for the operator's request made at
-        ``rollback_request`` (ISO time), while ``in_progress`` (``name``, ``sha256``) was
-        being trained. A rollback a crash interrupted is finished first, whatever is asked.
-        ``new_lineage`` and ``expected_lineage``: see :func:`trainer.lineage.open_lineage`.
-        ``on_disk_full``: see ``Trainer.on_disk_full``.
-        """
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size > 1:
-            # Every rank would train the whole file and write the same checkpoints.
-            raise LineageError(
-                f"WORLD_SIZE={world_size}: multi-process (torchrun) training is not supported by "
-                "this version; run a single process per lineage"
+
+@dataclass(frozen=True, kw_only=True)
+class OpenRequest:
+    """How to open the lineage (the arguments of ``Trainer.open``)."""
+
+    spec: LineageSpec
+    """The model the settings ask for."""
+    train: TrainConfig
+    """Training settings (device, seed, batch, what to do about lost checkpoints)."""
+    paths: RunPaths
+    """Where the checkpoints and the event log are."""
+    events: EventLog | None = None
+    """The event log to write to (default: the one under ``paths``)."""
+    lock_wait_s: float = 0.0
+    """How long to wait for another process to let go of the lineage."""
+    init_from: Path | None = None
+    """Start a new lineage from this checkpoint's weights."""
+    from_gold: bool = False
+    """Roll the lineage back to gold first."""
+    rollback_request: str | None = None
+    """The time (ISO) of the operator's rollback request served."""
+    in_progress: dict[str, Any] | None = None
+    """The file being trained when the rollback was asked (``name``, ``sha256``)."""
+    new_lineage: bool = False
+    """Start a new lineage on purpose, moving the old one's folders aside."""
+    expected_lineage: str | None = None
+    """Why a lineage must exist (e.g. the ledger records trained files), if one must."""
+
+
+def hold_lineage(request: OpenRequest) -> HeldLineage:
+    """Lock, recover and open the lineage under ``request.paths.checkpoints``.
+
+    A rollback a crash interrupted is finished first, whatever is asked. The lock is
+    released again if opening fails.
+    """
+    refuse_multi_process()
+    device = prepare_device(request.train)
+    root = request.paths.checkpoints
+    lock = LineageLock(root)
+    lock.acquire(wait_s=request.lock_wait_s)
+    try:
+        recover_root(root)
+        events = request.events or EventLog(request.paths.events)
+        rollback = interrupted_rollback(root)
+        if rollback is None and request.from_gold:
+            rollback = roll_back_to_gold(
+                root, request=request.rollback_request, in_progress=request.in_progress
             )
-        device = resolve_device(train.device)
-        if device.type == "cuda":
-            if train.cuda_memory_fraction is not None:
-                torch.cuda.set_per_process_memory_fraction(train.cuda_memory_fraction, device)
-            torch.backends.cuda.matmul.allow_tf32 = True
-        root = paths.checkpoints
-        lock = LineageLock(root)
-        lock.acquire(wait_s=lock_wait_s)
-        try:
-            recover_root(root)
-            events = events or EventLog(paths.events)
-            rollback = interrupted_rollback(root)
-            if rollback is None and from_gold:
-                rollback = roll_back_to_gold(
-                    root, request=rollback_request, in_progress=in_progress
-                )
-            options = dict(
-                spec=spec,
-                train=train,
-                device=device,
-                init_from=init_from,
-                new_lineage=new_lineage,
-                expected=expected_lineage,
+        lineage, rollback = _open_or_continue_from_gold(
+            root, request=request, device=device, rollback=rollback
+        )
+    except BaseException:
+        lock.release()
+        raise
+    return HeldLineage(lineage=lineage, lock=lock, events=events, device=device, rollback=rollback)
+
+
+def refuse_multi_process() -> None:
+    """Every rank of a torchrun would train the whole file and write the same checkpoints."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        raise LineageError(
+            f"WORLD_SIZE={world_size}: multi-process (torchrun) training is not supported by "
+            "this version; run a single process per lineage"
+        )
+
+
+def prepare_device(train: TrainConfig) -> torch.device:
+    """The device of ``train.device``, with the CUDA memory cap and TF32 set (rule 7)."""
+    device = resolve_device(train.device)
+    if device.type == "cuda":
+        if train.cuda_memory_fraction is not None:
+            torch.cuda.set_per_process_memory_fraction(train.cuda_memory_fraction, device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+    return device
+
+
+def _open_or_continue_from_gold(
+    root: Path, *, request: OpenRequest, device: torch.device, rollback: Rollback | None
+) -> tuple[Lineage, Rollback | None]:
+    """Open the lineage; where no step checkpoint is left, continue from gold if the
+    settings say so (``train.on_lost_checkpoints = "gold"``)."""
+    train = request.train
+    options = dict(
+        spec=request.spec,
+        train=train,
+        device=device,
+        init_from=request.init_from,
+        new_lineage=request.new_lineage,
+        expected=request.expected_lineage,
+    )
+    try:
+        return open_lineage(root, **options), rollback
+    except LostCheckpointsError:
+        if train.on_lost_checkpoints != "gold" or not (root / GOLD_DIR).is_dir():
+            raise
+    log.warning(
+        "no usable step checkpoint in %s; continuing the lineage from gold "
+        '(train.on_lost_checkpoints = "gold")',
+        root,
+    )
+    rollback = roll_back_to_gold(root)
+    return open_lineage(root, **options), rollback
+
+
+def check_memory(
+    lineage: Lineage, *, train: TrainConfig, device: torch.device, half_precision: bool
+) -> MemoryEstimate:
+    """Log the training-memory estimate; warn when it will not fit under the CUDA cap."""
+    micro_batch = lineage.state.micro_batch_size
+    estimate = estimate_training_memory(
+        lineage.model_config,
+        n_params=lineage.model.num_params(),
+        micro_batch=micro_batch,
+        activation_bytes=2 if half_precision else 4,
+    )
+    log.info("memory estimate at micro-batch %d: %s", micro_batch, estimate.describe())
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        cap = total * (train.cuda_memory_fraction or 1.0)
+        if estimate.total > cap:
+            log.warning(
+                "the estimate exceeds the %.1f GiB this process may use; expect OOM recovery "
+                "to shrink the micro-batch, or lower train.micro_batch_size",
+                cap / 2**30,
             )
+    return estimate
+
+
+class LineageLockedError(RuntimeError):
+    """Another process holds the lineage."""
+
+
+class LineageLock:
+    """Held for the life of a Trainer."""
+
+    def __init__(self, checkpoints: Path) -> None:
+        self.path = checkpoints / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self, *, wait_s: float = 0.0) -> None:
+        """Take the lock, waiting up to ``wait_s`` seconds; LineageLockedError names the holder."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait_s
+        while True:
             try:
-                lineage = open_lineage(root, **options)
-            except LostCheckpointsError:
-                if train.on_lost_checkpoints != "gold" or not (root / GOLD).is_dir():
-                    raise
-                log.warning(
-                    "no usable step checkpoint in %s; continuing the lineage from gold "
-                    '(train.on_lost_checkpoints = "gold")',
-                    root,
-                )
-                rollback = roll_back_to_gold(root)
-                lineage = open_lineage(root, **options)
-            trainer = cls(
-                lineage,
-                train=train,
-                paths=paths,
-                events=events,
-                device=device,
-                evaluation=evaluation,
-                gold=gold,
-                export=export,
-            )
-        except BaseException:
-            lock.release()
-            raise
-        trainer._lock = lock
-        trainer.on_disk_full = on_disk_full
-        try:
-            trainer._start(rollback)
-        except BaseException:
-            trainer.close()
-            raise
-        return trainer
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                    os.close(fd)
+                    raise LineageLockedError(
+                        f"another traind process (pid {holder}) is training the lineage in "
+                        f"{self.path.parent}; stop it first, or point paths.checkpoints elsewhere"
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
 
-    def _start(self, rollback: Rollback | None) -> None:
-        """What opening does once the lineage is held: record a rollback or a retired
-        lineage, say that training starts, and write what a crash may have cut off."""
-        lineage, events, state = self.lineage, self.events, self.state
-        if lineage.retired is not None:
-            events.emit("lineage_retired", kept_in=str(lineage.retired))
-        if rollback is not None:
-            self.rollback = rollback
-            self.record_rollback(rollback)
-        memory = self._check_memory()
-        for notice in lineage.notices:
-            events.emit("optimizer_reset", **notice)
-        self._reconcile_file_complete()
-        events.emit(
-            "training_start",
-            global_step=state.global_step,
-            resumed_from=str(lineage.resumed_from) if lineage.resumed_from else None,
-            lineage_id=state.lineage_id,
-            device=str(self.device),
-            # CPU results are the same at any thread count; recorded for reports all the same.
-            threads=torch.get_num_threads(),
-            model={"parameters": self.model.num_params(), **lineage.model_config.to_dict()},
-            train_config=self.train.to_dict(),
-            eval_config=self.evaluation.to_dict(),
-            gold_config=self.gold_config.to_dict(),
-            gold_step=state.gold["step"] if state.gold else None,
-            memory_estimate_bytes=memory.total,
-            files_completed=len(state.files_completed),
-            current_file=state.current_file.name if state.current_file else None,
-        )
-        if lineage.resumed_from is None:
-            self.save_checkpoint(reason="lineage_start")
-        self.restore_export()
-        self.evaluator.restore_recent(
-            [(f.name, f.sha256, f.holdout_fraction) for f in state.files_completed]
-        )
-
-    def _check_memory(self) -> MemoryEstimate:
-        """Log the training-memory estimate; warn when it will not fit under the CUDA cap."""
-        estimate = estimate_training_memory(
-            self.lineage.model_config,
-            n_params=self.model.num_params(),
-            micro_batch=self.state.micro_batch_size,
-            activation_bytes=2 if self.steps.half_precision else 4,
-        )
-        log.info(
-            "memory estimate at micro-batch %d: %s",
-            self.state.micro_batch_size,
-            estimate.describe(),
-        )
-        if self.device.type == "cuda":
-            total = torch.cuda.get_device_properties(self.device).total_memory
-            cap = total * (self.train.cuda_memory_fraction or 1.0)
-            if estimate.total > cap:
-                log.warning(
-                    "the estimate exceeds the %.1f GiB this process may use; expect OOM recovery "
-                    "to shrink the micro-batch, or lower train.micro_batch_size",
-                    cap / 2**30,
-                )
-        return estimate
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None

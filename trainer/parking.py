@@ -1,4 +1,4 @@
-"""Files set aside unfinished, and taken up again where they stopped (design rules 13-14).
+"""Files set aside unfinished, and taken up again where they stopped (ARCHITECTURE.md rules 13-14).
 
 A file stops before its target when it is cancelled, fails (it crashed the worker too
 often), is rolled back, or has no ledger record to train it under. What the lineage
@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
+from pathlib import Path
 
-from trainer.records.state import FileProgress
-
-if TYPE_CHECKING:
-    from trainer.loop import Trainer
+from trainer.records.events import EventLog
+from trainer.records.state import FileProgress, TrainingState
+from trainer.records.storage import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +25,14 @@ MAX_PARKED = 100
 """Parked files kept; beyond this the oldest is forgotten (it would start over)."""
 
 
-def park_current(trainer: Trainer, *, reason: str) -> None:
-    """Set the file in progress aside unfinished, and commit that in a checkpoint."""
-    state = trainer.state
+def park_current(state: TrainingState, *, events: EventLog, reason: str) -> FileProgress | None:
+    """Set the file in progress aside unfinished; returns it (None if there was none).
+
+    The caller commits that in a checkpoint (reason ``park``).
+    """
     current = state.current_file
     if current is None:
-        return
+        return None
     state.current_file = None
     current.parked_at = state.global_step
     state.parked = [f for f in state.parked if f.sha256 != current.sha256] + [current]
@@ -49,7 +50,7 @@ def park_current(trainer: Trainer, *, reason: str) -> None:
         current.steps_for_file,
         reason,
     )
-    trainer.events.emit(
+    events.emit(
         "file_parked",
         file=current.name,
         sha256=current.sha256,
@@ -60,13 +61,14 @@ def park_current(trainer: Trainer, *, reason: str) -> None:
         cursor=current.cursor,
         reason=reason,
     )
-    trainer.save_checkpoint(reason="park")
+    return current
 
 
-def unpark(trainer: Trainer, sha256: str, *, name: str) -> FileProgress | None:
+def unpark(
+    state: TrainingState, sha256: str, *, name: str, events: EventLog
+) -> FileProgress | None:
     """Make the parked progress of this content the file in progress again, with the steps
     it had left counted from the current global step; None if nothing is parked for it."""
-    state = trainer.state
     parked = state.parked_file(sha256)
     if parked is None:
         return None
@@ -88,7 +90,7 @@ def unpark(trainer: Trainer, sha256: str, *, name: str) -> FileProgress | None:
         state.global_step,
         parked.target_step,
     )
-    trainer.events.emit(
+    events.emit(
         "file_resumed",
         file=name,
         sha256=sha256,
@@ -100,10 +102,9 @@ def unpark(trainer: Trainer, sha256: str, *, name: str) -> FileProgress | None:
     return parked
 
 
-def note_split(trainer: Trainer, current: FileProgress) -> None:
+def note_split(state: TrainingState, current: FileProgress, *, world_size: int) -> None:
     """Say so when the batch settings no longer match the file's step size (rule 14)."""
-    state = trainer.state
-    configured = state.micro_batch_size * state.grad_accum_steps * trainer.world_size
+    configured = state.micro_batch_size * state.grad_accum_steps * world_size
     if configured == current.sequences_per_step:
         return
     micro = min(state.micro_batch_size, current.sequences_per_step)
@@ -118,3 +119,19 @@ def note_split(trainer: Trainer, current: FileProgress) -> None:
         state.micro_batch_size,
         state.grad_accum_steps,
     )
+
+
+def holdout_for(state: TrainingState, path: Path, *, sha256: str | None, default: float) -> float:
+    """The holdout to prepare ``path`` with: a file in progress or parked keeps the one it
+    started with (its sequences, and so its cursor and budget, depend on it); a new file
+    takes ``default``, the setting."""
+    if state.current_file is None and not state.parked:
+        return default
+    sha256 = sha256 or file_sha256(path)
+    current = state.current_file
+    if current is not None and sha256 == current.sha256:
+        return current.holdout_fraction
+    parked = state.parked_file(sha256)
+    if parked is not None:
+        return parked.holdout_fraction
+    return default

@@ -91,8 +91,3 @@ def model_config_for(
         )
     fields["vocab_size"] = padded_vocab_size(fields["vocab_size"])
     return ModelConfig(**fields)
-
-
-def describe_presets() -> list[tuple[str, str]]:
-    """(name, description) of every preset, for --help texts."""
-    return [(name, spec.get("description", "")) for name, spec in PRESETS.items()]

@@ -1,9 +1,26 @@
-"""The console progress line: step/target, %, elapsed, ETA, tokens/s, loss, lr."""
+"""How far training is, as people see it: the latest step's report, the console
+progress line (step/target, %, elapsed, ETA, tokens/s, loss, lr), and the optional
+TensorBoard scalars.
+
+The scalars (``train/loss``, ``val/<set>``, ``lr``, ``tokens_per_sec``) are behind the
+``tensorboard`` extra (``pip install 'traind[tensorboard]'``) and the setting
+``eval.tensorboard``. Each is keyed by the global step, so the curves of one lineage
+continue across files and restarts in ``<paths.state>/tensorboard``; a restart purges
+what a crashed run logged past the checkpoint it resumes from, so a resumed stretch is
+not drawn twice.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.records.state import FileProgress
+
+log = logging.getLogger(__name__)
 
 
 def format_duration(seconds: float) -> str:
@@ -47,6 +64,17 @@ class ProgressMeter:
     _loss_sum: float = 0.0
     _loss_steps: int = 0
 
+    @classmethod
+    def of_file(cls, current: FileProgress, *, name: str, step: int) -> ProgressMeter:
+        """A meter for ``current``, labelled ``name``, started at global step ``step``."""
+        return cls(
+            file_name=name,
+            start_step=current.start_step,
+            target_step=current.target_step,
+            session_start_step=step,
+            prior_elapsed=current.elapsed_s,
+        )
+
     def add(self, *, tokens: int, loss: float | None) -> None:
         self._tokens += tokens
         if loss is not None:
@@ -71,3 +99,94 @@ class ProgressMeter:
             f"elapsed {format_duration(self.elapsed())} ETA {format_duration(eta)} | "
             f"{format_rate(rate)} | loss {loss} | lr {lr:.2e}"
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepReport:
+    """The latest optimizer step, for heartbeats and progress displays."""
+
+    step: int
+    """Global step reached."""
+    target_step: int
+    """The current file's target."""
+    loss: float | None
+    """Mean loss of the step (None if skipped or without targets)."""
+    lr: float
+    """Learning rate the step used."""
+    tokens_per_s: float
+    """Throughput over the recent steps."""
+    eta_s: float
+    """Seconds to the file's target at the recent pace."""
+    seconds: float
+    """Wall time of this step."""
+
+
+def next_report(
+    previous: StepReport | None,
+    *,
+    step: int,
+    target_step: int,
+    loss: float | None,
+    lr: float,
+    tokens: int,
+    seconds: float,
+) -> StepReport:
+    """The report of the step just taken, its pace smoothed with ``previous``'s."""
+    # Exponential average over ~10 steps: steady enough for an ETA, quick to follow.
+    rate = tokens / max(seconds, 1e-9)
+    if previous is not None and previous.target_step == target_step:
+        rate = 0.9 * previous.tokens_per_s + 0.1 * rate
+    step_s = tokens / rate if rate > 0 else seconds
+    return StepReport(
+        step=step,
+        target_step=target_step,
+        loss=loss,
+        lr=lr,
+        tokens_per_s=rate,
+        eta_s=step_s * (target_step - step),
+        seconds=seconds,
+    )
+
+
+class Scalars:
+    """A TensorBoard writer, or nothing when disabled or not installed."""
+
+    def __init__(self, folder: Path | None, *, step: int) -> None:
+        self._writer: Any = None
+        if folder is None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning(
+                "eval.tensorboard is on but TensorBoard is not installed; "
+                "pip install 'traind[tensorboard]' (no scalars are written)"
+            )
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        self._writer = SummaryWriter(log_dir=str(folder), purge_step=step)
+
+    @property
+    def enabled(self) -> bool:
+        return self._writer is not None
+
+    def step(self, step: int, *, loss: float | None, lr: float, tokens_per_s: float) -> None:
+        if self._writer is None:
+            return
+        if loss is not None:
+            self._writer.add_scalar("train/loss", loss, step)
+        self._writer.add_scalar("lr", lr, step)
+        self._writer.add_scalar("tokens_per_sec", tokens_per_s, step)
+
+    def evaluation(self, step: int, losses: dict[str, float]) -> None:
+        if self._writer is None:
+            return
+        for name, loss in losses.items():
+            self._writer.add_scalar(f"val/{name}", loss, step)
+        # Evaluations are rare; make them visible at once.
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

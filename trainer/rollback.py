@@ -1,4 +1,4 @@
-"""Going back to the gold checkpoint, atomically as seen from outside (design rule 10).
+"""Going back to the gold checkpoint, atomically as seen from outside (ARCHITECTURE.md rule 10).
 
 A rollback is several renames: gold is installed as ``step-<its step>``, then every newer
 checkpoint moves under ``rolled-back/``. A crash between two of them must not leave the
@@ -21,18 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.checkpoint import (
-    STAGING_PREFIX,
-    CheckpointError,
-    install_folder,
-    read_checkpoint,
-    step_checkpoints,
-    step_dir_name,
-)
+from trainer.checkpoint import CheckpointError, read_checkpoint
+from trainer.checkpointer import Checkpointer
 from trainer.faults import fault_point
-from trainer.records.durable import fsync_path
-from trainer.records.manifest import GOLD_DIR, ROLLED_BACK_DIR, write_json
-from trainer.records.traces import newest_training_state
+from trainer.parking import park_current
+from trainer.records.checkpoints import GOLD_DIR, ROLLED_BACK_DIR, step_folder, step_folders
+from trainer.records.events import EventLog
+from trainer.records.manifest import write_json
+from trainer.records.staging import staged_folder
+from trainer.records.state import FileProgress, TrainingState, newest_training_state
+from trainer.records.storage import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +97,7 @@ def roll_back_to_gold(
         gold = read_checkpoint(root / GOLD_DIR)
     except CheckpointError as exc:
         raise CheckpointError(f"no usable gold checkpoint to roll back to: {exc}") from exc
-    newest = step_checkpoints(root)
+    newest = step_folders(root)
     from_step = newest[0][0] if newest else gold.step
     newer = [path for step, path in newest if step > gold.step]
     kept_in = None
@@ -148,6 +146,47 @@ def interrupted_rollback(root: Path) -> Rollback | None:
     return rollback
 
 
+def commit_rollback(rollback: Rollback, *, checkpointer: Checkpointer) -> None:
+    """Record the rollback done as the lineage opened, commit the lineage at gold with it,
+    and only then call the rollback done (:func:`finish_rollback`)."""
+    state, events = checkpointer.state, checkpointer.events
+    if record_rollback(rollback, state=state, events=events) is not None:
+        # Gold is usually taken mid-file; that file's rest is not trained on its own, as
+        # the point of going back is to keep gold's model and move on. Parked, it
+        # continues from gold's position if it is retried.
+        park_current(
+            state, events=events, reason=f"rolled back to gold at step {rollback.gold_step}"
+        )
+        checkpointer.save(reason="park")
+    else:
+        checkpointer.save(reason="rollback")
+    finish_rollback(checkpointer.root)
+
+
+def record_rollback(
+    rollback: Rollback, *, state: TrainingState, events: EventLog
+) -> FileProgress | None:
+    """Put the rollback into the lineage's state and the event log
+    (``rolled_back_to_gold``); returns the file it abandoned mid-way, if any."""
+    abandoned = state.current_file
+    if rollback.request is not None:
+        state.rollback_served = rollback.request
+    undone = {f.get("sha256") for f in state.files_rolled_back}
+    state.files_rolled_back += [f for f in rollback.files_undone if f["sha256"] not in undone]
+    events.emit(
+        "rolled_back_to_gold",
+        gold_step=rollback.gold_step,
+        from_step=rollback.from_step,
+        moved=list(rollback.moved),
+        kept_in=str(rollback.kept_in) if rollback.kept_in else None,
+        in_progress=abandoned.name if abandoned else None,
+        training=(rollback.in_progress or {}).get("name"),
+        files_undone=[f["name"] for f in rollback.files_undone],
+        resumed=rollback.resumed,
+    )
+    return abandoned
+
+
 def finish_rollback(root: Path) -> None:
     """The lineage is committed at gold: the plan is done."""
     fault_point("rollback:before_finish")
@@ -162,16 +201,14 @@ def _carry_out(root: Path, rollback: Rollback) -> None:
     """Install gold as ``step-<its step>``, then move the newer checkpoints aside. Each part
     may have been done already by an interrupted run; doing it again is harmless."""
     gold_dir = root / GOLD_DIR
-    target = root / step_dir_name(rollback.gold_step)
-    staging = root / f"{STAGING_PREFIX}{target.name}-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(gold_dir, staging)
-    for entry in staging.iterdir():
-        fsync_path(entry)
-    fsync_path(staging)
-    install_folder(staging, target)
-    fsync_path(root)
+    target = root / step_folder(rollback.gold_step)
+    with staged_folder(target) as stage:
+        shutil.copytree(gold_dir, stage.path, dirs_exist_ok=True)
+        stage.fsync_files = tuple(entry.name for entry in stage.path.iterdir())
+        # Gold's manifest came with the copy: only the folder is left to make durable.
+        stage.write_manifest = fsync_path
     fault_point("rollback:after_install")
-    newer = [path for step, path in step_checkpoints(root) if step > rollback.gold_step]
+    newer = [path for step, path in step_folders(root) if step > rollback.gold_step]
     if not newer:
         return
     kept_in = rollback.kept_in or root / ROLLED_BACK_DIR / f"from-{rollback.from_step:08d}"

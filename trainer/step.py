@@ -1,4 +1,4 @@
-"""The numerics of one optimizer step (design rules 4-6).
+"""The numerics of one optimizer step (ARCHITECTURE.md rules 4-6).
 
 The loss of a step is the mean over all target tokens of all its micro-batches: each
 micro-batch backpropagates its summed loss divided by the step's target count, which

@@ -187,10 +187,6 @@ class Tokenizer:
                 return token_id
         return self.eos_id
 
-    def special_id(self, token: str) -> int | None:
-        """Id of ``token`` if it is a single entry of the vocabulary, else ``None``."""
-        return self._hf.token_to_id(token)
-
     @cached_property
     def _is_builtin_bytes(self) -> bool:
         return self.fingerprint == _builtin_fingerprint()

@@ -4,14 +4,21 @@ import json
 from pathlib import Path
 
 import pytest
+from tokenizers import Tokenizer as HfTokenizer
 
 from trainer.config import LineageSpec, RunPaths, TrainConfig
 from trainer.loop import Trainer
+from trainer.tokenizer import Tokenizer
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def special_id(tokenizer: Tokenizer, token: str) -> int | None:
+    """Id of ``token`` if it is a single entry of the tokenizer's vocabulary, else None."""
+    return HfTokenizer.from_str(tokenizer.to_json()).token_to_id(token)
 
 
 def text_rows(n: int, *, offset: int = 0) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Atomic, verified checkpoints (design rule 8) and rotation."""
+"""Atomic, verified checkpoints (ARCHITECTURE.md rule 8) and rotation."""
 
 import json
 import os
@@ -21,12 +21,12 @@ from trainer.checkpoint import (
     read_checkpoint,
     recover_root,
     rotate,
-    step_dir_name,
     verify,
     write_checkpoint,
 )
 from trainer.model import GPT
 from trainer.presets import model_config_for
+from trainer.records.checkpoints import step_folder
 
 
 def make_content(step: int, seed: int = 0) -> CheckpointContent:
@@ -46,7 +46,7 @@ def make_content(step: int, seed: int = 0) -> CheckpointContent:
 
 
 def test_layout_and_manifest(tmp_path):
-    path = write_checkpoint(tmp_path, step_dir_name(1400), make_content(1400))
+    path = write_checkpoint(tmp_path, step_folder(1400), make_content(1400))
     assert path.name == "step-00001400"
     assert sorted(p.name for p in path.iterdir()) == sorted([*FILES, MANIFEST])
     manifest = json.loads((path / MANIFEST).read_text())
@@ -102,7 +102,7 @@ def _flip_byte(path):
 
 def test_rotation_keeps_newest_k_and_never_gold(tmp_path):
     for step in (1, 2, 3, 4, 5):
-        write_checkpoint(tmp_path, step_dir_name(step), make_content(step))
+        write_checkpoint(tmp_path, step_folder(step), make_content(step))
     write_checkpoint(tmp_path, "gold", make_content(1))
     (tmp_path / "export").mkdir()
     removed = rotate(tmp_path, keep=3)
@@ -118,7 +118,7 @@ def test_rotation_keeps_newest_k_and_never_gold(tmp_path):
 
 def test_rotation_does_not_count_a_broken_newest(tmp_path):
     for step in (1, 2, 3):
-        write_checkpoint(tmp_path, step_dir_name(step), make_content(step))
+        write_checkpoint(tmp_path, step_folder(step), make_content(step))
     (tmp_path / "step-00000003" / MANIFEST).unlink()
     rotate(tmp_path, keep=1)
     assert latest_checkpoint(tmp_path).step == 2
@@ -178,7 +178,7 @@ def test_kill_during_write_never_leaves_a_loadable_broken_checkpoint(tmp_path, p
     assert verify(found.path) is None
     recover_root(tmp_path)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    for _step, path in [(s, tmp_path / step_dir_name(s)) for s in (10, 20)]:
+    for _step, path in [(s, tmp_path / step_folder(s)) for s in (10, 20)]:
         if path.exists():
             assert verify(path) is None
 

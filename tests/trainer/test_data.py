@@ -1,4 +1,5 @@
-"""Tests of trainer.records.formats (validation) and trainer.data (tokenized cache, batches)."""
+"""Tests of trainer.records.formats (validation), trainer.cache (tokenized cache) and
+trainer.data (batches, order)."""
 
 from __future__ import annotations
 
@@ -14,21 +15,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import special_id
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer as HfTokenizer
 from tokenizers import models, pre_tokenizers, trainers
 
-from trainer import data
-from trainer.data import (
-    DataError,
-    TokenizedFile,
-    cache_key,
-    file_sha256,
-    sequence_order,
-    tokenize_file,
-    validate_file,
-)
+from trainer import cache
+from trainer.cache import cache_key, tokenize_file
+from trainer.data import DataError, TokenizedFile, sequence_order
+from trainer.records.formats import file_sha256, validate_file
 from trainer.tokenizer import Tokenizer, build_byte_tokenizer, load_tokenizer
 
 BYTES = build_byte_tokenizer()
@@ -539,7 +535,7 @@ def test_user_tokenizer_file_end_to_end(tmp_path: Path) -> None:
     assert tf.n_sequences == math.ceil((len(stream) - 1) / 4)
     x, _ = tf.batch([tf.n_sequences - 1, 0])
     if tf.lengths[-1] < 5:
-        assert x[0, -1] == tok.pad_id == tok.special_id("<pad>")
+        assert x[0, -1] == tok.pad_id == special_id(tok, "<pad>")
     pc = write_lines(tmp_path / "b.jsonl", [{"prompt": "hello", "completion": " cat"}])
     tf = tokenize(pc, tmp_path, tokenizer=tok)
     assert tok.decode(targets(tf, 0)) == " cat</s>"
@@ -554,7 +550,7 @@ def test_wordlevel_tokenizer_and_pad_fallback(tmp_path: Path) -> None:
     )
     tf = tokenize(path, tmp_path, tokenizer=tok)
     x, y = tf.batch([2, 0])
-    the, world = tok.special_id("the"), tok.special_id("world")
+    the, world = special_id(tok, "the"), special_id(tok, "world")
     assert x[0].tolist() == [the, world, tok.eos_id]  # padded with eos: no pad token
     assert y[0].tolist() == [world, tok.eos_id, -1]
 
@@ -607,7 +603,7 @@ def test_cache_hit_reads_only_the_entry(tmp_path: Path) -> None:
     first = tokenize(path, tmp_path, sha256=sha)
     entry = tmp_path / "cache" / first.key
     assert sorted(p.name for p in entry.iterdir()) == sorted(
-        [f"{name}.npy" for name in data.ARRAYS] + ["meta.json"]
+        [f"{name}.npy" for name in cache.ARRAYS] + ["meta.json"]
     )
     meta = json.loads((entry / "meta.json").read_text())
     assert meta["sha256"] == sha and meta["n_sequences"] == first.n_sequences
@@ -678,7 +674,7 @@ def test_crash_mid_write_leaves_no_entry(tmp_path: Path, monkeypatch: pytest.Mon
     def crash(*_: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(data, "write_durably", crash)
+    monkeypatch.setattr(cache, "write_durably", crash)
     with pytest.raises(OSError, match="disk full"):
         tokenize(path, tmp_path)
     assert list((tmp_path / "cache").iterdir()) == []
@@ -691,14 +687,14 @@ def test_losing_the_rename_race_uses_the_winner(
 ) -> None:
     path = write_lines(tmp_path / "a.jsonl", [TEXT])
     winner = tokenize(path, tmp_path)
-    real = data._load_entry
+    real = cache._load_entry
     calls = []
 
     def miss_first(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         return None if len(calls) == 1 else real(*args, **kwargs)
 
-    monkeypatch.setattr(data, "_load_entry", miss_first)
+    monkeypatch.setattr(cache, "_load_entry", miss_first)
     loser = tokenize(path, tmp_path)  # builds, finds the entry taken, uses it
     assert loser.key == winner.key
     assert loser.tokens.tolist() == winner.tokens.tolist()

@@ -8,11 +8,12 @@ import pytest
 import torch
 from conftest import qa_rows, text_rows, write_jsonl
 
-from trainer.checkpoint import CheckpointError, read_checkpoint, step_checkpoints
+from trainer.cache import tokenize_file
+from trainer.checkpoint import CheckpointError, read_checkpoint
 from trainer.config import EvalConfig, ExportConfig, GoldConfig, RunPaths
-from trainer.data import tokenize_file
 from trainer.evaluate import EvalSetError
 from trainer.packing import is_held_out
+from trainer.records.checkpoints import step_folders
 from trainer.tokenizer import build_byte_tokenizer
 
 TOKENIZER = build_byte_tokenizer()
@@ -127,7 +128,7 @@ def test_eval_events_gold_and_rotation(tmp_path, open_trainer, run_paths):
     assert gold.optimizer_state()["state"], "gold carries the optimizer moments"
     assert gold.training_state["gold"]["val_loss"] == promoted[-1]["val_loss"]
     # keep_checkpoints=1 rotated every older step-* away, never gold.
-    assert len(step_checkpoints(run_paths.checkpoints)) == 1
+    assert len(step_folders(run_paths.checkpoints)) == 1
     assert trainer.state.gold_history[-1]["step"] == gold.step
     trainer.finish()
     (complete,) = events(run_paths, "training_complete")
@@ -143,7 +144,7 @@ def test_from_gold_rolls_the_lineage_back(tmp_path, open_trainer, run_paths):
     trainer.train_file(trainer.prepare(first), name=first.name)
     gold_step = trainer.state.gold["step"]
     # From here on no candidate passes, so gold stays in the first file, behind the latest.
-    trainer.gold_config = GoldConfig(overfit_ratio=1e-9)
+    trainer.checkup.gold_config = GoldConfig(overfit_ratio=1e-9)
     second = write_jsonl(tmp_path / "b.jsonl", qa_rows(48, offset=500))
     trainer.train_file(trainer.prepare(second), name=second.name)
     end = trainer.state.global_step
@@ -155,7 +156,7 @@ def test_from_gold_rolls_the_lineage_back(tmp_path, open_trainer, run_paths):
     assert back.state.global_step == gold_step
     (event,) = events(run_paths, "rolled_back_to_gold")
     assert (event["gold_step"], event["from_step"]) == (gold_step, end)
-    assert all(step <= gold_step for step, _ in step_checkpoints(run_paths.checkpoints))
+    assert all(step <= gold_step for step, _ in step_folders(run_paths.checkpoints))
     kept = sorted(p.name for p in (run_paths.checkpoints / "rolled-back").glob("*/step-*"))
     assert kept == sorted(event["moved"]) and kept
     assert [f.name for f in back.state.files_completed] == [

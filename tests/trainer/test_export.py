@@ -13,15 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import special_id
 from safetensors import safe_open
 
-from trainer.checkpoint import (
-    MANIFEST,
-    CheckpointContent,
-    recover_root,
-    step_dir_name,
-    write_checkpoint,
-)
+from trainer.checkpoint import MANIFEST, CheckpointContent, recover_root, write_checkpoint
 from trainer.completion import complete
 from trainer.export import (
     EXPORT_FILES,
@@ -35,6 +30,7 @@ from trainer.export import (
 )
 from trainer.model import GPT
 from trainer.presets import model_config_for
+from trainer.records.checkpoints import step_folder
 from trainer.tokenizer import build_byte_tokenizer
 
 TOKENIZER = build_byte_tokenizer()
@@ -55,7 +51,7 @@ def export_to(root: Path, model: GPT, *, dtype: str = "bf16", step: int = 1) -> 
         config=model.config.to_dict(),
         tokenizer_json=TOKENIZER.to_json(),
         dtype=dtype,
-        info={"step": step, "lineage_id": "abc123", "source_checkpoint": step_dir_name(step)},
+        info={"step": step, "lineage_id": "abc123", "source_checkpoint": step_folder(step)},
     )
 
 
@@ -190,7 +186,7 @@ class ScriptedModel(torch.nn.Module):
 
 
 def test_complete_stops_at_eos_and_drops_special_tokens():
-    eos, im_end = TOKENIZER.eos_id, TOKENIZER.special_id("<|im_end|>")
+    eos, im_end = TOKENIZER.eos_id, special_id(TOKENIZER, "<|im_end|>")
     model = ScriptedModel([*b"hi", im_end, *b"!", eos, *b"after", eos])
     assert complete(model, TOKENIZER, "say ", max_new_tokens=10) == "hi!"
 
@@ -304,8 +300,8 @@ def _content(model: GPT, step: int) -> CheckpointContent:
 
 def test_export_checkpoint_and_load_for_generation_accept_every_folder(tmp_path, trained):
     root = tmp_path / "checkpoints"
-    write_checkpoint(root, step_dir_name(4), _content(make_model(seed=4), 4))
-    newest = write_checkpoint(root, step_dir_name(8), _content(trained, 8))
+    write_checkpoint(root, step_folder(4), _content(make_model(seed=4), 4))
+    newest = write_checkpoint(root, step_folder(8), _content(trained, 8))
     path = export_checkpoint(newest, tmp_path / "deploy", dtype="fp16")
     assert path == tmp_path / "deploy" / "export"
     info = load_export(path).info
@@ -313,14 +309,14 @@ def test_export_checkpoint_and_load_for_generation_accept_every_folder(tmp_path,
     # A checkpoints root exports its newest checkpoint.
     assert load_export(export_checkpoint(root, root, dtype="bf16")).info["step"] == 8
     expected = complete(trained, TOKENIZER, "the ", max_new_tokens=6)
-    for folder, step in ((newest, 8), (root / step_dir_name(4), 4), (root, 8), (path, 8)):
+    for folder, step in ((newest, 8), (root / step_folder(4), 4), (root, 8), (path, 8)):
         loaded = load_for_generation(folder)
         assert loaded.info["step"] == step, folder
         assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
         if step == 8:
             assert complete(loaded.model, loaded.tokenizer, "the ", max_new_tokens=6) == expected
     # With its step-* folders gone, a checkpoints root still serves its export.
-    for _, step_path in ((4, root / step_dir_name(4)), (8, newest)):
+    for _, step_path in ((4, root / step_folder(4)), (8, newest)):
         shutil.rmtree(step_path)
     assert load_for_generation(root).path == root / "export"
 

@@ -1,4 +1,4 @@
-"""The gold decision (design rule 10) on scripted val/train sequences: each guard alone,
+"""The gold decision (ARCHITECTURE.md rule 10) on scripted val/train sequences: each guard alone,
 their combination, ties, and the first gold."""
 
 import math

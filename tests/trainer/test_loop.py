@@ -9,9 +9,11 @@ import pytest
 import torch
 from conftest import qa_rows, text_rows, write_jsonl
 
-from trainer.checkpoint import latest_checkpoint, read_checkpoint, step_checkpoints
+from trainer.budget import steps_for_file
+from trainer.checkpoint import latest_checkpoint, read_checkpoint
 from trainer.config import LineageSpec
-from trainer.loop import FileOutcome, steps_for_file
+from trainer.loop import FileOutcome
+from trainer.records.checkpoints import step_folders
 
 
 def events(run_paths, kind=None):
@@ -232,9 +234,7 @@ def test_injected_nan_is_skipped_and_never_reaches_the_weights(tmp_path, open_tr
     assert len(skipped) == 1 and skipped[0]["step"] == 3 and skipped[0]["file"] == "a.jsonl"
     assert skipped[0]["lines"]  # the offending line numbers
     assert not events(run_paths, "rollback")
-    assert (
-        trainer.state.global_step == trainer.state.files_completed[0].end_step
-    )  # budget kept
+    assert trainer.state.global_step == trainer.state.files_completed[0].end_step  # budget kept
 
 
 def test_repeated_nan_rolls_back_to_the_last_good_checkpoint(tmp_path, open_trainer, run_paths):
@@ -255,14 +255,14 @@ def test_repeated_nan_rolls_back_to_the_last_good_checkpoint(tmp_path, open_trai
         found = read_checkpoint(trainer.paths.checkpoints / f"step-{step:08d}")
         good[step] = found.weights()
 
-    original = trainer.save_checkpoint
+    original = trainer.checkpointer.save
 
     def save(*, reason):
         path_ = original(reason=reason)
         remember(trainer.state.global_step)
         return path_
 
-    trainer.save_checkpoint = save
+    trainer.checkpointer.save = save
     trainer.train_file(data, name="a.jsonl")
     rollbacks = events(run_paths, "rollback")
     assert len(rollbacks) == 1
@@ -306,7 +306,7 @@ def test_rotation_keeps_k_during_training(tmp_path, open_trainer, run_paths):
     path = write_jsonl(tmp_path / "a.jsonl", text_rows(400))
     trainer = open_trainer(checkpoint_interval=2, keep_checkpoints=2)
     trainer.train_file(trainer.prepare(path), name="a.jsonl")
-    steps = [s for s, _ in step_checkpoints(run_paths.checkpoints)]
+    steps = [s for s, _ in step_folders(run_paths.checkpoints)]
     assert len(steps) == 2 and steps[0] == trainer.state.global_step
 
 
@@ -379,8 +379,8 @@ def test_one_trainer_per_lineage(tmp_path, run_paths):
     from conftest import TEST_TRAIN
 
     from trainer.config import TrainConfig
-    from trainer.lock import LineageLockedError
     from trainer.loop import Trainer
+    from trainer.opening import LineageLockedError
 
     def open_():
         return Trainer.open(

@@ -12,12 +12,16 @@ from trainer.config import ModelConfig
 from trainer.model import GPT, swiglu_hidden
 from trainer.presets import (
     PRESETS,
-    describe_presets,
     model_config_for,
     padded_vocab_size,
 )
 
 VOCAB = 64
+
+
+def describe_presets() -> list[tuple[str, str]]:
+    """(name, description) of every preset, as a --help text would list them."""
+    return [(name, spec.get("description", "")) for name, spec in PRESETS.items()]
 
 
 def make_config(**overrides) -> ModelConfig:

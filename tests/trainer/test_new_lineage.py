@@ -7,9 +7,10 @@ import shutil
 import pytest
 from conftest import qa_rows, write_jsonl
 
-from trainer.checkpoint import CheckpointError, latest_checkpoint, step_checkpoints
+from trainer.checkpoint import CheckpointError, latest_checkpoint
 from trainer.config import ExportConfig, RunPaths
 from trainer.lineage import LineageError
+from trainer.records.checkpoints import step_folders
 
 
 def events(paths, kind):
@@ -23,7 +24,7 @@ def lineage(tmp_path, open_trainer, run_paths):
     trainer = open_trainer(checkpoint_interval=3, keep_checkpoints=2)
     first = write_jsonl(tmp_path / "a.jsonl", qa_rows(24))
     trainer.train_file(trainer.prepare(first), name="a.jsonl")
-    trainer.save_gold()
+    trainer.checkpointer.save_gold()
     second = write_jsonl(tmp_path / "b.jsonl", qa_rows(24, offset=100))
     trainer.train_file(trainer.prepare(second), name="b.jsonl")
     trainer.close()
@@ -31,7 +32,7 @@ def lineage(tmp_path, open_trainer, run_paths):
 
 
 def break_every_step_checkpoint(root):
-    for _step, path in step_checkpoints(root):
+    for _step, path in step_folders(root):
         (path / "model.safetensors").write_bytes(b"not the weights any more")
 
 
@@ -54,7 +55,7 @@ def test_all_step_checkpoints_broken_refuses_to_start_over_gold_and_export(
 
 
 def test_all_step_checkpoints_deleted_refuses_too(lineage, open_trainer, run_paths):
-    for _step, path in step_checkpoints(run_paths.checkpoints):
+    for _step, path in step_folders(run_paths.checkpoints):
         shutil.rmtree(path)
     with pytest.raises(LineageError, match="no usable step-\\* checkpoint"):
         open_trainer()
@@ -107,7 +108,7 @@ def test_one_lineage_never_overwrites_another_lineages_gold_or_export(
     shutil.rmtree(other.checkpoints / "export")
     shutil.copytree(run_paths.checkpoints / "export", other.checkpoints / "export")
     with pytest.raises(CheckpointError, match=r"belongs to lineage .* never overwrites"):
-        trainer.save_gold()
+        trainer.checkpointer.save_gold()
     with pytest.raises(CheckpointError, match="belongs to lineage"):
         trainer.export()
     state = json.loads((other.checkpoints / "gold" / "training_state.json").read_text())

@@ -103,10 +103,7 @@ def test_a_cancelled_file_trained_again_continues_where_it_stopped(
     data = trainer.prepare(path)
     trainer.train_file(data, name="a.jsonl", should_stop=stop_after(2))
     trainer.park_current(reason="cancelled on request at step 2")
-    assert (
-        trainer.state.current_file is None
-        and trainer.state.parked[0].parked_at == 2
-    )
+    assert trainer.state.current_file is None and trainer.state.parked[0].parked_at == 2
     first_part = list(seen)
     trainer.close()
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import TEST_TRAIN, qa_rows, write_jsonl
 
-from trainer.checkpoint import latest_checkpoint, step_checkpoints
+from trainer.checkpoint import latest_checkpoint
+from trainer.records.checkpoints import step_folders
 from trainer.rollback import PLAN
 
 ROLL_BACK = textwrap.dedent(
@@ -50,14 +51,14 @@ def lineage(tmp_path, open_trainer):
     trainer.train_file(
         trainer.prepare(write_jsonl(tmp_path / "a.jsonl", qa_rows(16))), name="a.jsonl"
     )
-    trainer.save_gold()
+    trainer.checkpointer.save_gold()
     gold_step = trainer.state.global_step
     b = trainer.prepare(write_jsonl(tmp_path / "b.jsonl", qa_rows(56, offset=40)))
     calls = iter(range(1000))
     trainer.train_file(b, name="b.jsonl", should_stop=lambda: next(calls) >= 6)
     newest = trainer.state.global_step
     trainer.close()
-    newer = [s for s, _ in step_checkpoints(paths.checkpoints) if s > gold_step]
+    newer = [s for s, _ in step_folders(paths.checkpoints) if s > gold_step]
     assert len(newer) >= 2
     return tmp_path, gold_step, newest
 
@@ -89,7 +90,7 @@ def test_a_crash_during_a_rollback_is_finished_at_the_next_start(lineage, open_t
     trainer = open_trainer(paths=RunPaths(checkpoints=root / "ck", state=root / "st"))
     assert trainer.state.global_step == gold_step
     assert latest_checkpoint(root / "ck").step == gold_step
-    assert all(step <= gold_step for step, _ in step_checkpoints(root / "ck"))
+    assert all(step <= gold_step for step, _ in step_folders(root / "ck"))
     kept = sorted(p.name for p in (root / "ck" / "rolled-back").glob("*/step-*"))
     assert kept and all(int(name.split("-")[1]) > gold_step for name in kept)
     assert max(int(name.split("-")[1]) for name in kept) == newest
@@ -106,12 +107,12 @@ def test_a_crash_during_a_rollback_is_finished_at_the_next_start(lineage, open_t
 
 def test_a_crash_before_the_plan_leaves_the_lineage_where_it_was(lineage, open_trainer):
     root, _gold_step, newest = lineage
-    before = sorted(p.name for _, p in step_checkpoints(root / "ck"))
+    before = sorted(p.name for _, p in step_folders(root / "ck"))
     crash_rolling_back(root, "rollback:before_plan")
     from trainer.config import RunPaths
 
     trainer = open_trainer(paths=RunPaths(checkpoints=root / "ck", state=root / "st"))
     assert trainer.state.global_step == newest and not (root / "ck" / PLAN).exists()
-    assert sorted(p.name for _, p in step_checkpoints(root / "ck")) == before
+    assert sorted(p.name for _, p in step_folders(root / "ck")) == before
     # Not served: the worker carries the request out when it sees it again.
     assert trainer.state.rollback_served is None

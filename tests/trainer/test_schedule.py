@@ -1,11 +1,11 @@
-"""The LR is a pure function of the global step (design rule 2)."""
+"""The LR is a pure function of the global step (ARCHITECTURE.md rule 2)."""
 
 import math
 
 import pytest
 
 from trainer.config import TrainConfig
-from trainer.schedule import lr_at
+from trainer.optim import lr_at
 
 
 def test_warmup_then_constant_by_default():

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import special_id
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer as HfTokenizer
@@ -61,7 +62,7 @@ def byte_tok() -> Tokenizer:
 
 def test_byte_tokenizer_layout(byte_tok: Tokenizer) -> None:
     assert byte_tok.vocab_size == 260
-    assert [byte_tok.special_id(t) for t in (ENDOFTEXT, IM_START, IM_END, PAD)] == [
+    assert [special_id(byte_tok, t) for t in (ENDOFTEXT, IM_START, IM_END, PAD)] == [
         256,
         257,
         258,
@@ -69,7 +70,7 @@ def test_byte_tokenizer_layout(byte_tok: Tokenizer) -> None:
     ]
     assert byte_tok.eos_id == 256
     assert byte_tok.pad_id == 259
-    assert byte_tok.special_id("<s>") is None
+    assert special_id(byte_tok, "<s>") is None
     assert byte_tok.encode("") == []
 
 
@@ -167,16 +168,16 @@ def test_tokenizer_without_end_of_text_token(tmp_path: Path) -> None:
 
 def test_eos_preference_order() -> None:
     tok = train_wordlevel(["<unk>", IM_END, "</s>"])
-    assert tok.eos_id == tok.special_id("</s>")
+    assert tok.eos_id == special_id(tok, "</s>")
     only_im_end = train_wordlevel(["<unk>", IM_END])
-    assert only_im_end.eos_id == only_im_end.special_id(IM_END)
+    assert only_im_end.eos_id == special_id(only_im_end, IM_END)
 
 
 def test_pad_falls_back_to_eos() -> None:
     tok = train_wordlevel(["<unk>", "</s>"])
     assert tok.pad_id == tok.eos_id
     with_pad = train_wordlevel(["<unk>", "</s>", "<pad>"])
-    assert with_pad.pad_id == with_pad.special_id("<pad>")
+    assert with_pad.pad_id == special_id(with_pad, "<pad>")
 
 
 def test_user_tokenizer_file_end_to_end(tmp_path: Path) -> None:
@@ -199,6 +200,6 @@ def test_chat_markers(byte_tok: Tokenizer) -> None:
     assert chat.newline == (10,)
     # Without the markers in the vocabulary they are rendered as plain text.
     plain = train_bpe([ENDOFTEXT])
-    assert plain.special_id(IM_START) is None
+    assert special_id(plain, IM_START) is None
     assert plain.marker_ids(IM_START) == plain.encode(IM_START)
     assert list(plain.chat_ids.end) == plain.encode(IM_END)

@@ -1,0 +1,158 @@
+"""A file's budget of optimizer steps, fixed when it starts, and its record when it ends.
+
+ARCHITECTURE.md rule 1: the budget is ``ceil(epochs * n_sequences / (micro * accum *
+world))`` steps, counted from the global step the file starts at; both numbers go into
+the training state (and so every checkpoint) and are never recomputed. Rule 14: the
+sequences each step takes are fixed with them, whatever the batch settings later.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from trainer.data import TokenizedFile
+from trainer.parking import note_split, unpark
+from trainer.records.events import EventLog, round_loss
+from trainer.records.state import CompletedFile, FileProgress, TrainingState
+
+log = logging.getLogger(__name__)
+
+
+def steps_for_file(n_sequences: int, *, epochs: float, micro: int, accum: int, world: int) -> int:
+    """ARCHITECTURE.md rule 1: the file's budget in optimizer steps (at least one)."""
+    return max(1, math.ceil(epochs * n_sequences / (micro * accum * world)))
+
+
+def refuse_another(state: TrainingState, data: TokenizedFile, *, name: str) -> None:
+    """RuntimeError unless ``data`` may be trained now: no other file is in progress, and
+    a file that started keeps the holdout it started with (``Trainer.prepare`` sees to it)."""
+    current = state.current_file
+    if current is not None and current.sha256 != data.sha256:
+        raise RuntimeError(f"{current.name} is in progress; finish it before starting {name}")
+    started = current or state.parked_file(data.sha256)
+    if started is not None and started.holdout_fraction != data.holdout_fraction:
+        raise RuntimeError(
+            f"{name} was prepared with holdout {data.holdout_fraction}, but it started "
+            f"with {started.holdout_fraction}; use Trainer.prepare"
+        )
+
+
+def take_up(
+    state: TrainingState,
+    data: TokenizedFile,
+    *,
+    name: str,
+    epochs: float,
+    world_size: int,
+    events: EventLog,
+) -> FileProgress:
+    """Make ``data`` the file in progress: continued where it stopped or was parked
+    (``trainer.parking``), else begun with its budget."""
+    current = state.current_file
+    if current is None:
+        current = unpark(state, data.sha256, name=name, events=events)
+    if current is None:
+        current = begin_file(
+            state, data, name=name, epochs=epochs, world_size=world_size, events=events
+        )
+    else:
+        log.info(
+            "%s: resuming at step %d/%d (epoch %d, sequence %d)",
+            name,
+            state.global_step,
+            current.target_step,
+            current.epoch,
+            current.cursor,
+        )
+    note_split(state, current, world_size=world_size)
+    return current
+
+
+def begin_file(
+    state: TrainingState,
+    data: TokenizedFile,
+    *,
+    name: str,
+    epochs: float,
+    world_size: int,
+    events: EventLog,
+) -> FileProgress:
+    """Make ``data`` the file in progress with its budget from this global step on, and
+    say so (``file_start``)."""
+    per_step = state.micro_batch_size * state.grad_accum_steps * world_size
+    steps = steps_for_file(
+        data.n_sequences,
+        epochs=epochs,
+        micro=state.micro_batch_size,
+        accum=state.grad_accum_steps,
+        world=world_size,
+    )
+    current = FileProgress(
+        name=name,
+        sha256=data.sha256,
+        n_sequences=data.n_sequences,
+        steps_for_file=steps,
+        start_step=state.global_step,
+        target_step=state.global_step + steps,
+        holdout_fraction=data.holdout_fraction,
+        n_holdout=data.holdout.n_sequences if data.holdout else 0,
+        sequences_per_step=per_step,
+    )
+    state.current_file = current
+    events.emit(
+        "file_start",
+        file=name,
+        sha256=data.sha256,
+        start_step=current.start_step,
+        target_step=current.target_step,
+        steps=steps,
+        n_sequences=data.n_sequences,
+        n_tokens=data.n_tokens,
+        format=data.format,
+        n_holdout=current.n_holdout,
+        sequences_per_step=per_step,
+    )
+    log.info(
+        "%s: %d sequences, %d steps (global %d -> %d)",
+        name,
+        data.n_sequences,
+        steps,
+        current.start_step,
+        current.target_step,
+    )
+    return current
+
+
+def advance(
+    state: TrainingState, current: FileProgress, *, sequences: int, tokens: int, loss: float | None
+) -> None:
+    """Count one optimizer step of the file in progress: the global step, the data
+    position (in sequences, rule 14), the tokens, and the loss when it has one."""
+    state.global_step += 1
+    state.tokens_processed += tokens
+    current.cursor += sequences
+    current.tokens += tokens
+    if loss is not None:
+        current.loss_sum += loss
+        current.loss_steps += 1
+
+
+def end_file(state: TrainingState) -> CompletedFile:
+    """Move the file in progress, at its target, to the finished files."""
+    current = state.current_file
+    done = CompletedFile(
+        name=current.name,
+        sha256=current.sha256,
+        start_step=current.start_step,
+        end_step=state.global_step,
+        n_sequences=current.n_sequences,
+        tokens=current.tokens,
+        mean_loss=round_loss(current.loss_sum / current.loss_steps) if current.loss_steps else None,
+        duration_s=round(current.elapsed_s, 3),
+        holdout_fraction=current.holdout_fraction,
+        n_holdout=current.n_holdout,
+    )
+    state.files_completed.append(done)
+    state.current_file = None
+    return done
