@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from trainer.records.manifest import MANIFEST, STEP_DIR
-from trainer.records.space import DiskFullError, describe, free_bytes
+from trainer.records.checkpoints import MANIFEST, STEP_DIR
+from trainer.records.storage import DiskFullError, describe, free_bytes
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ at all, so a caller never shows an httpx traceback)::
 :func:`discover_url` and :func:`discover_token` find where the server is and which token
 it wants, the way the ``traind`` client commands do.
 
-Only httpx here: no settings loading at import, never torch.
+Only httpx here (and the file states of ``trainer.records``): no settings loading at import,
+never torch.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import httpx
+
+from trainer.records.lifecycle import FileState
 
 if TYPE_CHECKING:
     from service.config.settings import Settings
@@ -45,7 +48,7 @@ TOKEN_ENV = "TRAIND_TOKEN"
 TOKEN_FILE_NAME = "api-token"
 """Where ``traind serve`` writes the token it generates: ``<paths.state>/api-token``."""
 
-FILE_STATES = ("queued", "training", "done", "failed", "rejected", "duplicate", "cancelled")
+FILE_STATES = tuple(state.value for state in FileState)
 """The file states of the contract (the ``state`` filter of ``GET /v1/queue``)."""
 
 # Wildcard bind addresses: a server listening on every interface answers on loopback.

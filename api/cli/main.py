@@ -3,9 +3,9 @@
 Run ``traind --help`` (the console script installed by ``pip install -e .``) or
 ``python -m api.cli.main --help``.
 
-This module must never import torch or ``trainer``, not even inside a function (an
-import-linter contract checks it): commands that train import ``service.worker.runner`` inside
-the command, so ``traind --help`` and ``traind init`` start fast on any machine.
+This module must never import torch, nor anything of ``trainer`` but ``trainer.records``
+(import-linter contracts check it): commands that train import ``service.worker.runner``
+inside the command, so ``traind --help`` and ``traind init`` start fast on any machine.
 """
 
 from __future__ import annotations
@@ -80,6 +80,50 @@ def init(
     typer.echo(f"\nnext: traind train YOUR_DATA.jsonl{config_arg}")
 
 
+# The arguments of `traind train`, one alias each (as in api.cli.options).
+FilesArgument = Annotated[
+    list[Path] | None,
+    typer.Argument(
+        help="JSONL drops to train on, in the order given.",
+        metavar="FILE",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        show_default=False,
+    ),
+]
+InitFromOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--init-from",
+        help="Start a new lineage from the weights of this checkpoint folder "
+        "(e.g. another run's checkpoints/gold), with a fresh optimizer at step 0.",
+        exists=True,
+        file_okay=False,
+        metavar="DIR",
+        show_default=False,
+    ),
+]
+FromOption = Annotated[
+    Source,
+    typer.Option(
+        "--from",
+        help="latest: continue the lineage from its newest checkpoint. gold: first roll the "
+        "lineage back to checkpoints/gold (newer checkpoints are kept under "
+        "checkpoints/rolled-back/, the file gold was in the middle of is not resumed).",
+    ),
+]
+NewLineageOption = Annotated[
+    bool,
+    typer.Option(
+        "--new-lineage",
+        help="Start a new lineage even though paths.checkpoints holds one (or the traces "
+        "of one: gold, export, broken checkpoints); the old lineage's folders are moved "
+        "to checkpoints/retired/, nothing is deleted. traind never does this unasked.",
+    ),
+]
+
+
 @app.command(
     help="Train on FILE... in order, without the daemon, on one global step count.\n\n"
     "Each file gets ceil(epochs_per_file * sequences / (micro_batch_size * grad_accum_steps"
@@ -94,48 +138,11 @@ def init(
     " again to resume)."
 )
 def train(
-    files: Annotated[
-        list[Path] | None,
-        typer.Argument(
-            help="JSONL drops to train on, in the order given.",
-            metavar="FILE",
-            exists=True,
-            dir_okay=False,
-            readable=True,
-            show_default=False,
-        ),
-    ] = None,
+    files: FilesArgument = None,
     config: ConfigOption = None,
-    init_from: Annotated[
-        Path | None,
-        typer.Option(
-            "--init-from",
-            help="Start a new lineage from the weights of this checkpoint folder "
-            "(e.g. another run's checkpoints/gold), with a fresh optimizer at step 0.",
-            exists=True,
-            file_okay=False,
-            metavar="DIR",
-            show_default=False,
-        ),
-    ] = None,
-    from_: Annotated[
-        Source,
-        typer.Option(
-            "--from",
-            help="latest: continue the lineage from its newest checkpoint. gold: first roll the "
-            "lineage back to checkpoints/gold (newer checkpoints are kept under "
-            "checkpoints/rolled-back/, the file gold was in the middle of is not resumed).",
-        ),
-    ] = Source.LATEST,
-    new_lineage: Annotated[
-        bool,
-        typer.Option(
-            "--new-lineage",
-            help="Start a new lineage even though paths.checkpoints holds one (or the traces "
-            "of one: gold, export, broken checkpoints); the old lineage's folders are moved "
-            "to checkpoints/retired/, nothing is deleted. traind never does this unasked.",
-        ),
-    ] = False,
+    init_from: InitFromOption = None,
+    from_: FromOption = Source.LATEST,
+    new_lineage: NewLineageOption = False,
     log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
     """Train on FILE... in order (the help text is the decorator's, kept on single lines)."""

@@ -51,71 +51,81 @@ def register_generation_commands(app: typer.Typer) -> None:
     app.command(name="export", help=EXPORT_HELP)(export)
 
 
+# The options of `traind generate`, one alias each (as in api.cli.options).
+PromptArgument = Annotated[
+    str,
+    typer.Argument(
+        help="Text to continue; quote it. An empty string starts from the end-of-text token.",
+        metavar="PROMPT",
+        show_default=False,
+    ),
+]
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        help="Export folder, checkpoint folder or checkpoints folder. "
+        "Default: paths.checkpoints from the settings.",
+        metavar="DIR",
+        show_default=False,
+    ),
+]
+MaxNewTokensOption = Annotated[
+    int, typer.Option("--max-new-tokens", min=0, metavar="N", help="Most tokens generated.")
+]
+TemperatureOption = Annotated[
+    float,
+    typer.Option(
+        "--temperature",
+        min=0.0,
+        metavar="T",
+        help="Sampling temperature; 0 is greedy (always the most likely token).",
+    ),
+]
+TopKOption = Annotated[
+    int | None,
+    typer.Option(
+        "--top-k",
+        min=1,
+        metavar="K",
+        help="Sample only from the K most likely tokens (with --temperature above 0).",
+        show_default=False,
+    ),
+]
+SeedOption = Annotated[
+    int | None,
+    typer.Option(
+        "--seed",
+        min=0,
+        metavar="S",
+        help="Seed of the sampling (with --temperature above 0): same seed, same text.",
+        show_default=False,
+    ),
+]
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        metavar="auto|cpu|cuda",
+        help="Where to run: auto (CUDA if present), cpu, cuda or cuda:N. "
+        "On cpu the weights run in float32; on cuda an export keeps its half precision.",
+    ),
+]
+CompletionOnlyOption = Annotated[
+    bool,
+    typer.Option("--completion-only", help="Print only the generated text, not the prompt."),
+]
+
+
 def generate(
-    prompt: Annotated[
-        str,
-        typer.Argument(
-            help="Text to continue; quote it. An empty string starts from the end-of-text token.",
-            metavar="PROMPT",
-            show_default=False,
-        ),
-    ],
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint",
-            help="Export folder, checkpoint folder or checkpoints folder. "
-            "Default: paths.checkpoints from the settings.",
-            metavar="DIR",
-            show_default=False,
-        ),
-    ] = None,
-    max_new_tokens: Annotated[
-        int,
-        typer.Option("--max-new-tokens", min=0, metavar="N", help="Most tokens generated."),
-    ] = 64,
-    temperature: Annotated[
-        float,
-        typer.Option(
-            "--temperature",
-            min=0.0,
-            metavar="T",
-            help="Sampling temperature; 0 is greedy (always the most likely token).",
-        ),
-    ] = 0.0,
-    top_k: Annotated[
-        int | None,
-        typer.Option(
-            "--top-k",
-            min=1,
-            metavar="K",
-            help="Sample only from the K most likely tokens (with --temperature above 0).",
-            show_default=False,
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            "--seed",
-            min=0,
-            metavar="S",
-            help="Seed of the sampling (with --temperature above 0): same seed, same text.",
-            show_default=False,
-        ),
-    ] = None,
-    device: Annotated[
-        str,
-        typer.Option(
-            "--device",
-            metavar="auto|cpu|cuda",
-            help="Where to run: auto (CUDA if present), cpu, cuda or cuda:N. "
-            "On cpu the weights run in float32; on cuda an export keeps its half precision.",
-        ),
-    ] = "auto",
-    completion_only: Annotated[
-        bool,
-        typer.Option("--completion-only", help="Print only the generated text, not the prompt."),
-    ] = False,
+    prompt: PromptArgument,
+    checkpoint: CheckpointOption = None,
+    max_new_tokens: MaxNewTokensOption = 64,
+    temperature: TemperatureOption = 0.0,
+    top_k: TopKOption = None,
+    seed: SeedOption = None,
+    device: DeviceOption = "auto",
+    completion_only: CompletionOnlyOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Print a completion of PROMPT (the help text is GENERATE_HELP)."""

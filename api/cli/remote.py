@@ -9,26 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
-import json
-import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.text import Text
+from rich.console import Console
 
 from api.cli import views
 from api.cli.options import ConfigOption, JsonOption, TokenOption, UrlOption, settings_or_exit
+from api.cli.watch import follow_status, follow_status_json
+from trainer.records.lifecycle import FileState
 
 if TYPE_CHECKING:
     # The client (and httpx) is imported by these commands only: init, train and serve
     # need neither.
-    from api.cli.client import ApiClient, ApiError
+    from api.cli.client import ApiClient
 
 _COMMANDS: list[Callable[..., None]] = []
 
@@ -87,11 +83,11 @@ def status(
             # Ctrl-C is how a person leaves the view: not an error.
             with contextlib.suppress(KeyboardInterrupt):
                 if as_json:
-                    _watch_json(client, interval=interval, count=count)
+                    follow_status_json(client, interval=interval, count=count)
                 else:
-                    _watch(client, console=console, interval=interval, count=count)
+                    follow_status(client, console=console, interval=interval, count=count)
         elif as_json:
-            _print_json(client.status())
+            views.print_json(client.status())
         else:
             console.print(views.status_panel(client.status()))
 
@@ -99,7 +95,7 @@ def status(
 @_command
 def queue(
     state: Annotated[
-        list[views.FileStateName] | None,
+        list[FileState] | None,
         typer.Option(
             "--state",
             "-s",
@@ -123,7 +119,7 @@ def queue(
     with _session(url=url, token=token, config=config) as client:
         page = client.queue(states=states, limit=limit, offset=offset)
     if as_json:
-        _print_json(page)
+        views.print_json(page)
     else:
         Console(highlight=False).print(views.queue_table(page, states=states, offset=offset))
 
@@ -212,7 +208,7 @@ def enqueue(
                 raise
             except ApiError as exc:
                 refused += 1
-                typer.echo(f"error: {path}: {_refusal(exc)}", err=True)
+                typer.echo(f"error: {path}: {views.refusal(exc)}", err=True)
                 continue
             name = answer.get("name") if isinstance(answer, dict) else None
             line = f"uploaded {path} as {name}" if name else f"uploaded {path}"
@@ -306,28 +302,13 @@ def _session(*, url: str | None, token: str | None, config: Path | None) -> Iter
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(EXIT_UNREACHABLE) from None
     except ApiError as exc:
-        typer.echo(f"error: {_refusal(exc)}", err=True)
+        typer.echo(f"error: {views.refusal(exc)}", err=True)
         raise typer.Exit(EXIT_REFUSED) from None
-
-
-def _refusal(exc: ApiError) -> str:
-    text = f"{exc.detail} (HTTP {exc.status})"
-    if exc.status == 401:
-        text += (
-            "; pass --token, set $TRAIND_TOKEN, or use --config with the server's settings"
-            " so its server.token or <paths.state>/api-token is found"
-        )
-    return text
-
-
-def _print_json(answer: object) -> None:
-    # Compact, one document per line: `jq` and line-by-line readers take it as is.
-    typer.echo(json.dumps(answer, ensure_ascii=False, separators=(",", ":")))
 
 
 def _report(answer: object, *, as_json: bool, line: str) -> None:
     if as_json:
-        _print_json(answer)
+        views.print_json(answer)
     else:
         typer.echo(line)
 
@@ -340,75 +321,3 @@ def _answer_state(answer: object) -> str | None:
 def _file_label(answer: object, file_id: int) -> str:
     name = answer.get("name") if isinstance(answer, dict) else None
     return f"file {file_id} ({name})" if name else f"file {file_id}"
-
-
-# -- the live view ------------------------------------------------------------------------
-
-_sleep = time.sleep  # the watch loop's pause; a test replaces it to press Ctrl-C
-_WATCH_QUEUE_STATES = ("training", "queued")
-_WATCH_QUEUE_ROWS = 10
-
-
-def _watch(client: ApiClient, *, console: Console, interval: float, count: int | None) -> None:
-    """Redraw the view every ``interval`` seconds (``count`` times, or until Ctrl-C), and
-    keep retrying, with the last good view below the problem, while the server is away.
-
-    A terminal gets a rich Live view redrawn in place; anything else (a pipe, a log file)
-    gets each refresh printed after the previous one, since Live would only show the last.
-    """
-    from api.cli.client import ApiError
-
-    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
-    last: RenderableType | None = None
-    with live or contextlib.nullcontext():
-        for shown in itertools.count(1):
-            started = time.monotonic()
-            try:
-                current = client.status()
-                page = client.queue(states=_WATCH_QUEUE_STATES, limit=_WATCH_QUEUE_ROWS)
-                view = last = _status_view(current, page, client.base_url, interval)
-            except ApiError as exc:
-                problem = Text(_retrying(exc, interval=interval), style="bold red")
-                view = Group(problem, last) if last is not None else problem
-            if live is not None:
-                live.update(view, refresh=True)
-            else:
-                console.print(view)
-            if count is not None and shown >= count:
-                return
-            _sleep(max(0.0, interval - (time.monotonic() - started)))
-
-
-def _watch_json(client: ApiClient, *, interval: float, count: int | None) -> None:
-    """``status --watch --json``: one status document per line; problems go to stderr."""
-    from api.cli.client import ApiError
-
-    for shown in itertools.count(1):
-        started = time.monotonic()
-        try:
-            _print_json(client.status())
-        except ApiError as exc:
-            typer.echo(_retrying(exc, interval=interval), err=True)
-        if count is not None and shown >= count:
-            return
-        _sleep(max(0.0, interval - (time.monotonic() - started)))
-
-
-def _retrying(exc: ApiError, *, interval: float) -> str:
-    """What the watch shows while it retries; a refusal (4xx) ends it instead."""
-    if exc.status is None:
-        return f"disconnected, retrying every {interval:g} s: {exc.detail}"
-    if exc.status >= 500:
-        return f"server error, retrying every {interval:g} s: {_refusal(exc)}"
-    raise exc  # a token problem, say: retrying will not change the answer
-
-
-def _status_view(
-    current: dict[str, Any], page: dict[str, Any], url: str, interval: float
-) -> RenderableType:
-    footer = Text(
-        f"{url} · {datetime.now():%H:%M:%S} · every {interval:g} s · Ctrl-C to leave",
-        style="dim",
-    )
-    table = views.queue_table(page, states=list(_WATCH_QUEUE_STATES), offset=0, title="next up")
-    return Group(views.status_panel(current), table, footer)

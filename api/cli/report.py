@@ -23,7 +23,7 @@ from api.cli.views import count, duration
 
 if TYPE_CHECKING:
     from service.checkpoints.catalog import CheckpointEntry, CheckpointView, Inspection
-    from service.checkpoints.summary import EvalRecord, TrainingSummary
+    from trainer.records.summary import EvalRecord, TrainingSummary
 
 EXIT_UNREADABLE = 1
 """The path exists but could not be read (permissions, I/O error)."""

@@ -6,9 +6,10 @@ the server.
 
 from __future__ import annotations
 
-import enum
-from typing import Any
+import json
+from typing import TYPE_CHECKING, Any
 
+import typer
 from rich import box
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -16,18 +17,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from trainer.records.lifecycle import FileState
 
-class FileStateName(enum.StrEnum):
-    """The file states ``traind queue --state`` filters on (the ledger's, docs/api.md)."""
-
-    QUEUED = "queued"
-    TRAINING = "training"
-    DONE = "done"
-    FAILED = "failed"
-    REJECTED = "rejected"
-    DUPLICATE = "duplicate"
-    CANCELLED = "cancelled"
-
+if TYPE_CHECKING:
+    from api.cli.client import ApiError
 
 STATE_STYLES = {
     "training": "bold green",
@@ -124,7 +117,7 @@ def gold_line(gold: Any) -> str:
 def counts_line(counts: Any) -> str:
     if not isinstance(counts, dict) or not any(counts.values()):
         return "empty"
-    order = [s.value for s in FileStateName] + sorted(set(counts) - set(FileStateName))
+    order = [s.value for s in FileState] + sorted(set(counts) - set(FileState))
     return " · ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
 
 
@@ -185,3 +178,21 @@ def duration(seconds: Any) -> str:
     if hours:
         return f"{hours}h {minutes:02d}m"
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def refusal(exc: ApiError) -> str:
+    """A refused request in words: the server's detail, its status, and for a 401 where
+    the token comes from."""
+    text = f"{exc.detail} (HTTP {exc.status})"
+    if exc.status == 401:
+        text += (
+            "; pass --token, set $TRAIND_TOKEN, or use --config with the server's settings"
+            " so its server.token or <paths.state>/api-token is found"
+        )
+    return text
+
+
+def print_json(answer: object) -> None:
+    """An answer as compact JSON on one line."""
+    # Compact, one document per line: `jq` and line-by-line readers take it as is.
+    typer.echo(json.dumps(answer, ensure_ascii=False, separators=(",", ":")))

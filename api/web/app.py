@@ -2,8 +2,9 @@
 
 Its lifespan starts the daemon's parts (inbox watcher, supervisor and through it the
 worker) and stops them on shutdown, giving the worker its grace time to checkpoint.
-The routes are in ``api.web.routes`` and ``api.web.routes_files`` (docs/api.md); the bearer
-token is resolved here, once, so a bad token file stops the start with its reason.
+The routes are in ``api.web.routes``, ``api.web.routes_files``, ``api.web.event_stream`` and
+``api.web.metrics`` (docs/api.md), what they share in ``api.web.deps``; the bearer token is
+resolved here, once, so a bad token file stops the start with its reason.
 This module never imports torch: everything it shows comes from the ledger and disk.
 """
 
@@ -18,10 +19,10 @@ from starlette.concurrency import run_in_threadpool
 from api.web import uploads
 from api.web.auth import resolve_token
 from api.web.errors import install_error_handlers
-from api.web.events import events_router
+from api.web.event_stream import events_router
 from api.web.history import EventDigest
 from api.web.metrics import metrics_router
-from api.web.routes import SchemaCheck, probes, v1
+from api.web.routes import probes, v1
 from api.web.routes_files import files
 from service.config.settings import Settings
 from service.daemon.main_process import Daemon
@@ -50,7 +51,6 @@ def create_app(settings: Settings, *, daemon: Daemon | None = None) -> FastAPI:
     app.state.token = resolve_token(settings)
     uploads.clear_leftovers(uploads.staging_folder(settings), inbox=settings.paths.inbox)
     app.state.digest = EventDigest(settings.run_paths().events)
-    app.state.schema_check = SchemaCheck()
     install_error_handlers(app)
     app.include_router(probes)
     app.include_router(v1)

@@ -8,23 +8,35 @@ since the last one (from the start again if the file was replaced or truncated).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import threading
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
+
+from trainer.records.checkpoints import (
+    EXPORT_INFO,
+    GOLD_DIR,
+    MANIFEST,
+    Kind,
+    float_or_none,
+    int_or_none,
+    kind_of,
+    read_json_object,
+    step_of,
+)
+from trainer.records.events import EventTail, FileKey, eval_set_losses, parse_record
+from trainer.records.state import read_training_state
 
 log = logging.getLogger(__name__)
 
 GOLD_EVENTS = ("gold_checkpoint", "gold_blocked")
 HISTORY_KEPT = 1000
 """Gold decisions kept in memory (the newest)."""
-STEP_DIR = re.compile(r"step-(\d+)")
-KIND_ORDER = {"step": 0, "gold": 1, "export": 2}
+KIND_ORDER = {kind: n for n, kind in enumerate(get_args(Kind))}
+"""step-*, then gold, then export."""
 _COMMON = ("event", "timestamp", "step", "val_loss", "reason")
 
 
@@ -35,14 +47,18 @@ class EventDigest:
         self.path = path
         self._keep = keep
         self._lock = threading.Lock()
-        self._reset(inode=None)
+        self._tail = EventTail(path, on_new_file=self._new_file)
+        self._clear()
 
-    def _reset(self, *, inode: int | None) -> None:
-        self._inode = inode
-        self._offset = 0
+    def _clear(self) -> None:
         self._line = 0
         self._last_eval: dict[str, Any] | None = None
         self._gold: deque[dict[str, Any]] = deque(maxlen=self._keep)
+
+    def _new_file(self, file: FileKey, previous: FileKey | None) -> int:
+        # Replaced or truncated: what was read of the old file no longer holds.
+        self._clear()
+        return 0
 
     def last_eval(self) -> dict[str, Any] | None:
         """The newest ``eval`` event, or None."""
@@ -58,21 +74,14 @@ class EventDigest:
             return list(self._gold)
 
     def _refresh(self) -> None:
-        try:
-            found = self.path.stat()
-        except FileNotFoundError:
-            self._reset(inode=None)
+        if not self.path.exists():
+            self._tail.forget()
+            self._clear()
             return
-        if found.st_ino != self._inode or found.st_size < self._offset:
-            self._reset(inode=found.st_ino)
-        if found.st_size == self._offset:
-            return
-        with self.path.open("rb") as handle:
-            handle.seek(self._offset)
-            for raw in handle:
-                if not raw.endswith(b"\n"):
-                    break  # a line still being written: read it next time
-                self._offset += len(raw)
+        more = True
+        while more:
+            data, more = self._tail.read()
+            for raw in data.splitlines():
                 self._line += 1
                 # Most lines are neither: skip them without parsing.
                 if b'"eval"' in raw or b'"gold_' in raw:
@@ -80,11 +89,11 @@ class EventDigest:
 
     def _take(self, raw: bytes, *, line: int) -> None:
         try:
-            event = json.loads(raw)
+            event = parse_record(raw)
         except ValueError:
             log.debug("events.jsonl line %d is not JSON; skipped", line)
             return
-        if not isinstance(event, dict):
+        if event is None:
             return
         kind = event.get("event")
         if kind == "eval":
@@ -97,20 +106,11 @@ def eval_summary(event: dict[str, Any] | None) -> dict[str, Any] | None:
     """The ``last_eval`` of /v1/status from an eval event."""
     if event is None:
         return None
-    sets = (
-        event.get("sets")
-        or event.get("eval_sets")
-        or {
-            key.removeprefix("eval_"): value
-            for key, value in event.items()
-            if key.startswith("eval_") and key != "eval_duration_s"
-        }
-    )
     return {
-        "step": _int(event.get("step")),
-        "val_loss": _float(event.get("val_loss")),
+        "step": int_or_none(event.get("step")),
+        "val_loss": float_or_none(event.get("val_loss")),
         "timestamp": event.get("timestamp"),
-        "sets": {str(k): _float(v) for k, v in sets.items()} if isinstance(sets, dict) else {},
+        "sets": {str(k): float_or_none(v) for k, v in eval_set_losses(event).items()},
     }
 
 
@@ -120,8 +120,8 @@ def gold_decision(event: dict[str, Any]) -> dict[str, Any]:
         "id": event["id"],
         "event": event["event"],
         "timestamp": event.get("timestamp"),
-        "step": _int(event.get("step")),
-        "val_loss": _float(event.get("val_loss")),
+        "step": int_or_none(event.get("step")),
+        "val_loss": float_or_none(event.get("val_loss")),
         "reason": event.get("reason"),
         "details": {k: v for k, v in event.items() if k not in (*_COMMON, "id")},
     }
@@ -130,21 +130,19 @@ def gold_decision(event: dict[str, Any]) -> dict[str, Any]:
 def read_gold(checkpoints: Path, *, history: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The gold checkpoint's step and validation loss, or None if there is none.
 
-    The step comes from ``gold/training_state.json``; the loss from there if recorded,
-    else from the newest ``gold_checkpoint`` event at that step.
+    The step comes from ``gold/training_state.json``; the loss from its gold record if
+    there is one, else from the newest ``gold_checkpoint`` event at that step.
     """
-    state = _read_json(checkpoints / "gold" / "training_state.json")
+    state = read_training_state(checkpoints / GOLD_DIR)
     if state is None:
         return None
-    step = _int(state.get("global_step"))
-    nested = state.get("gold")
-    val_loss = _float(state.get("val_loss"))
-    if val_loss is None and isinstance(nested, dict):
-        val_loss = _float(nested.get("val_loss"))
+    step = int_or_none(state.get("global_step"))
+    record = state.get("gold")
+    val_loss = float_or_none(record.get("val_loss")) if isinstance(record, dict) else None
     if val_loss is None:
         for event in reversed(history):
-            if event["event"] == "gold_checkpoint" and _int(event.get("step")) == step:
-                val_loss = _float(event.get("val_loss"))
+            if event["event"] == "gold_checkpoint" and int_or_none(event.get("step")) == step:
+                val_loss = float_or_none(event.get("val_loss"))
                 break
     return {"step": step, "val_loss": val_loss}
 
@@ -161,7 +159,7 @@ def list_checkpoints(root: Path, *, recorded: list[dict[str, Any]]) -> list[dict
     except FileNotFoundError:
         entries = []
     for entry in entries:
-        kind = _kind(entry.name)
+        kind = kind_of(entry.name)
         if kind is None or not entry.is_dir(follow_symlinks=False):
             continue
         found.append(_describe(Path(entry.path), kind=kind, rows=by_name.get(entry.name, [])))
@@ -170,14 +168,13 @@ def list_checkpoints(root: Path, *, recorded: list[dict[str, Any]]) -> list[dict
 
 
 def _describe(folder: Path, *, kind: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    manifest = _read_json(folder / "manifest.json")
+    manifest = read_json_object(folder / MANIFEST)
     if kind == "step":
-        step = int(STEP_DIR.fullmatch(folder.name).group(1))  # type: ignore[union-attr]
+        step = step_of(folder.name)
     else:
         # gold holds a training state; export only its export.json
-        state = _read_json(folder / "training_state.json") or _read_json(folder / "export.json")
-        state = state or {}
-        step = _int(state.get("global_step", state.get("step")))
+        state = read_training_state(folder) or read_json_object(folder / EXPORT_INFO) or {}
+        step = int_or_none(state.get("global_step", state.get("step")))
     newest = max(rows, key=lambda r: r["step"]) if rows else None
     match = next((r for r in rows if r["step"] == step), None) if step is not None else newest
     if step is None and match is not None:
@@ -191,12 +188,6 @@ def _describe(folder: Path, *, kind: str, rows: list[dict[str, Any]]) -> dict[st
         "complete": manifest is not None,
         "recorded": match is not None,
     }
-
-
-def _kind(name: str) -> str | None:
-    if name in ("gold", "export"):
-        return name
-    return "step" if STEP_DIR.fullmatch(name) else None
 
 
 def _created(
@@ -214,21 +205,3 @@ def _created(
         return datetime.fromtimestamp(folder.stat().st_mtime, UTC)
     except OSError:
         return None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _float(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -32,10 +32,10 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encode
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from api.web.auth import require_read_access
+from api.web.deps import READ
 from api.web.schemas import ErrorOut, errors
 from service.daemon.main_process import Daemon
-from service.daemon.status import STALE_AFTER_BEATS
+from service.daemon.status import heartbeat_age, is_fresh
 from service.diskspace import free_bytes
 from service.ledger import DesiredState, FileState, WorkerStatus
 
@@ -92,7 +92,7 @@ def collect_health(daemon: Daemon) -> Iterator[Metric]:
 
 def metrics_router() -> APIRouter:
     """The router of ``GET /metrics``; each app gets its own registry and collector."""
-    router = APIRouter(tags=["metrics"], dependencies=[Depends(require_read_access)])
+    router = APIRouter(tags=["metrics"], dependencies=READ)
     creating = threading.Lock()
 
     def registry_of(app: FastAPI) -> CollectorRegistry:
@@ -148,8 +148,8 @@ def collect_worker(
     worker: WorkerStatus | None, *, now: datetime, heartbeat_s: float
 ) -> Iterator[Metric]:
     """Heartbeat age, up, and the live gauges of a fresh heartbeat."""
-    age = (now - aware(worker.heartbeat_at)).total_seconds() if worker else None
-    fresh = age is not None and age <= STALE_AFTER_BEATS * heartbeat_s
+    age = heartbeat_age(worker, now=now) if worker else None
+    fresh = is_fresh(age, heartbeat_s=heartbeat_s)
     up = bool(worker and fresh and worker.model_loaded)
     yield gauge(
         "worker_up", "1 while a worker reports fresh heartbeats with the model loaded.", int(up)

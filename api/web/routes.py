@@ -10,17 +10,15 @@ blocking queries never stall the event loop.
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.web.auth import require_read_access, require_token
-from api.web.history import EventDigest, eval_summary, gold_decision, list_checkpoints, read_gold
+from api.web.deps import READ, WRITE, CurrentSettings, Digest, LedgerDep, Running
+from api.web.history import eval_summary, gold_decision, list_checkpoints, read_gold
 from api.web.schemas import (
     CheckpointsOut,
     ControlOut,
@@ -31,48 +29,14 @@ from api.web.schemas import (
     control_out,
     errors,
 )
-from service.config.sections import BYTES_TOKENIZER
-from service.daemon.main_process import Daemon
-from service.daemon.status import STALE_AFTER_BEATS
-from service.ledger import DesiredState, FileState
+from service.daemon.status import queue_eta
+from service.ledger import DesiredState
+from trainer.records.checkpoints import GOLD_DIR, MANIFEST
 
 log = logging.getLogger(__name__)
 
-SCHEMA_RECHECK_S = 30.0
-"""How long a passing schema check is trusted before /readyz asks the ledger again."""
-BYTES_PER_TOKEN_GUESS = 4.0
-"""For the queue ETA with a subword tokenizer (about 4 bytes of English text a token)."""
-
-READ = [Depends(require_read_access)]
-WRITE = [Depends(require_token)]
-
-
-def daemon_of(request: Request) -> Daemon:
-    """Dependency: the running daemon (set by the app's lifespan)."""
-    return request.app.state.daemon
-
-
-Running = Annotated[Daemon, Depends(daemon_of)]
-
 probes = APIRouter(tags=["probes"])
 v1 = APIRouter(prefix="/v1", tags=["control"])
-
-
-class SchemaCheck:
-    """``Ledger.at_head`` (a migration-table read), remembered while it passes."""
-
-    def __init__(self) -> None:
-        self._passed_at: float | None = None
-        self._lock = threading.Lock()
-
-    def at_head(self, daemon: Daemon) -> bool:
-        with self._lock:
-            now = time.monotonic()
-            if self._passed_at is not None and now - self._passed_at < SCHEMA_RECHECK_S:
-                return True
-            ok = daemon.ledger.at_head()
-            self._passed_at = now if ok else None
-            return ok
 
 
 @probes.get("/livez", summary="Liveness: the API process answers", response_model=LivezOut)
@@ -86,24 +50,18 @@ def livez() -> LivezOut:
     response_model=ReadyOut,
     responses={503: {"model": ReadyOut, "description": "Not ready: the failing checks"}},
 )
-def readyz(request: Request, daemon: Running) -> JSONResponse:
-    checks = {
-        "ledger": _check(_ledger_answers, daemon),
-        "schema": _check(_schema_at_head, daemon, request.app.state.schema_check),
-        "worker": _check(_worker_ready, daemon),
-        "inbox_watcher": _check(_watcher_running, daemon),
-        "stopping": _check(_not_stopping, daemon),
-    }
+def readyz(daemon: Running) -> JSONResponse:
+    checks = {name: _check(probe) for name, probe in daemon.readiness_checks().items()}
     ready = all(c["ok"] for c in checks.values())
     body = ReadyOut(status="ready" if ready else "not ready", checks=checks)
     code = status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE
     return JSONResponse(body.model_dump(mode="json"), status_code=code)
 
 
-def _check(probe: Any, *args: Any) -> dict[str, Any]:
+def _check(probe: Callable[[], str | None]) -> dict[str, Any]:
     """Run one readiness probe: None when it passes, else the reason."""
     try:
-        problem = probe(*args)
+        problem = probe()
     except Exception as exc:
         log.warning("readiness check %s failed", probe.__name__, exc_info=True)
         problem = _failure(exc)
@@ -122,41 +80,6 @@ def _failure(exc: Exception) -> str:
     return f"the check failed ({kind}); see the service log"
 
 
-def _ledger_answers(daemon: Daemon) -> str | None:
-    daemon.ledger.counts_by_state()  # a plain read: it raises if the database does not answer
-    return None
-
-
-def _schema_at_head(daemon: Daemon, check: SchemaCheck) -> str | None:
-    if check.at_head(daemon):
-        return None
-    return "the ledger schema is not at this traind's newest migration; run traind migrate"
-
-
-def _worker_ready(daemon: Daemon) -> str | None:
-    worker = daemon.ledger.worker_status()
-    if worker is None:
-        return "no worker has reported yet"
-    age = (datetime.now(UTC) - worker.heartbeat_at).total_seconds()
-    limit = STALE_AFTER_BEATS * daemon.settings.worker.heartbeat_s
-    if age > limit:
-        return f"the worker's last heartbeat was {age:.1f}s ago (more than {limit:.1f}s)"
-    if not worker.model_loaded:
-        return f"the worker is {worker.state} and has not loaded the model yet"
-    return None
-
-
-def _watcher_running(daemon: Daemon) -> str | None:
-    health = daemon.watcher.health()
-    return None if health["running"] else "the inbox watcher is not running"
-
-
-def _not_stopping(daemon: Daemon) -> str | None:
-    if daemon.fatal:
-        return f"stopping after a fatal error: {daemon.fatal}"
-    return "shutting down" if daemon.stopping.is_set() else None
-
-
 @v1.get(
     "/status",
     summary="State, global step, current file, loss, ETA, gold and queue counts",
@@ -164,29 +87,12 @@ def _not_stopping(daemon: Daemon) -> str | None:
     dependencies=READ,
     responses=errors(401),
 )
-def get_status(request: Request, daemon: Running) -> dict[str, Any]:
-    settings = daemon.settings
+def get_status(daemon: Running, digest: Digest) -> dict[str, Any]:
     data = daemon.status()
-    digest: EventDigest = request.app.state.digest
-    data["eta_queue_s"] = _queue_eta(daemon, data)
+    data["eta_queue_s"] = queue_eta(daemon.ledger, data, settings=daemon.settings)
     data["last_eval"] = eval_summary(digest.last_eval())
-    data["gold"] = read_gold(settings.paths.checkpoints, history=digest.gold_history())
+    data["gold"] = read_gold(daemon.settings.paths.checkpoints, history=digest.gold_history())
     return data
-
-
-def _queue_eta(daemon: Daemon, data: dict[str, Any]) -> float | None:
-    """Seconds until the queue is empty, estimated (see StatusOut.eta_queue_s)."""
-    queued = [r for r in daemon.ledger.queue_order() if r.state is FileState.QUEUED]
-    if not queued and data["current_file"] is None:
-        return 0.0
-    rate = data["tokens_per_s"]
-    if not rate or rate <= 0:
-        return None
-    settings = daemon.settings
-    per_token = 1.0 if settings.model.tokenizer == BYTES_TOKENIZER else BYTES_PER_TOKEN_GUESS
-    tokens = sum(r.size for r in queued) * settings.train.epochs_per_file / per_token
-    current = data["eta_s"] if data["current_file"] is not None else None
-    return round((current or 0.0) + tokens / rate, 1)
 
 
 @v1.post(
@@ -197,9 +103,9 @@ def _queue_eta(daemon: Daemon, data: dict[str, Any]) -> float | None:
     dependencies=WRITE,
     responses=errors(401),
 )
-def pause(daemon: Running) -> ControlOut:
-    daemon.ledger.set_desired_state(DesiredState.PAUSED)
-    return control_out(daemon.ledger.get_control())
+def pause(ledger: LedgerDep) -> ControlOut:
+    ledger.set_desired_state(DesiredState.PAUSED)
+    return control_out(ledger.get_control())
 
 
 @v1.post(
@@ -210,9 +116,9 @@ def pause(daemon: Running) -> ControlOut:
     dependencies=WRITE,
     responses=errors(401),
 )
-def resume(daemon: Running) -> ControlOut:
-    daemon.ledger.set_desired_state(DesiredState.RUNNING)
-    return control_out(daemon.ledger.get_control())
+def resume(ledger: LedgerDep) -> ControlOut:
+    ledger.set_desired_state(DesiredState.RUNNING)
+    return control_out(ledger.get_control())
 
 
 @v1.post(
@@ -223,8 +129,8 @@ def resume(daemon: Running) -> ControlOut:
     dependencies=WRITE,
     responses=errors(401),
 )
-def request_checkpoint(daemon: Running) -> ControlOut:
-    return control_out(daemon.ledger.request_checkpoint())
+def request_checkpoint(ledger: LedgerDep) -> ControlOut:
+    return control_out(ledger.request_checkpoint())
 
 
 @v1.post(
@@ -235,8 +141,8 @@ def request_checkpoint(daemon: Running) -> ControlOut:
     dependencies=WRITE,
     responses=errors(401),
 )
-def request_export(daemon: Running) -> ControlOut:
-    return control_out(daemon.ledger.request_export())
+def request_export(ledger: LedgerDep) -> ControlOut:
+    return control_out(ledger.request_export())
 
 
 @v1.post(
@@ -251,15 +157,14 @@ def request_export(daemon: Running) -> ControlOut:
     dependencies=WRITE,
     responses=errors(401, 409),
 )
-def request_rollback(daemon: Running) -> ControlOut:
-    gold = daemon.settings.paths.checkpoints / "gold" / "manifest.json"
-    if not gold.is_file():
+def request_rollback(settings: CurrentSettings, ledger: LedgerDep) -> ControlOut:
+    if not (settings.paths.checkpoints / GOLD_DIR / MANIFEST).is_file():
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             "there is no gold checkpoint to roll back to yet: gold is written when an "
             "evaluation finds a new best validation loss that passes the guards",
         )
-    return control_out(daemon.ledger.request_rollback())
+    return control_out(ledger.request_rollback())
 
 
 @v1.get(
@@ -269,9 +174,9 @@ def request_rollback(daemon: Running) -> ControlOut:
     dependencies=READ,
     responses=errors(401),
 )
-def get_checkpoints(daemon: Running) -> dict[str, Any]:
-    recorded = daemon.ledger.list_checkpoints()
-    return {"items": list_checkpoints(daemon.settings.paths.checkpoints, recorded=recorded)}
+def get_checkpoints(settings: CurrentSettings, ledger: LedgerDep) -> dict[str, Any]:
+    recorded = ledger.list_checkpoints()
+    return {"items": list_checkpoints(settings.paths.checkpoints, recorded=recorded)}
 
 
 @v1.get(
@@ -281,10 +186,9 @@ def get_checkpoints(daemon: Running) -> dict[str, Any]:
     dependencies=READ,
     responses=errors(401),
 )
-def get_gold(request: Request, daemon: Running) -> dict[str, Any]:
-    digest: EventDigest = request.app.state.digest
+def get_gold(settings: CurrentSettings, digest: Digest) -> dict[str, Any]:
     history = digest.gold_history()
     return {
-        "gold": read_gold(daemon.settings.paths.checkpoints, history=history),
+        "gold": read_gold(settings.paths.checkpoints, history=history),
         "history": [gold_decision(event) for event in history],
     }

@@ -7,15 +7,15 @@ the ledger's reason; an upload over ``watcher.max_file_bytes`` is a 413.
 from __future__ import annotations
 
 import logging
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from api.web import uploads
-from api.web.routes import READ, WRITE, Running
+from api.web.deps import MAX_ID, READ, WRITE, KnownFile, LedgerDep, Running
 from api.web.schemas import (
     FileOut,
     QueueOut,
@@ -30,12 +30,7 @@ from service.ledger import FileRecord, FileState
 
 log = logging.getLogger(__name__)
 
-MAX_ID = 2**63 - 1
-"""Largest id the database can hold; a larger one is a 422, not an overflow."""
-
 files = APIRouter(prefix="/v1", tags=["files"])
-
-FileId = Annotated[int, Path(ge=1, le=MAX_ID, description="Ledger id of the file.")]
 
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
@@ -56,15 +51,6 @@ _UPLOAD_BODY: dict[str, Any] = {
 }
 
 
-def _file_or_404(daemon: Daemon, file_id: int) -> FileRecord:
-    record = daemon.ledger.get_file(file_id)
-    if record is None:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"no file #{file_id}; GET /v1/queue lists the files"
-        )
-    return record
-
-
 @files.get(
     "/queue",
     summary="Files by arrival, optionally filtered by state",
@@ -73,14 +59,14 @@ def _file_or_404(daemon: Daemon, file_id: int) -> FileRecord:
     responses=errors(401, 422),
 )
 def get_queue(
-    daemon: Running,
+    ledger: LedgerDep,
     state: Annotated[
         list[FileState] | None, Query(description="Only files in these states (repeatable).")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_ID, description="Files to skip.")] = 0,
 ) -> dict[str, Any]:
-    records, total = daemon.ledger.list_files(states=state, limit=limit, offset=offset)
+    records, total = ledger.list_files(states=state, limit=limit, offset=offset)
     return {
         "items": [file_out(r) for r in records],
         "total": total,
@@ -96,8 +82,8 @@ def get_queue(
     dependencies=READ,
     responses=errors(401, 404, 422),
 )
-def get_file(daemon: Running, file_id: FileId) -> FileOut:
-    return file_out(_file_or_404(daemon, file_id))
+def get_file(record: KnownFile) -> FileOut:
+    return file_out(record)
 
 
 @files.post(
@@ -111,12 +97,12 @@ def get_file(daemon: Running, file_id: FileId) -> FileOut:
 )
 async def upload(
     request: Request,
+    daemon: Running,
     name: Annotated[
         str | None,
         Query(max_length=4096, description="The file's name, for a raw (non-multipart) body."),
     ] = None,
 ) -> UploadOut | Response:
-    daemon: Daemon = request.app.state.daemon
     settings = daemon.settings
     try:
         staged = await uploads.receive(
@@ -156,17 +142,16 @@ async def upload(
         **errors(401, 404, 409, 422),
     },
 )
-def retry(daemon: Running, file_id: FileId, response: Response) -> RetryOut:
-    record = _file_or_404(daemon, file_id)
+def retry(daemon: Running, record: KnownFile, response: Response) -> RetryOut:
     if record.state is not FileState.REJECTED:
-        return retry_out(daemon.ledger.retry(file_id))
+        return retry_out(daemon.ledger.retry(record.id))
     placed = _return_rejected(daemon, record)
     response.status_code = status.HTTP_202_ACCEPTED
     return retry_out(record, requeued_as=placed.name)
 
 
-def _return_rejected(daemon: Daemon, record: FileRecord) -> FsPath:
-    current = FsPath(record.path)
+def _return_rejected(daemon: Daemon, record: FileRecord) -> Path:
+    current = Path(record.path)
     layout = daemon.watcher.layout
     gone = HTTPException(
         status.HTTP_409_CONFLICT,
@@ -191,9 +176,8 @@ def _return_rejected(daemon: Daemon, record: FileRecord) -> FsPath:
         **errors(401, 404, 409, 422),
     },
 )
-def cancel(daemon: Running, file_id: FileId, response: Response) -> FileOut:
-    _file_or_404(daemon, file_id)
-    record = daemon.ledger.request_cancel(file_id)
+def cancel(ledger: LedgerDep, known: KnownFile, response: Response) -> FileOut:
+    record = ledger.request_cancel(known.id)
     if record.state is FileState.TRAINING:
         response.status_code = status.HTTP_202_ACCEPTED
     return file_out(record)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.ledger import Control, FileRecord, FileState
+from trainer.records.checkpoints import Kind
 
 
 class _Out(BaseModel):
@@ -172,7 +173,7 @@ class ControlOut(_Out):
 
 class CheckpointOut(_Out):
     name: str = Field(description="Folder name: step-NNNNNNNN, gold or export.")
-    kind: Literal["step", "gold", "export"]
+    kind: Kind
     step: int | None = Field(description="Global step it holds.")
     created_at: datetime | None
     path: str

@@ -18,7 +18,7 @@ import uvicorn
 
 from api.web.app import create_app
 from api.web.auth import BindError, TokenError, check_bind
-from api.web.events import close_event_streams
+from api.web.event_stream import close_event_streams
 from service.config.settings import Settings
 from service.daemon.instance import ServiceLockedError, ServiceLocks
 from service.daemon.main_process import Daemon

@@ -32,6 +32,7 @@ from python_multipart.multipart import parse_options_header
 
 from service.config.settings import Settings
 from service.inbox.layout import is_ignored
+from trainer.records.storage import fsync_folder_quietly, fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -299,12 +300,13 @@ def place(staged: Path, *, inbox: Path, label: str, gz: bool) -> Path:
         part = inbox / f".upload-{secrets.token_hex(8)}.part"
         try:
             shutil.copyfile(staged, part)
-            _fsync_file(part)
+            fsync_path(part)
             os.rename(part, target)
         finally:
             part.unlink(missing_ok=True)
         staged.unlink()
-    _fsync_folder(inbox)
+    # The rename must survive a power cut, or a 202 would promise a file that is gone.
+    fsync_folder_quietly(inbox)
     log.info("upload of %s placed in the inbox as %s", label, target.name)
     return target
 
@@ -317,8 +319,8 @@ def return_to_inbox(current: Path, *, inbox: Path, name: str) -> Path:
     if os.path.lexists(target):
         target = _fresh(inbox, label=label_for(name), gz=is_gz(name))
     os.rename(current, target)
-    _fsync_folder(inbox)
-    _fsync_folder(current.parent)
+    fsync_folder_quietly(inbox)
+    fsync_folder_quietly(current.parent)
     log.info("%s moved back into the inbox as %s to be checked again", current, target.name)
     return target
 
@@ -348,19 +350,3 @@ def _fresh(inbox: Path, *, label: str, gz: bool) -> Path:
         target = inbox / upload_name(label, gz=gz)
         if not os.path.lexists(target):
             return target
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_folder(folder: Path) -> None:
-    # The rename must survive a power cut, or a 202 would promise a file that is gone.
-    try:
-        _fsync_file(folder)
-    except OSError:
-        log.debug("cannot fsync %s", folder, exc_info=True)

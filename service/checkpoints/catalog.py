@@ -3,8 +3,8 @@
 A path is a checkpoints root (``step-*``, ``gold/``, ``export/``), one checkpoint folder
 or an export folder. Only JSON files and the safetensors header are read: no weights
 are loaded and torch is never imported, so inspecting a lineage is fast and works on a
-box without a GPU. Folders are checked by the trainer's own torch-free rules
-(``trainer.records.manifest``).
+box without a GPU. Folders are named, checked and summarised by the trainer's own
+torch-free records (``trainer.records``: ``checkpoints``, ``manifest``, ``summary``).
 """
 
 from __future__ import annotations
@@ -20,22 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from service.checkpoints.summary import (
-    TrainingSummary,
-    float_or_none,
-    int_or_none,
-    summarize_training,
-)
-from trainer.records.manifest import (
+from trainer.records.checkpoints import (
     CONFIG,
+    EXPORT_DIR,
     EXPORT_FILES,
     EXPORT_INFO,
+    GOLD_DIR,
     MANIFEST,
     STATE,
-    STEP_DIR,
-    verify,
+    float_or_none,
+    int_or_none,
+    step_folders,
+    step_of,
 )
-from trainer.records.manifest import FILES as CHECKPOINT_FILES
+from trainer.records.checkpoints import FILES as CHECKPOINT_FILES
+from trainer.records.manifest import verify
+from trainer.records.summary import TrainingSummary, summarize_training
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +133,8 @@ def inspect_path(path: Path, *, deep: bool = False) -> Inspection:
     kind = _folder_kind(path)
     if kind is not None:
         return Inspection(path=path, kind=kind, checkpoint=read_folder(path, kind=kind, deep=deep))
-    steps = sorted(
-        ((int(m.group(1)), e) for e in path.iterdir() if (m := STEP_DIR.match(e.name))),
-        reverse=True,
-    )
-    steps = [(step, folder) for step, folder in steps if folder.is_dir()]
-    gold, export = path / "gold", path / "export"
+    steps = step_folders(path)
+    gold, export = path / GOLD_DIR, path / EXPORT_DIR
     if not steps and not gold.is_dir() and not export.is_dir():
         raise InspectionError(
             f"{path}: not a checkpoint, an export folder or a checkpoints root "
@@ -238,9 +234,7 @@ def read_folder(path: Path, *, kind: Kind, deep: bool = False) -> CheckpointView
             training = summarize_training(raw, notes=notes)
         except (KeyError, TypeError, ValueError) as exc:
             notes.append(f"{STATE} has unexpected content: {exc!r}")
-    step = training.global_step if training else None
-    if step is None and (match := STEP_DIR.match(path.name)):
-        step = int(match.group(1))
+    step = training.global_step if training else step_of(path.name)
     if step is None and export_info is not None:
         step = int_or_none(export_info.get("step", export_info.get("global_step")))
     return CheckpointView(
@@ -262,11 +256,11 @@ def read_folder(path: Path, *, kind: Kind, deep: bool = False) -> CheckpointView
 def _folder_kind(path: Path) -> Kind | None:
     if not any((path / name).is_file() for name in (MANIFEST, CONFIG, STATE, EXPORT_INFO)):
         return None
-    if (path / EXPORT_INFO).is_file() or path.name == "export":
+    if (path / EXPORT_INFO).is_file() or path.name == EXPORT_DIR:
         return "export"
-    if path.name == "gold":
+    if path.name == GOLD_DIR:
         return "gold"
-    return "step" if STEP_DIR.match(path.name) else "checkpoint"
+    return "step" if step_of(path.name) is not None else "checkpoint"
 
 
 def _entry(path: Path, *, kind: Kind, deep: bool) -> CheckpointEntry:

@@ -9,23 +9,17 @@ holds no model, a checkpoint that fails its manifest, a missing GPU) comes out a
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from service.config.sections import DEVICE_PATTERN
 from service.config.settings import Settings
+from trainer.records.checkpoints import EXPORT_INFO, GOLD_DIR, int_or_none, read_json_object
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXPORT_DTYPE = "bf16"
-"""Export dtype when neither ``--dtype`` nor the settings' ``export.dtype`` gives one."""
 EXPORT_DTYPES = ("fp16", "bf16")
-SOURCES = ("latest", "gold")
-"""Named sources of ``traind export --from``; anything else is a folder."""
-_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 class GenerationError(ValueError):
@@ -66,7 +60,7 @@ class ExportResult:
 
 def resolve_device(name: str) -> str:
     """``auto`` becomes ``cuda`` when a GPU is usable, else ``cpu``; a missing GPU is refused."""
-    if not _DEVICE_RE.fullmatch(name):
+    if not DEVICE_PATTERN.fullmatch(name):
         raise GenerationError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
     import torch
 
@@ -121,17 +115,9 @@ def generate_text(
         prompt=prompt,
         text=text,
         path=loaded.path,
-        step=_int_or_none(loaded.info.get("step")),
+        step=int_or_none(loaded.info.get("step")),
         device=resolved,
     )
-
-
-def default_export_dtype(settings: Settings) -> str:
-    """``export.dtype`` from the settings when they have that section, else bf16."""
-    # getattr: the [export] section is optional in the settings model; older settings
-    # objects (and callers' stand-ins) have none.
-    section = getattr(settings, "export", None)
-    return str(getattr(section, "dtype", None) or DEFAULT_EXPORT_DTYPE)
 
 
 def export_model(
@@ -150,7 +136,7 @@ def export_model(
     from trainer.export import export_checkpoint
     from trainer.tokenizer import TokenizerError
 
-    dtype = dtype or default_export_dtype(settings)
+    dtype = dtype or settings.export.dtype
     if dtype not in EXPORT_DTYPES:
         raise GenerationError(f"export dtype {dtype!r} is not one of {', '.join(EXPORT_DTYPES)}")
     root = settings.paths.checkpoints
@@ -163,7 +149,7 @@ def export_model(
             )
         checkpoint = found.path
     elif source == "gold":
-        checkpoint = root / "gold"
+        checkpoint = root / GOLD_DIR
         if not checkpoint.is_dir():
             raise GenerationError(f"{checkpoint}: no gold checkpoint yet")
     else:
@@ -176,22 +162,11 @@ def export_model(
         path = export_checkpoint(checkpoint, target_root, dtype=dtype)
     except (CheckpointError, TokenizerError, OSError) as exc:
         raise GenerationError(str(exc)) from exc
-    info = _read_info(path)
+    info = read_json_object(path / EXPORT_INFO) or {}
     return ExportResult(
         path=path,
         source=str(info.get("source_checkpoint") or checkpoint.name),
-        step=_int_or_none(info.get("step")),
+        step=int_or_none(info.get("step")),
         dtype=dtype,
         parameters=int(info.get("parameters") or 0),
     )
-
-
-def _read_info(path: Path) -> dict[str, Any]:
-    from trainer.export import INFO
-
-    data = json.loads((path / INFO).read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {}
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,7 +1,9 @@
 """The sections of ``traind.toml``: one pydantic model per ``[section]``.
 
 Each field's description is the comment ``traind init`` writes above the key, so the
-template cannot drift from what is validated.
+template cannot drift from what is validated. The sections that are one of the trainer's
+config dataclasses (``[train]``, ``[gold]``, ``[export]``) take their fields from it
+(:func:`section_of`): the dataclass is the one definition, this adds the bounds.
 """
 
 from __future__ import annotations
@@ -13,17 +15,10 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from trainer.config import LostCheckpoints, LrSchedule, ModelConfig, Precision
+from service.config.fields import Section, section_of
+from trainer.config import ExportConfig, GoldConfig, ModelConfig, TrainConfig
 
 BYTES_TOKENIZER = "bytes"
 
@@ -32,7 +27,8 @@ _ARCH_TYPES = typing.get_type_hints(ModelConfig)
 OVERRIDABLE_ARCH_FIELDS = tuple(
     f.name for f in dataclasses.fields(ModelConfig) if f.name != "dropout"
 )
-_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+"""The devices a setting or an option may name (``fullmatch``)."""
 
 
 def _existing_file(value: str | Path, *, what: str) -> Path:
@@ -42,13 +38,7 @@ def _existing_file(value: str | Path, *, what: str) -> Path:
     return path
 
 
-class _Section(BaseModel):
-    # forbid: a typo in traind.toml must fail loudly, not silently keep the default.
-    # validate_default: defaults go through the same path resolution as given values.
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class PathsSection(_Section):
+class PathsSection(Section):
     """Runtime folders (relative paths are relative to this file's folder)."""
 
     inbox: Path = Field(Path("data_inbox"), description="Folder watched for new *.jsonl drops.")
@@ -65,7 +55,7 @@ class PathsSection(_Section):
         return value.expanduser().resolve()
 
 
-class ServerSection(_Section):
+class ServerSection(Section):
     """The REST control plane of `traind serve`."""
 
     host: str = Field(
@@ -84,7 +74,7 @@ class ServerSection(_Section):
     )
 
 
-class LedgerSection(_Section):
+class LedgerSection(Section):
     """The job ledger: a SQLite file in the state folder unless a database URL is given."""
 
     url: str | None = Field(
@@ -104,7 +94,7 @@ class LedgerSection(_Section):
     )
 
 
-class WatcherSection(_Section):
+class WatcherSection(Section):
     """How the inbox is watched."""
 
     polling: bool = Field(
@@ -128,7 +118,7 @@ class WatcherSection(_Section):
     )
 
 
-class WorkerSection(_Section):
+class WorkerSection(Section):
     """The training worker process that `traind serve` supervises."""
 
     restart_backoff_s: float = Field(
@@ -171,7 +161,7 @@ class WorkerSection(_Section):
     )
 
 
-class ModelSection(_Section):
+class ModelSection(Section):
     """The model a new lineage starts from."""
 
     source: str = Field(
@@ -230,85 +220,42 @@ class ModelSection(_Section):
         return checked
 
 
-class TrainSection(_Section):
+class TrainSection(
+    section_of(
+        TrainConfig,
+        limits={
+            "micro_batch_size": {"ge": 1},
+            "grad_accum_steps": {"ge": 1},
+            "epochs_per_file": {"gt": 0},
+            "learning_rate": {"gt": 0},
+            "min_lr_ratio": {"ge": 0, "le": 1},
+            "lr_decay_steps": {"ge": 1},
+            "warmup_steps": {"ge": 0},
+            "weight_decay": {"ge": 0},
+            "beta1": {"ge": 0, "lt": 1},
+            "beta2": {"ge": 0, "lt": 1},
+            "grad_clip": {"ge": 0},
+            "seed": {"ge": 0},
+            "checkpoint_interval": {"ge": 1},
+            "keep_checkpoints": {"ge": 1},
+            "log_interval": {"ge": 1},
+            "nan_skip_limit": {"ge": 1},
+            "nan_window": {"ge": 1},
+            "cuda_memory_fraction": {"gt": 0, "le": 1, "examples": [0.9]},
+        },
+    )
+):
     """Training hyper-parameters (recorded with every checkpoint)."""
-
-    # Mirrors trainer.config.TrainConfig field for field, same defaults (a test keeps them in
-    # sync); the bounds here are the dataclass's checks plus the ones the trainer assumes.
-
-    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass.")
-    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    epochs_per_file: float = Field(
-        1.0, gt=0, description="Passes over each file; sets its budget of optimizer steps."
-    )
-    learning_rate: float = Field(
-        3e-4, gt=0, description="Peak learning rate, reached after warm-up."
-    )
-    min_lr_ratio: float = Field(
-        0.1, ge=0, le=1, description="Floor of the cosine schedule, as a fraction of learning_rate."
-    )
-    lr_schedule: LrSchedule = Field(
-        "constant",
-        description="Shape after warm-up: constant (endless training), cosine or inverse_sqrt.",
-    )
-    lr_decay_steps: int = Field(
-        100_000, ge=1, description="Length of the cosine decay, in global steps after warm-up."
-    )
-    warmup_steps: int = Field(
-        100, ge=0, description="Linear warm-up in global steps (once per lineage, not per file)."
-    )
-    weight_decay: float = Field(
-        0.1, ge=0, description="AdamW decoupled weight decay (matrices only, not norms or biases)."
-    )
-    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW first-moment decay.")
-    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW second-moment decay.")
-    grad_clip: float = Field(
-        1.0, ge=0, description="Clip the global gradient norm to this (0 disables clipping)."
-    )
-    seed: int = Field(
-        1337, ge=0, description="Seed of the lineage: data order, dropout and initialisation."
-    )
-    checkpoint_interval: int = Field(
-        500,
-        ge=1,
-        description="Save every this many global steps (and always at the end of a file).",
-    )
-    keep_checkpoints: int = Field(
-        3, ge=1, description="Newest step-* checkpoints kept; gold and export are never rotated."
-    )
-    device: str = Field("auto", description="auto (CUDA if present), cpu, cuda or cuda:N.")
-    precision: Precision = Field(
-        "auto", description="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16."
-    )
-    log_interval: int = Field(10, ge=1, description="Console progress line every this many steps.")
-    nan_skip_limit: int = Field(
-        3, ge=1, description="Non-finite steps within nan_window steps that trigger a rollback."
-    )
-    nan_window: int = Field(
-        100, ge=1, description="Window, in global steps, over which non-finite skips are counted."
-    )
-    cuda_memory_fraction: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        examples=[0.9],
-        description="Cap on the worker's share of GPU memory, in (0, 1] (unset: no cap).",
-    )
-    on_lost_checkpoints: LostCheckpoints = Field(
-        "refuse",
-        description="When every step-* checkpoint of a lineage is gone or broken: refuse to "
-        "start (and say what to do), or continue from gold. Never a silent new lineage.",
-    )
 
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        if not _DEVICE_RE.fullmatch(value):
+        if not DEVICE_PATTERN.fullmatch(value):
             raise ValueError(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
         return value
 
 
-class EvalSection(_Section):
+class EvalSection(Section):
     """Evaluation: validation loss, named eval sets and sample prompts."""
 
     interval: int = Field(500, ge=1, description="Evaluate every this many global steps.")
@@ -369,30 +316,21 @@ class EvalSection(_Section):
         }
 
 
-class GoldSection(_Section):
+class GoldSection(
+    section_of(
+        GoldConfig,
+        limits={
+            "overfit_ratio": {"gt": 0},
+            "consecutive_rises": {"ge": 1},
+            "regression_threshold": {"ge": 0},
+        },
+    )
+):
     """Guards on promoting the best checkpoint to gold."""
 
-    overfit_ratio: float = Field(
-        5.0, gt=0, description="No gold while validation loss / training loss is above this."
-    )
-    consecutive_rises: int = Field(
-        2, ge=1, description="No gold right after validation loss rose this many evals in a row."
-    )
-    regression_threshold: float = Field(
-        0.2, ge=0, description="No gold if a named eval set got worse by more than this fraction."
-    )
 
-
-class ExportSection(_Section):
+class ExportSection(section_of(ExportConfig, limits={})):
     """The half-precision copy for inference in checkpoints/export."""
-
-    enabled: bool = Field(
-        True,
-        description="Write checkpoints/export after each file (POST /v1/export always writes one).",
-    )
-    dtype: typing.Literal["fp16", "bf16"] = Field(
-        "bf16", description="Half-precision type of the exported weights: fp16 or bf16."
-    )
 
 
 def suggest(key: str, known: typing.Sequence[str] = OVERRIDABLE_ARCH_FIELDS) -> str:

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.config.settings import Settings
 from service.daemon.readiness import Readiness
-from service.daemon.status import read_status
+from service.daemon.status import SchemaCheck, read_status, worker_not_ready
 from service.daemon.supervisor import Supervisor
 from service.inbox.inventory import take_inventory
 from service.inbox.watcher import InboxWatcher
 from service.ledger import Ledger
 from trainer.records.events import EventLog
+from trainer.records.storage import DiskFullError
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +47,14 @@ class Daemon:
             else None
         )
         self.readiness = Readiness(settings, ledger=self.ledger, supervisor=self.supervisor)
+        self.schema = SchemaCheck(self.ledger)
         self.stopping = threading.Event()
         self.fatal: str | None = None
         self.on_fatal = None
 
     def start(self) -> None:
         self.settings.paths.checkpoints.mkdir(parents=True, exist_ok=True)
+        self._forget_old_workers()
         # Before the watcher: a new drop must not take an id an old file carries.
         take_inventory(
             self.watcher.layout,
@@ -93,6 +99,50 @@ class Daemon:
             supervisor=self.supervisor.status() if self.supervisor else None,
             hang_timeout_s=worker.hang_timeout_s,
         )
+
+    def _forget_old_workers(self) -> None:
+        """Each worker reports under its own id, so every restart leaves a row: drop those
+        of long-gone workers (the newest stay, so readiness knows the last heartbeat)."""
+        try:
+            removed = self.ledger.prune_workers()
+        except (DiskFullError, SQLAlchemyError) as exc:
+            # Housekeeping: never a reason not to start.
+            log.warning("could not forget old workers' heartbeats: %s", exc)
+            return
+        if removed:
+            log.info("forgot the heartbeats of %d old worker(s)", removed)
+
+    def readiness_checks(self) -> dict[str, Callable[[], str | None]]:
+        """The checks of /readyz by name: each returns None when it passes, else why not
+        (and may raise, e.g. when the ledger does not answer)."""
+        return {
+            "ledger": self._ledger_answers,
+            "schema": self._schema_at_head,
+            "worker": self._worker_ready,
+            "inbox_watcher": self._watcher_running,
+            "stopping": self._not_stopping,
+        }
+
+    def _ledger_answers(self) -> str | None:
+        self.ledger.counts_by_state()  # a plain read: it raises if the database does not answer
+        return None
+
+    def _schema_at_head(self) -> str | None:
+        if self.schema.at_head():
+            return None
+        return "the ledger schema is not at this traind's newest migration; run traind migrate"
+
+    def _worker_ready(self) -> str | None:
+        worker = self.ledger.worker_status()
+        return worker_not_ready(worker, heartbeat_s=self.settings.worker.heartbeat_s)
+
+    def _watcher_running(self) -> str | None:
+        return None if self.watcher.health()["running"] else "the inbox watcher is not running"
+
+    def _not_stopping(self) -> str | None:
+        if self.fatal:
+            return f"stopping after a fatal error: {self.fatal}"
+        return "shutting down" if self.stopping.is_set() else None
 
     def _fatal(self, reason: str) -> None:
         self.fatal = reason

@@ -33,21 +33,17 @@ from typing import Any
 from service.config.sections import WatcherSection
 from service.inbox.layout import InboxLayout, move_file, reason_path, write_text_atomic
 from service.inbox.names import is_utf8, printable_name, recorded_path, undecodable_reason
+from service.inbox.reasons import line_problems, reason_text, strict_reason
 from service.ledger.records import FileRecord, FileState, LineProblem
-from trainer.records.digest import file_sha256
 from trainer.records.events import EventLog
 from trainer.records.formats import (
     DataError,
-    LineError,
-    ValidationReport,
     is_data_file,
     validate_file,
 )
+from trainer.records.storage import file_sha256
 
 log = logging.getLogger(__name__)
-
-SHOWN_LINES = 10
-"""Bad line numbers named in a strict rejection's one-line reason."""
 
 
 class FileChangedError(RuntimeError):
@@ -230,7 +226,7 @@ class Intake:
             if not os.path.lexists(path):
                 log.info("%s vanished while it was checked", path)
                 return None
-            problems = _problems(exc.errors, name=name)
+            problems = line_problems(exc.errors, name=name)
             if not problems and exc.line is not None:
                 problems = (LineProblem(line=exc.line, reason=str(exc)),)
             return _rejected(
@@ -250,7 +246,7 @@ class Intake:
                 format=report.format,
                 n_examples=report.n_examples,
                 n_invalid=report.n_invalid,
-                invalid_lines=_problems(report.errors, name=name),
+                invalid_lines=line_problems(report.errors, name=name),
             )
         return Verdict(
             path=path,
@@ -310,51 +306,8 @@ class Intake:
             )
 
 
-def strict_reason(report: ValidationReport) -> str:
-    """The one-line reason for rejecting a file that has some invalid lines."""
-    numbers = [str(e.line) for e in report.errors[:SHOWN_LINES]]
-    more = ", ..." if report.n_invalid > len(numbers) else ""
-    s = "s" if report.n_invalid > 1 else ""
-    total = report.n_invalid + report.n_examples
-    first = report.errors[0].message
-    return (
-        f"{report.path.name} has {report.n_invalid} invalid line{s} of {total} "
-        f"(line{s} {', '.join(numbers)}{more}), so none of it is trained on; fix or remove "
-        f"them and drop the file again. First: {first}"
-    )
-
-
-def reason_text(record: FileRecord) -> str:
-    """The ``.reason.txt`` written beside a rejected file, for a person to read."""
-    lines = [
-        f"traind rejected {record.name} (ledger id {record.id}); it is kept here and is never",
-        "trained on. Fix the problem and drop the fixed file into the inbox again.",
-        "",
-        f"reason: {record.error}",
-    ]
-    if record.sha256:
-        lines.append(f"sha256: {record.sha256}")
-    lines.append(f"size:   {record.size} bytes")
-    if record.invalid_lines:
-        shown = len(record.invalid_lines)
-        total = max(record.n_invalid, shown)
-        lines += ["", f"invalid lines ({shown} shown of {total}):"]
-        for problem in record.invalid_lines:
-            where = f"line {problem.line}" if problem.line is not None else "file"
-            lines.append(f"  {where}: {problem.reason}")
-    return "\n".join(lines) + "\n"
-
-
 def _rejected(path: Path, reason: str, **fields: Any) -> Verdict:
     return Verdict(path=path, accepted=False, reason=reason, **fields)
-
-
-def _problems(errors: tuple[LineError, ...], *, name: str) -> tuple[LineProblem, ...]:
-    # The message repeats "<name> line <n>: ", which the ledger keeps in its own columns.
-    return tuple(
-        LineProblem(line=e.line, reason=e.message.removeprefix(f"{name} line {e.line}: "))
-        for e in errors
-    )
 
 
 def _holds(record: FileRecord, path: Path) -> bool:

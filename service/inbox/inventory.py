@@ -26,10 +26,10 @@ from pathlib import Path
 from service.inbox.layout import InboxLayout, reason_path
 from service.inbox.names import REASON_SUFFIX
 from service.ledger import ACTIVE_STATES, FileState, Ledger
-from trainer.records.digest import file_sha256
 from trainer.records.events import EventLog
 from trainer.records.formats import DataError, validate_file
-from trainer.records.traces import newest_training_state
+from trainer.records.state import newest_training_state
+from trainer.records.storage import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -14,19 +14,19 @@ filesystem), hence atomic.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.inbox.names import REASON_SUFFIX, filed_name
 from service.ledger.records import FileRecord, FileState
-
-log = logging.getLogger(__name__)
+from trainer.records.storage import fsync_folder_quietly
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
 DUPLICATES = "duplicates"
+OWN_FOLDERS = frozenset({ACCEPTED, REJECTED, DUPLICATES})
+"""traind's own sub-folders of the inbox; every other folder at the top level is a drop."""
 IGNORED_SUFFIXES = (".tmp", ".part")
 
 
@@ -66,9 +66,12 @@ class InboxLayout:
                 )
             folder.mkdir(parents=True, exist_ok=True)
 
-    def is_top_level(self, path: Path) -> bool:
-        """Whether ``path`` sits directly in the inbox (not in a sub-folder)."""
-        return path.parent == self.root
+    def drop_name(self, path: Path) -> str | None:
+        """The name of the drop at ``path``, or None when ``path`` cannot be one: only the
+        top level receives drops, not traind's own folders, nor a name still being written."""
+        if path.parent != self.root or is_ignored(path.name) or path.name in OWN_FOLDERS:
+            return None
+        return path.name
 
     def folder_for(self, state: FileState) -> Path:
         """Where a file in ``state`` belongs: every state but these two was accepted once."""
@@ -103,8 +106,9 @@ def move_file(source: Path, destination: Path) -> Path:
         n += 1
         target = destination.with_name(_marked(destination.name, n))
     os.rename(source, target)
-    _sync_folder(source.parent)
-    _sync_folder(target.parent)
+    # The rename must survive a power cut, or the ledger and the folders disagree.
+    fsync_folder_quietly(source.parent)
+    fsync_folder_quietly(target.parent)
     return target
 
 
@@ -124,18 +128,4 @@ def write_text_atomic(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     temporary.replace(path)
-    _sync_folder(path.parent)
-
-
-def _sync_folder(folder: Path) -> None:
-    # The rename must survive a power cut, or the ledger and the folders disagree.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        log.debug("cannot fsync %s", folder, exc_info=True)
-    finally:
-        os.close(fd)
+    fsync_folder_quietly(path.parent)

@@ -32,7 +32,7 @@ from watchdog.observers.api import BaseObserver
 from service.config.sections import WatcherSection
 from service.inbox.arrivals import Arrival, Arrivals, Origin, signature
 from service.inbox.intake import FileChangedError, Intake, Verdict
-from service.inbox.layout import ACCEPTED, DUPLICATES, REJECTED, InboxLayout, is_ignored
+from service.inbox.layout import OWN_FOLDERS, InboxLayout, is_ignored
 from service.inbox.names import printable_name
 from service.inbox.observer import LINUX, Note, NoteTaker, is_alive, start_observer, stop_observer
 from service.inbox.openfiles import open_for_writing
@@ -47,8 +47,6 @@ HELD_RECHECK_S = 1.0
 """How often a file found open for writing is looked at again (each look scans /proc)."""
 IDLE_TICK_S = 1.0
 """Longest sleep of the processing thread (it also refreshes the health timestamp)."""
-OWN_FOLDERS = frozenset({ACCEPTED, REJECTED, DUPLICATES})
-"""traind's own sub-folders of the inbox; every other folder at the top level is a drop."""
 _RETRY_LATER = object()
 
 
@@ -287,12 +285,7 @@ class InboxWatcher:
             self._arrivals.forget(name)
 
     def _top_level_name(self, raw: str) -> str | None:
-        if not raw:
-            return None
-        path = Path(raw)
-        if path.parent != self.inbox or is_ignored(path.name) or path.name in OWN_FOLDERS:
-            return None
-        return path.name
+        return self.layout.drop_name(Path(raw)) if raw else None
 
     def _observe(self, now: float) -> None:
         for name in self._arrivals.names():

@@ -7,7 +7,7 @@ dies, its supervisor calls ``record_crash`` at once, and ``reap_expired`` puts t
 of a worker that died unseen back in the queue once their lease lapses. The lease of the
 live worker is never reaped (a long step, evaluation or checkpoint is not a death).
 
-Only a crash is an attempt (design rule 13): claiming never counts, ``record_crash``
+Only a crash is an attempt (ARCHITECTURE.md rule 13): claiming never counts, ``record_crash``
 does, and ``retry`` starts the count afresh. Part of ``Ledger``; see
 ``service.ledger.ledger``.
 """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainer.records.space import DiskFullError
+from trainer.records.storage import DiskFullError
 
 
 class LedgerError(RuntimeError):

@@ -9,7 +9,7 @@ test_migrations.py`` checks that the migrations and these models agree.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import (
     JSON,
@@ -38,6 +38,7 @@ from service.ledger.records import (
     WorkerState,
     WorkerStatus,
 )
+from trainer.records.checkpoints import Kind
 
 # Deterministic constraint names: Alembic needs names to alter or drop constraints later,
 # and SQLite's batch mode (table copy) needs them to carry constraints across.
@@ -49,8 +50,8 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-CHECKPOINT_KINDS = ("step", "gold", "export")
-"""What a recorded checkpoint folder is."""
+CHECKPOINT_KINDS: tuple[str, ...] = get_args(Kind)
+"""What a recorded checkpoint folder is: ``step``, ``gold`` or ``export``."""
 
 
 class UTCDateTime(TypeDecorator[datetime]):

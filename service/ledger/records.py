@@ -1,7 +1,8 @@
 """What the ledger hands out: plain frozen records, never ORM objects.
 
 Every process (watcher, worker, API) reads and writes the ledger through
-``service.ledger.Ledger``; these records are the vocabulary they share.
+``service.ledger.Ledger``; these records are the vocabulary they share. (The file states
+themselves live in ``trainer.records.lifecycle``, which the command line reads too.)
 """
 
 from __future__ import annotations
@@ -10,18 +11,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
-
-class FileState(enum.StrEnum):
-    """Where a drop is in its life (design section 4)."""
-
-    QUEUED = "queued"
-    TRAINING = "training"
-    DONE = "done"
-    FAILED = "failed"
-    REJECTED = "rejected"
-    DUPLICATE = "duplicate"
-    CANCELLED = "cancelled"
-
+from trainer.records.lifecycle import FileState
 
 ACTIVE_STATES = (FileState.QUEUED, FileState.TRAINING, FileState.DONE)
 """A drop whose content matches a file in one of these states is a duplicate."""
@@ -91,7 +81,7 @@ class FileRecord:
     """Global step when it finished."""
     attempts: int
     """Times training it ended in a crash of the worker (not a clean stop, a released
-    claim, a lapsed lease or a restart: design rule 13); ``retry`` starts it at 0."""
+    claim, a lapsed lease or a restart: ARCHITECTURE.md rule 13); ``retry`` starts it at 0."""
     lease_owner: str | None
     """Worker id holding the claim, while training."""
     lease_expires_at: datetime | None

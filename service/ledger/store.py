@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.ledger.engine import READ_OPTIONS, create_ledger_engine
 from service.ledger.errors import LedgerError, LedgerFullError
 from service.ledger.models import Base, FileRow
-from trainer.records.space import as_disk_full, describe, free_bytes
+from trainer.records.storage import as_disk_full, describe, free_bytes
 
 log = logging.getLogger(__name__)
 

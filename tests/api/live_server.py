@@ -23,7 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.web.app import create_app
-from api.web.events import close_event_streams
+from api.web.event_stream import close_event_streams
 from service.config.settings import Settings, load_settings
 from service.daemon.main_process import Daemon
 

@@ -1,9 +1,12 @@
-"""The append-only event log ``state/events.jsonl`` (design section 4).
+"""The append-only event log ``state/events.jsonl``: its writer and its readers.
 
 One JSON object per line, each with ``event`` and an ISO-8601 ``timestamp``. Lines are
 written with a single ``write`` on an ``O_APPEND`` descriptor and fsynced, so readers
 (the API's SSE stream, ``tail -f``) never see half a line from a live writer and a
-crash loses at most the line being written.
+crash loses at most the line being written. A line's 1-based number is its stable id.
+
+Readers: :meth:`EventLog.read_backwards` (newest first, for the last event of a kind) and
+:class:`EventTail` (what was appended since the last read, for those that follow the log).
 """
 
 from __future__ import annotations
@@ -13,15 +16,21 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trainer.records.space import as_disk_full
+from trainer.records.storage import as_disk_full
 
 log = logging.getLogger(__name__)
 
 LOSS_DIGITS = 6
+READ_BYTES = 1 << 20
+"""Bytes an :class:`EventTail` reads at most per call (the rest follows at the next)."""
+
+FileKey = tuple[int, int]
+"""(device, inode): which file the log's path names, to notice it replaced."""
 
 
 def utc_now() -> str:
@@ -117,15 +126,95 @@ class EventLog:
 
 
 def _parse(raw: bytes) -> dict[str, Any] | None:
-    raw = raw.strip()
-    if not raw:
-        return None
     try:
-        record = json.loads(raw)
+        return parse_record(raw)
     except ValueError:
         log.warning("skipping an unreadable line in the event log")
         return None
+
+
+def parse_record(raw: bytes) -> dict[str, Any] | None:
+    """One line of the log as its record; None for a blank line or a JSON value that is
+    not an object. ValueError: the line is not UTF-8 JSON (torn, or edited by hand).
+    Readers skip both kinds; the line keeps its number."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    record = json.loads(raw)  # UnicodeDecodeError is a ValueError too
     return record if isinstance(record, dict) else None
+
+
+class EventTail:
+    """Follows the log like ``tail -f``, by byte offset, never rescanning: each
+    :meth:`read` returns the complete lines appended since the previous one.
+
+    A last line without its newline (a writer mid-``write``, or a crash) is held back until
+    it is complete. When the path names a new file (the first one, or the log was replaced
+    or truncated in place), ``on_new_file(file, previous)`` says at which byte offset (a
+    line start) to read it from; by default its start.
+    """
+
+    def __init__(
+        self, path: Path, *, on_new_file: Callable[[FileKey, FileKey | None], int] | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.file: FileKey | None = None
+        """The file being followed, or None before the first read that found one."""
+        self.offset = 0
+        """Where the next read starts: always a line start."""
+        self._on_new_file = on_new_file or (lambda file, previous: 0)
+
+    def read(self, *, max_bytes: int = READ_BYTES) -> tuple[bytes, bool]:
+        """The complete lines appended since the last call (``b""`` if none, or no file
+        yet), and whether the read stopped at ``max_bytes`` (read again without waiting)."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return b"", False
+        file = (stat.st_dev, stat.st_ino)
+        if file != self.file or stat.st_size < self.offset:
+            previous, self.file = self.file, file
+            self.offset = self._on_new_file(file, previous)
+        if stat.st_size <= self.offset:
+            return b"", False
+        with self.path.open("rb") as stream:
+            opened = os.fstat(stream.fileno())
+            if (opened.st_dev, opened.st_ino) != file:
+                # Replaced between stat and open: the next read starts on the new file.
+                return b"", True
+            stream.seek(self.offset)
+            data = stream.read(max_bytes)
+            end = data.rfind(b"\n")
+            while end < 0:
+                # One line longer than max_bytes, or a torn last line: read on to its end.
+                rest = stream.read(max_bytes)
+                if not rest:
+                    return b"", False  # torn: wait until it is completed
+                found = rest.rfind(b"\n")
+                if found >= 0:
+                    end = len(data) + found
+                data += rest
+        complete = data[: end + 1]
+        self.offset += len(complete)
+        return complete, len(data) >= max_bytes
+
+    def forget(self) -> None:
+        """Start over: the next read treats whatever file is there as new."""
+        self.file, self.offset = None, 0
+
+
+EVAL_SET_PREFIX = "eval_"
+"""An ``eval`` event carries each named set's loss as ``eval_<name>``."""
+_NOT_A_SET = frozenset({"eval_duration_s"})
+
+
+def eval_set_losses(record: dict[str, Any]) -> dict[str, Any]:
+    """Each named set's loss in an ``eval`` event, by set name (as written, unchecked)."""
+    return {
+        key.removeprefix(EVAL_SET_PREFIX): value
+        for key, value in record.items()
+        if key.startswith(EVAL_SET_PREFIX) and key not in _NOT_A_SET
+    }
 
 
 def round_loss(value: float | None) -> float | None:

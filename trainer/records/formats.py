@@ -8,11 +8,8 @@ three formats:
 - ``messages``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}]}``,
   trained on the assistant turns.
 
-Every valid line has something to train on: a text or completion that is empty, or a
-conversation without an assistant turn that has content, is an invalid line.
-
-Keys beyond a format's own (``"id"``, ``"source"``, ``"name"`` on a message, ...) are allowed
-and ignored, as real exports carry them. The first valid line decides the file's format;
+Every valid line has something to train on (what makes a line valid is
+``trainer.records.examples``). The first valid line decides the file's format;
 lines in another format are errors. Blank lines are skipped. Files are read as a stream,
 line by line, so their size is bounded by disk, not memory.
 """
@@ -28,18 +25,16 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
-from trainer.records.digest import file_sha256
+from trainer.records.examples import FIX_ACTION, Format, InvalidLineError, classify
+from trainer.records.storage import file_sha256
 
 log = logging.getLogger(__name__)
 
-Format = Literal["text", "prompt_completion", "messages"]
-ROLES = frozenset({"system", "user", "assistant"})
 SUFFIXES = (".jsonl", ".jsonl.gz")
 MAX_LINE_BYTES = 8 * 2**20
 MAX_ERRORS = 20
-_FIX = "fix or remove the line"
 _BOM = b"\xef\xbb\xbf"
 _CHUNK = 1 << 20
 
@@ -205,7 +200,7 @@ class ExampleStream:
         tail = f"; {action}" if action else ""
         return DataError(f"{self.path.name}{where}: {reason}{tail}", path=self.path, line=line)
 
-    def _record(self, line: int, reason: str, action: str = _FIX) -> None:
+    def _record(self, line: int, reason: str, action: str = FIX_ACTION) -> None:
         self._n_invalid += 1
         if len(self._errors) < self._max_errors:
             message = f"{self.path.name} line {line}: {reason}; {action}"
@@ -308,8 +303,8 @@ class ExampleStream:
             self._record(number, "is JSON nested too deeply")
             return None
         try:
-            fmt, value = _classify(obj)
-        except _InvalidLineError as problem:
+            fmt, value = classify(obj)
+        except InvalidLineError as problem:
             self._record(number, str(problem), problem.action)
             return None
         if self._format is None:
@@ -351,104 +346,6 @@ class ExampleStream:
             errors=tuple(self._errors),
             n_empty_lines=self._n_empty,
         )
-
-
-class _InvalidLineError(Exception):
-    """Why one parsed line is not a valid example, and what to do about it."""
-
-    def __init__(self, reason: str, action: str = _FIX) -> None:
-        super().__init__(reason)
-        self.action = action
-
-
-def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, list):
-        return "empty list" if not value else "list"
-    return {str: "string", dict: "object", type(None): "null"}.get(type(value), "value")
-
-
-def _string(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise _InvalidLineError(f"{what} must be a string, got {_type_name(value)}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        # json.loads accepts lone surrogate escapes such as "\ud800"; tokenizers cannot.
-        raise _InvalidLineError(f"{what} contains an invalid \\u escape (lone surrogate)") from exc
-    return value
-
-
-def _classify(obj: Any) -> tuple[Format, Any]:
-    if not isinstance(obj, dict):
-        raise _InvalidLineError(
-            f'is a JSON {_type_name(obj)}, not an object like {{"text": "..."}}'
-        )
-    has_messages = "messages" in obj
-    has_pc = "prompt" in obj or "completion" in obj
-    has_text = "text" in obj
-    if has_messages + has_pc + has_text > 1:
-        found = ", ".join(
-            f'"{k}"' for k in ("text", "prompt", "completion", "messages") if k in obj
-        )
-        raise _InvalidLineError(f"mixes the keys of several formats ({found}); keep one format")
-    if has_text:
-        text = _string(obj["text"], '"text"')
-        if not text.strip():
-            raise _InvalidLineError('"text" is empty')
-        return "text", text
-    if has_pc:
-        for key in ("prompt", "completion"):
-            if key not in obj:
-                raise _InvalidLineError(f'is missing "{key}" (a prompt line needs both keys)')
-        prompt = _string(obj["prompt"], '"prompt"')
-        completion = _string(obj["completion"], '"completion"')
-        if not completion:
-            raise _InvalidLineError('"completion" is empty')
-        return "prompt_completion", (prompt, completion)
-    if has_messages:
-        return "messages", _messages(obj["messages"])
-    keys = ", ".join(f'"{k}"' for k in list(obj)[:5]) or "none"
-    raise _InvalidLineError(
-        f'has no "text", "prompt"/"completion" or "messages" key (keys found: {keys})'
-    )
-
-
-def _messages(messages: Any) -> tuple[tuple[str, str], ...]:
-    if not isinstance(messages, list) or not messages:
-        raise _InvalidLineError(f'"messages" must be a non-empty list, got {_type_name(messages)}')
-    turns = []
-    for index, message in enumerate(messages, start=1):
-        if not isinstance(message, dict):
-            raise _InvalidLineError(f"message {index} must be an object, got {_type_name(message)}")
-        if "role" not in message or "content" not in message:
-            raise _InvalidLineError(f'message {index} needs "role" and "content"')
-        role = message["role"]
-        if role not in ROLES:
-            shown = json.dumps(role) if isinstance(role, str) else _type_name(role)
-            raise _InvalidLineError(
-                f'message {index} has unknown role {shown}; use "system", "user" or "assistant"'
-            )
-        turns.append((role, _string(message["content"], f'message {index} "content"')))
-    _require_a_reply(turns)
-    return tuple(turns)
-
-
-def _require_a_reply(turns: list[tuple[str, str]]) -> None:
-    """Only assistant turns are trained on: a line without one would teach nothing."""
-    if any(role == "assistant" and content.strip() for role, content in turns):
-        return
-    if any(role == "assistant" for role, _ in turns):
-        reason = 'every "assistant" message is empty'
-    else:
-        reason = 'has no "assistant" message'
-    raise _InvalidLineError(
-        f"{reason}, so there is nothing to train on (only assistant turns are trained on)",
-        "add the assistant's reply or remove the line",
-    )
 
 
 __all__ = [

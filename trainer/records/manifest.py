@@ -1,42 +1,21 @@
-"""What makes a folder complete: its file names and ``manifest.json``, written last.
+"""What makes a folder complete: ``manifest.json`` (each file's size and sha256), written last.
 
 Torch-free on purpose, so ``traind inspect`` (``service.checkpoints.catalog``) checks folders by
 the very rules the trainer writes and loads them with (``trainer.checkpoint``,
-``trainer.export``), without loading torch.
+``trainer.export``), without loading torch. The folders' names are in
+``trainer.records.checkpoints``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from trainer.records.digest import file_sha256
-from trainer.records.durable import fsync_path
+from trainer.records.checkpoints import FILES, MANIFEST
 from trainer.records.events import utc_now
-
-MANIFEST = "manifest.json"
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-OPTIMIZER = "optimizer.pt"
-TOKENIZER = "tokenizer.json"
-STATE = "training_state.json"
-FILES = (CONFIG, WEIGHTS, OPTIMIZER, TOKENIZER, STATE)
-"""The files of a training checkpoint (``step-*``, ``gold``)."""
-EXPORT_INFO = "export.json"
-EXPORT_FILES = (CONFIG, WEIGHTS, TOKENIZER, EXPORT_INFO)
-"""The files of the export folder."""
-STEP_DIR = re.compile(r"^step-(\d{8,})$")
-GOLD_DIR = "gold"
-"""The guarded best checkpoint, never rotated."""
-EXPORT_DIR = "export"
-"""The half-precision copy for inference."""
-ROLLED_BACK_DIR = "rolled-back"
-"""Checkpoints newer than gold that rollbacks to gold moved aside (never deleted)."""
-RETIRED_DIR = "retired"
-"""What an earlier lineage left when a new one was started on purpose (never deleted)."""
+from trainer.records.storage import file_sha256, fsync_path
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -1,8 +1,9 @@
-"""The training state saved in every checkpoint as ``training_state.json``.
+"""The training state saved in every checkpoint as ``training_state.json``, and its readers.
 
 It is the truth of what a lineage has trained: the global step, the file in progress
 with its fixed step budget and exact data position, the files completed with their step
 ranges, the accumulation split in force, the non-finite-step window and all RNG states.
+(``trainer.records.summary`` reads it for people, tolerating any version and hand edits.)
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from trainer.records.checkpoints import STATE, read_json_object, step_folders
 from trainer.records.events import utc_now
+from trainer.records.manifest import verify
 
 FORMAT_VERSION = 3
 """Layout version written. 1: the first release. 2: adds evaluation history, gold records
@@ -23,7 +27,7 @@ are upgraded on read (``upgrade``)."""
 
 @dataclass(kw_only=True)
 class FileProgress:
-    """The file being trained. Its budget is fixed when it starts (design rule 1)."""
+    """The file being trained. Its budget is fixed when it starts (ARCHITECTURE.md rule 1)."""
 
     name: str
     """File name as given (a label; identity is ``sha256``)."""
@@ -54,9 +58,10 @@ class FileProgress:
     n_holdout: int = 0
     """Held-out sequences (evaluated in the ``recent`` set, never trained on)."""
     sequences_per_step: int = 0
-    """Sequences each optimizer step of this file takes, fixed when it starts (design rule
-    14): the budget was computed from it, so a batch setting changed mid-file changes only
-    how a step is split into micro-batches, never how much of the file a step consumes."""
+    """Sequences each optimizer step of this file takes, fixed when it starts
+    (ARCHITECTURE.md rule 14): the budget was computed from it, so a batch setting changed
+    mid-file changes only how a step is split into micro-batches, never how much of the
+    file a step consumes."""
     parked_at: int | None = None
     """Global step at which the file was set aside unfinished (failed, cancelled, rolled
     back), or None while it is the file in progress. A parked file that trains again
@@ -244,3 +249,20 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
         version = 3
     data["format_version"] = version
     return data
+
+
+def read_training_state(folder: Path) -> dict[str, Any] | None:
+    """The ``training_state.json`` of a checkpoint folder as plain JSON, or None if it has
+    no readable one (no manifest check)."""
+    return read_json_object(folder / STATE)
+
+
+def newest_training_state(root: Path) -> dict[str, Any] | None:
+    """``training_state.json`` of the newest step checkpoint whose manifest vouches for
+    its files' sizes (a quick check: no weights are read), or None."""
+    for _, folder in step_folders(root):
+        if verify(folder, deep=False) is None:
+            state = read_training_state(folder)
+            if state:
+                return state
+    return None

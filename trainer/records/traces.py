@@ -1,4 +1,4 @@
-"""What proves that a checkpoints folder already holds a lineage (design rule 15).
+"""What proves that a checkpoints folder already holds a lineage (ARCHITECTURE.md rule 15).
 
 A lineage is more than its ``step-*`` checkpoints: its gold, its export and the
 checkpoints a rollback moved aside belong to it too. When every ``step-*`` checkpoint is
@@ -12,7 +12,6 @@ Torch-free: only JSON files and manifests are read.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -20,8 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trainer.records.durable import fsync_path
-from trainer.records.manifest import (
+from trainer.records.checkpoints import (
     EXPORT_DIR,
     EXPORT_INFO,
     GOLD_DIR,
@@ -29,8 +27,9 @@ from trainer.records.manifest import (
     ROLLED_BACK_DIR,
     STATE,
     STEP_DIR,
-    verify,
+    read_json_object,
 )
+from trainer.records.storage import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -121,24 +120,6 @@ def retire(root: Path, traces: LineageTraces) -> Path | None:
     return kept_in
 
 
-def newest_training_state(root: Path) -> dict[str, Any] | None:
-    """``training_state.json`` of the newest step checkpoint whose manifest vouches for
-    its files' sizes (a quick check: no weights are read), or None."""
-    if not root.is_dir():
-        return None
-    steps = sorted(
-        (e for e in root.iterdir() if STEP_DIR.match(e.name) and e.is_dir()),
-        key=lambda e: e.name,
-        reverse=True,
-    )
-    for folder in steps:
-        if verify(folder, deep=False) is None:
-            state = _json(folder / STATE)
-            if state:
-                return state
-    return None
-
-
 def owner(folder: Path) -> str | None:
     """The lineage a gold, step or export folder belongs to (None if it cannot say)."""
     for name in (STATE, EXPORT_INFO):
@@ -149,11 +130,7 @@ def owner(folder: Path) -> str | None:
 
 
 def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_json_object(path) or {}
 
 
 def _field(path: Path, key: str) -> Any:

@@ -2,7 +2,7 @@
 traind (tests/api/fake_traind.py), and one smoke run against the real app.
 
 ``status --watch`` is ended by its ``--count N`` option (stop after N refreshes), or by a
-fake Ctrl-C: ``api.cli.remote._sleep`` (the pause between refreshes) replaced by one that raises
+fake Ctrl-C: ``api.cli.watch._sleep`` (the pause between refreshes) replaced by one that raises
 KeyboardInterrupt.
 """
 
@@ -19,7 +19,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from api.cli import remote, views
+from api.cli import views, watch
 from api.cli.main import app
 from service.ledger import FileState
 from tests.api.fake_traind import STATUS, TOKEN, FakeTraind, serving
@@ -152,7 +152,7 @@ def test_queue_json_is_the_server_body(fake: FakeTraind) -> None:
 
 
 def test_queue_states_are_the_ledgers() -> None:
-    assert [s.value for s in views.FileStateName] == [s.value for s in FileState]
+    assert [s.value for s in views.FileState] == [s.value for s in FileState]
 
 
 def test_queue_unknown_state_is_a_usage_error(fake: FakeTraind) -> None:
@@ -394,7 +394,7 @@ def test_watch_ctrl_c_exits_0(fake: FakeTraind, monkeypatch: pytest.MonkeyPatch)
         if len(pauses) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(remote, "_sleep", sleep_then_ctrl_c)
+    monkeypatch.setattr(watch, "_sleep", sleep_then_ctrl_c)
     result = invoke(fake, "status", "--watch", "--interval", "0.5")
     assert result.exit_code == 0, result.output
     assert result.stdout.count(PANEL) == 2

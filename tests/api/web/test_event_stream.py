@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.web.events import LineIndex, LogTail, close_event_streams, events_router
+from api.web.event_stream import LineIndex, LogTail, close_event_streams, events_router
 from tests.api.live_server import Live, live_app, live_traind
 
 pytestmark = pytest.mark.usefixtures("clean_env")

@@ -14,7 +14,7 @@ import pytest
 
 from service.checkpoints.catalog import InspectionError, check_manifest, inspect_path
 from tests.corpus import make_drops
-from trainer.records.digest import file_sha256
+from trainer.records.storage import file_sha256
 
 REPO = Path(__file__).resolve().parents[3]
 FIXTURE = REPO / "tests" / "fixtures" / "v1" / "checkpoints"
@@ -204,11 +204,13 @@ def test_file_names_agree_with_the_trainer() -> None:
     import service.checkpoints.catalog as inspection
     import trainer.checkpoint
     import trainer.export
+    import trainer.records.checkpoints
 
     assert inspection.CHECKPOINT_FILES == trainer.checkpoint.FILES
     assert inspection.EXPORT_FILES == trainer.export.EXPORT_FILES
     assert inspection.MANIFEST == trainer.checkpoint.MANIFEST
-    assert inspection.STEP_DIR.pattern == trainer.checkpoint.STEP_DIR.pattern
+    # The trainer and the catalog find step folders by the one reader in the records.
+    assert trainer.checkpoint.step_folders is trainer.records.checkpoints.step_folders
     assert inspection.EXPORT_INFO == trainer.export.INFO
 
 

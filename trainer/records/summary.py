@@ -5,7 +5,9 @@ evaluations and gold records, without the RNG states.
 Reads ``format_version`` 1 to 3 (2 adds ``eval_history``, ``gold``, ``gold_history`` and
 per-file holdout counts; 3 adds each file's step size, parked files and the files
 rollbacks undid; an older file simply has none). Plain JSON in, frozen
-dataclasses out: no torch, so ``traind inspect`` can use it anywhere.
+dataclasses out: no torch, so ``traind inspect`` can use it anywhere. Unlike
+``TrainingState.from_dict``, a field that is missing or odd (hand edits happen) is shown
+as unknown, not refused.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainer.records.checkpoints import float_or_none, int_or_none
+
 KNOWN_FORMAT = 3
-"""Newest ``training_state.json`` format_version whose fields this module knows."""
+"""Newest ``training_state.json`` format_version whose fields this module knows (kept
+apart from ``state.FORMAT_VERSION``: a new version's fields must be added here too)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,15 +263,3 @@ def _eval(raw: dict[str, Any]) -> EvalRecord:
         prev_best=float_or_none(raw.get("prev_best")),
         promoted_at=raw.get("promoted_at"),
     )
-
-
-def int_or_none(value: Any) -> int | None:
-    """``value`` if it is an int (not a bool), else None: hand-edited files exist."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def float_or_none(value: Any) -> float | None:
-    """``value`` as a float if it is a number (not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)

@@ -1,4 +1,7 @@
-"""Out of disk space, named as such.
+"""Bytes on disk: writes that survive a crash, content hashes, and a full disk named as such.
+
+Durability: a file is fsynced before it is renamed into place, and its folder after, so a
+power cut leaves either the old state or the new one (ARCHITECTURE.md rule 8).
 
 A full filesystem shows up in many disguises: ``OSError(ENOSPC)`` from Python,
 ``RuntimeError: ... unexpected pos`` from ``torch.save``, an I/O error from safetensors,
@@ -7,19 +10,60 @@ A full filesystem shows up in many disguises: ``OSError(ENOSPC)`` from Python,
 try again; never count it against a file). :class:`DiskFullError` is that one meaning,
 with the path and the free space in its message.
 
-Torch-free: the main process uses it too.
+Torch-free: the main process and the API use it too.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import logging
 import os
 import shutil
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
+_CHUNK = 4 * 2**20
 SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 MIN_FREE_BYTES = 1 << 20
 """Below this much free space a write that failed obscurely is taken for a full disk."""
+
+
+def file_sha256(path: Path | str) -> str:
+    """sha256 hex of a file's bytes, read in chunks (never the whole file in memory): a
+    drop's identity in the lineage and a checkpoint file's in its manifest."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as file:
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_durably(path: Path, content: bytes) -> None:
+    """Write ``content`` to ``path`` and fsync it (the caller renames it into place)."""
+    with path.open("wb") as file:
+        file.write(content)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a folder (which makes the renames and new entries in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder_quietly(folder: Path) -> None:
+    """fsync a folder after a rename in it, where a failure is not worth failing the rename
+    for (some filesystems cannot fsync a folder): it is logged, not raised."""
+    try:
+        fsync_path(folder)
+    except OSError:
+        log.debug("cannot fsync %s", folder, exc_info=True)
 
 
 class DiskFullError(OSError):

@@ -14,8 +14,8 @@ back a last line without its newline (a writer mid-``write`` or a crash) until i
 complete. A comment ``: keep-alive`` goes out when nothing else has for ``keepalive_s``,
 so proxies and clients can tell a quiet stream from a dead one.
 
-This module parses the file itself: ``api`` never imports the trainer (where the writer,
-``trainer.records.events``, lives).
+The log is followed and its lines parsed by ``trainer.records.events`` (next to its writer);
+this module makes them Server-Sent Events.
 """
 
 from __future__ import annotations
@@ -23,25 +23,22 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from api.web.auth import require_read_access
+from api.web.deps import READ
 from api.web.schemas import errors
+from trainer.records.events import READ_BYTES, EventTail, FileKey, parse_record
 
 log = logging.getLogger(__name__)
-
-READ_BYTES = 1 << 20
-"""Bytes read per poll at most (more follow at once, without waiting a poll interval)."""
 
 INDEX_EVERY_BYTES = 8 << 20
 """Spacing of the remembered (line, offset) marks that let a resuming client skip ahead."""
@@ -114,56 +111,32 @@ class LineIndex:
 
 
 class LogTail:
-    """Follows one JSONL log from after a given line, by byte offset (never rescanning)."""
+    """Follows one JSONL log from after a given line, as SSE events (never rescanning)."""
 
     def __init__(self, path: Path, *, after: int, index: LineIndex) -> None:
         self.path = Path(path)
         self.after = after
         self._index = index
-        self._file: tuple[int, int] | None = None
-        # Where the next read starts (always a line start), and how many lines lie before it.
-        self._offset = 0
+        self._tail = EventTail(self.path, on_new_file=self._reopen)
         self._lines = 0
+        """Lines before where the tail reads next."""
 
     def read(self, *, max_bytes: int = READ_BYTES) -> Chunk:
-        """The SSE events of the complete lines appended since the last call."""
-        try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            return Chunk(body=b"", more=False)
-        file = (stat.st_dev, stat.st_ino)
-        if file != self._file or stat.st_size < self._offset:
-            self._reopen(file, truncated=file == self._file)
-        if stat.st_size <= self._offset:
-            return Chunk(body=b"", more=False)
-        with self.path.open("rb") as stream:
-            opened = os.fstat(stream.fileno())
-            if (opened.st_dev, opened.st_ino) != file:
-                # Replaced between stat and open: the next read starts on the new file.
-                return Chunk(body=b"", more=True)
-            stream.seek(self._offset)
-            data = stream.read(max_bytes)
-            end = data.rfind(b"\n")
-            while end < 0:
-                # One line longer than max_bytes, or a torn last line: read on to its end.
-                rest = stream.read(max_bytes)
-                if not rest:
-                    return Chunk(body=b"", more=False)  # torn: wait until it is completed
-                found = rest.rfind(b"\n")
-                if found >= 0:
-                    end = len(data) + found
-                data += rest
-        more = len(data) >= max_bytes
-        complete = data[: end + 1]
-        self._offset += len(complete)
+        """The SSE events of the complete lines appended since the last call; ``more``: the
+        read stopped at ``max_bytes`` (more follow at once, without waiting a poll interval)."""
+        complete, more = self._tail.read(max_bytes=max_bytes)
+        if not complete:
+            return Chunk(body=b"", more=more)
         body = self._format(complete)
-        self._index.note(file, lines=self._lines, offset=self._offset)
+        if self._tail.file is not None:  # always, after a read that found lines
+            self._index.note(self._tail.file, lines=self._lines, offset=self._tail.offset)
         return Chunk(body=body, more=more)
 
-    def _reopen(self, file: tuple[int, int], *, truncated: bool) -> None:
-        if self._file is not None:
+    def _reopen(self, file: FileKey, previous: FileKey | None) -> int:
+        if previous is not None:
             # The log is append-only: this only happens when someone rotated or emptied it.
             # Ids restart with the new file's line numbers.
+            truncated = file == previous
             log.warning(
                 "event log %s was %s; streaming the new file from its start",
                 self.path,
@@ -172,8 +145,8 @@ class LogTail:
             self.after = 0
             if truncated:
                 self._index.forget()
-        self._file = file
-        self._lines, self._offset = self._index.nearest(file, line=self.after)
+        self._lines, offset = self._index.nearest(file, line=self.after)
+        return offset
 
     def _format(self, complete: bytes) -> bytes:
         """Count the lines of ``complete`` (whole lines) and format those after ``after``."""
@@ -198,14 +171,14 @@ def format_event(raw: bytes, *, number: int) -> bytes | None:
     if not text:
         return None
     try:
-        data = text.decode("utf-8")
-        record: Any = json.loads(data)
-    except ValueError:  # UnicodeDecodeError is a ValueError too
+        record = parse_record(text)
+    except ValueError:
         log.warning("event log line %d is not UTF-8 JSON; skipped", number)
         return None
-    if not isinstance(record, dict):
+    if record is None:
         log.warning("event log line %d is not a JSON object; skipped", number)
         return None
+    data = text.decode("utf-8")
     if "\r" in data:
         # JSON allows a bare CR as whitespace; SSE would read it as a line break.
         data = json.dumps(record, separators=(",", ":"))
@@ -230,7 +203,7 @@ def events_router(
     *, events_path: Path, keepalive_s: float = 15.0, poll_s: float = 0.2
 ) -> APIRouter:
     """The router of ``GET /v1/events`` on the log at ``events_path``."""
-    router = APIRouter(tags=["events"], dependencies=[Depends(require_read_access)])
+    router = APIRouter(tags=["events"], dependencies=READ)
     index = LineIndex()
 
     @router.get(
