@@ -1,9 +1,20 @@
-"""Signal handling that only sets a flag: the work happens at the next safe point."""
+"""How traind's processes signal one another, outside the ledger.
+
+A stop is a signal that only sets a flag (the work happens at the next safe point). The
+supervisor tells a worker the id it reports under through the environment, and a worker
+tells the supervisor through its exit status whether restarting it can help.
+"""
 
 from __future__ import annotations
 
 import signal
 from types import FrameType
+
+EXIT_BAD_SETTINGS = 2
+"""A worker (or ``traind serve``) that exits 2 needs a person: bad settings, or a lineage
+it must not touch. The supervisor does not restart it."""
+WORKER_ID_ENV = "TRAIND_WORKER_ID"
+"""The id the supervisor gives a worker, so it can tell which claims were that worker's."""
 
 
 class StopFlag:

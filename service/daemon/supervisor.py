@@ -1,4 +1,5 @@
-"""Keeps one training worker process alive, and knows when it died (design section 1).
+"""Keeps one training worker process alive, and knows when it died (ARCHITECTURE.md,
+section 2).
 
 The worker is a plain child process (``python -m service.worker.process``) that inherits the
 service's environment and config file, plus the id it reports under
@@ -8,9 +9,9 @@ which makes it checkpoint at the next optimizer step and release its claim; afte
 ``worker.stop_grace_s`` it is killed. A worker that exits with status 2 (bad settings,
 or a lineage it must not touch) is not restarted: that needs a person.
 
-Only the supervisor sees a worker die, so it alone counts crashes (design rule 13): an
-abnormal exit, or a hang, is one attempt against the file the worker was training; a
-clean stop, a restart of the service or a slow step is not. It also watches the worker's
+Only the supervisor sees a worker die, so it alone counts crashes (ARCHITECTURE.md rule
+13): an abnormal exit, or a hang, is one attempt against the file the worker was
+training; a clean stop, a restart of the service or a slow step is not. It also watches the worker's
 heartbeat: a worker silent for ``worker.hang_timeout_s`` is reported, killed and
 replaced. And it looks at the free disk space, which ``/v1/status`` reports as an error
 while a folder is too full to write.
@@ -34,16 +35,14 @@ from pathlib import Path
 from service.config.settings import Settings
 from service.diskspace import space_problems
 from service.ledger import FileState, Ledger, WorkerState, WorkerStatus
+from service.signals import EXIT_BAD_SETTINGS, WORKER_ID_ENV
 from trainer.records.events import EventLog
-from trainer.records.space import DiskFullError
+from trainer.records.storage import DiskFullError
 
 log = logging.getLogger(__name__)
 
 HEALTHY_AFTER_S = 60.0
 """A worker that stayed up this long resets the restart back-off."""
-EXIT_BAD_SETTINGS = 2
-WORKER_ID_ENV = "TRAIND_WORKER_ID"
-"""The id the supervisor gives a worker, so it can tell which claims were that worker's."""
 MODEL_LOAD_ALLOWANCE_S = 300.0
 """Extra silence allowed while a worker starts (imports, model load, tokenizing)."""
 SPACE_CHECK_S = 5.0

@@ -4,12 +4,14 @@ Run by the supervisor of ``traind serve`` as ``python -m service.worker.process 
 (settings also from ``TRAIND_*`` variables, like every traind command). It loads the
 model once and keeps it in memory between files and while paused. It shares only the
 ledger, the checkpoints and the event log with the other processes: control (pause,
-resume) arrives through the ledger, progress leaves through heartbeats.
+resume, requests) arrives through the ledger, progress leaves through heartbeats. Its
+three loops (idle, training a file, paused) decide what the operator wants in one place,
+:mod:`service.worker.control`.
 
 At start the checkpoint is the truth of what was trained (:mod:`service.worker.reconcile`).
 SIGTERM checkpoints at the next step boundary, releases the claim and exits 0. A full
 disk makes it wait and retry, never fail (:mod:`service.diskspace`). A crash is counted
-against the file it was training by the supervisor, which saw it (design rule 13).
+against the file it was training by the supervisor, which saw it (ARCHITECTURE.md rule 13).
 """
 
 from __future__ import annotations
@@ -24,26 +26,25 @@ import socket
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 from service.config.settings import Settings, SettingsError, load_settings
-from service.daemon.supervisor import EXIT_BAD_SETTINGS, WORKER_ID_ENV
 from service.diskspace import SpaceWait, StopWaitingError
-from service.ledger import DesiredState, FileRecord, FileState, Ledger, WorkerState
-from service.signals import StopFlag
-from service.worker.reconcile import reconcile, resettle, resume_target
-from service.worker.refusal import reject_after_intake
-from service.worker.requests import OperatorRequests
+from service.ledger import Control, FileRecord, Ledger, WorkerState
+from service.signals import EXIT_BAD_SETTINGS, WORKER_ID_ENV, StopFlag
+from service.worker import requests
+from service.worker.admission import admit, settled, tokenize
+from service.worker.control import Directive, Situation, Steering
+from service.worker.opening import expected_lineage, open_trainer
+from service.worker.reconcile import complete, reconcile, resettle, resume_target, sync_checkpoints
+from service.worker.reports import Reports
 from service.worker.stephook import StepHook
-from service.worker.steptimes import StepTimes
-from trainer.checkpoint import step_checkpoints
-from trainer.data import DataError
+from trainer.data import TokenizedFile
 from trainer.evaluate import EvalSetError
+from trainer.gold import GOLD
 from trainer.lineage import LineageError
 from trainer.loop import FileOutcome, Trainer
-from trainer.records.space import DiskFullError
-from trainer.records.state import CompletedFile
+from trainer.records.storage import DiskFullError
 from trainer.tokenizer import TokenizerError
 
 log = logging.getLogger(__name__)
@@ -59,13 +60,12 @@ class Worker:
             os.environ.get(WORKER_ID_ENV)
             or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
-        self.started_at = datetime.now(UTC)
         self.ledger = Ledger.open(
             settings.database_url(), busy_timeout_ms=settings.ledger.busy_timeout_ms
         )
         self.trainer: Trainer | None = None
-        self.step_times = StepTimes()
-        self.requests: OperatorRequests | None = None
+        self.steering: Steering | None = None
+        """Set once the lineage is open: requests made while the worker started are dropped."""
         self.current: FileRecord | None = None
         """The file being trained, for the heartbeat while waiting for disk space."""
         self._idle_beat_at = 0.0
@@ -75,51 +75,12 @@ class Worker:
             report=self._report_space,
             events=lambda event, fields: self.trainer.events.emit(event, **fields),
         )
+        self.reports = Reports(self.ledger, worker_id=self.id, space=self.space)
 
     # ----------------------------------------------------------------- reports
     def beat(self, state: WorkerState, *, file: FileRecord | None = None, message=None) -> bool:
-        """Report to the ledger; a full disk under the ledger only loses the report (then
-        False)."""
-        trainer = self.trainer
-        report = trainer.last_report if trainer else None
-        current = trainer.state.current_file if trainer else None
-        if self.space.problem and state is not WorkerState.ERROR:
-            state, message = WorkerState.ERROR, self.space.problem
-        try:
-            self.ledger.heartbeat(
-                worker_id=self.id,
-                pid=os.getpid(),
-                state=state,
-                model_loaded=trainer is not None,
-                started_at=self.started_at,
-                global_step=trainer.state.global_step if trainer else None,
-                file_id=file.id if file else None,
-                start_step=current.start_step if current else None,
-                target_step=current.target_step if current else None,
-                loss=report.loss if report else None,
-                lr=report.lr if report else None,
-                tokens_per_s=report.tokens_per_s if report and file else None,
-                eta_s=report.eta_s if report and file else None,
-                message=message,
-                extra=self.extra() if trainer else None,
-            )
-        except DiskFullError as exc:
-            # Said once per outage: the wait itself logs what is full.
-            level = logging.DEBUG if self.space.problem else logging.WARNING
-            log.log(level, "could not write the heartbeat: %s", exc)
-            return False
-        return True
-
-    def extra(self) -> dict:
-        """Counters for /metrics: they live in the worker, so they travel in the heartbeat."""
-        state = self.trainer.state
-        return {
-            "tokens_processed": state.tokens_processed,
-            "nan_skips_total": state.nan_skips_total,
-            "rollbacks": state.rollbacks,
-            "oom_recoveries": state.oom_recoveries,
-            **self.step_times.export(),
-        }
+        """Report to the ledger (False if a full disk lost the report)."""
+        return self.reports.beat(state, trainer=self.trainer, file=file, message=message)
 
     def _report_space(self, problem: str | None) -> None:
         if problem is not None:
@@ -136,7 +97,7 @@ class Worker:
     def run(self) -> int:
         self.beat(WorkerState.STARTING)
         try:
-            self.trainer = self.open_trainer(expected_lineage=self.expected_lineage())
+            self.trainer = self.open_lineage(expected_lineage=expected_lineage(self.ledger))
         except (EvalSetError, LineageError, TokenizerError) as exc:
             # A settings or lineage problem: restarting cannot fix it, a person must.
             log.error("%s", exc)
@@ -144,9 +105,16 @@ class Worker:
             return EXIT_BAD_SETTINGS
         except StopWaitingError:
             return 0
-        self.requests = OperatorRequests(self)
+        self.steering = Steering(self.ledger, stop=self.stop)
         try:
-            first = self.settle(reconcile)
+            first = self.settle(
+                lambda: reconcile(
+                    self.trainer,
+                    self.ledger,
+                    checkpoints=self.settings.paths.checkpoints,
+                    finish_cancel=self.cancel,
+                )
+            )
             self.beat(WorkerState.IDLE)
             log.info("worker %s ready at global step %d", self.id, self.trainer.state.global_step)
             self.loop(first)
@@ -160,62 +128,26 @@ class Worker:
                 self.trainer.close()
         return 0
 
-    def open_trainer(self, **options) -> Trainer:
+    def open_lineage(self, **options) -> Trainer:
         """Open the lineage with the settings (waiting out a full disk) and hook it up."""
-        settings = self.settings
         trainer = self.settle(
-            lambda _worker: Trainer.open(
-                spec=settings.lineage_spec(),
-                train=settings.train_config(),
-                paths=settings.run_paths(),
+            lambda: open_trainer(
+                self.settings,
                 # A replaced worker may still be shutting down: wait for its lineage lock.
-                lock_wait_s=settings.worker.stop_grace_s,
-                evaluation=settings.eval_config(),
-                gold=settings.gold_config(),
-                export=settings.export_config(),
+                lock_wait_s=self.settings.worker.stop_grace_s,
                 on_disk_full=self.space,
                 **options,
             )
         )
-        trainer.on_checkpoint = self.record_checkpoint
-        trainer.on_gold = self.record_gold
+        trainer.on_checkpoint = self.reports.checkpoint_saved
+        trainer.on_gold = self.reports.gold_saved
         return trainer
 
-    def expected_lineage(self) -> str | None:
-        """Why a lineage must exist, from the ledger (design rule 15), if it says so."""
-        done, total = self.ledger.list_files(states=[FileState.DONE], limit=1)
-        if not total:
-            return None
-        first = done[0]
-        return (
-            f"the ledger records {total} file(s) as trained (e.g. #{first.id} {first.name}, "
-            f"steps {first.start_step}-{first.end_step})"
-        )
-
-    def record_checkpoint(self, path: Path, step: int, removed: list[Path]) -> None:
-        """Keep the ledger's list of checkpoints in step with the folder."""
-        self.space.recovered()
-        self.ledger.record_checkpoint(name=path.name, kind="step", step=step, path=str(path))
-        self.ledger.forget_checkpoints(p.name for p in removed)
-
-    def record_gold(self, path: Path, step: int) -> None:
-        self.ledger.record_checkpoint(name=path.name, kind="gold", step=step, path=str(path))
-
-    def sync_checkpoints(self) -> None:
-        """Make the ledger's list of step checkpoints match the folder."""
-        on_disk = step_checkpoints(self.settings.paths.checkpoints)
-        for step, path in on_disk:
-            self.ledger.record_checkpoint(name=path.name, kind="step", step=step, path=str(path))
-        names = {path.name for _, path in on_disk}
-        self.ledger.forget_checkpoints(
-            c["name"] for c in self.ledger.list_checkpoints(kind="step") if c["name"] not in names
-        )
-
     def settle(self, step):
-        """``step(self)``, done again after waiting out a full disk until it gets through."""
+        """``step()``, done again after waiting out a full disk until it gets through."""
         while True:
             try:
-                return step(self)
+                return step()
             except DiskFullError as exc:
                 self.space(exc)
 
@@ -228,35 +160,33 @@ class Worker:
                 # Raised between two steps (a ledger write, an event, the cache): the model
                 # and the lineage are whole in memory. Wait, then pick up where it was.
                 self.space(exc)
-                pending = self.settle(resettle)
+                pending = self.settle(
+                    lambda: resettle(
+                        self.trainer, self.ledger, worker_id=self.id, finish_cancel=self.cancel
+                    )
+                )
+
+    def steer(self, *, file: FileRecord | None = None) -> tuple[Directive, Situation]:
+        """What the operator wants now (:mod:`service.worker.control`)."""
+        return self.steering.steer(self.trainer, file=file)
 
     def turn(self, pending: FileRecord | None) -> FileRecord | None:
         """One round of the loop: train the next file, or idle; the next pending record."""
-        ledger, settings = self.ledger, self.settings
-        lease_s = settings.ledger.lease_s
-        if ledger.get_control().desired_state is DesiredState.PAUSED:
-            self.requests.hold_paused(file=None)
+        directive, situation = self.steer()
+        if directive is Directive.STOP:
             return pending
-        pending = pending or resume_target(self)
-        if pending is not None:
-            record = ledger.claim(pending.id, worker_id=self.id, lease_s=lease_s)
-            if record is None:
-                self.trainer.park_current(reason="its ledger record can no longer be claimed")
-                return None
-        else:
-            ledger.reap_expired(alive=self.id)
-            record = ledger.claim_next(worker_id=self.id, lease_s=lease_s)
+        if directive is Directive.PAUSE:
+            self.hold(file=None)
+            return pending
+        pending = pending or resume_target(self.trainer, self.ledger, finish_cancel=self.cancel)
+        if directive is Directive.ROLL_BACK and pending is None:
+            # With a file in progress the rollback waits for its first step: it cancels it.
+            self.roll_back(situation.control, file=None)
+            return None
+        record = self.claim(pending)
         if record is None:
-            control = ledger.get_control()
-            if self.requests.rollback_wanted(control):
-                self.requests.roll_back(control, file=None)
-                return None
-            self.requests.serve_at_boundary(control)
-            if time.monotonic() - self._idle_beat_at >= settings.worker.heartbeat_s:
-                if self.beat(WorkerState.IDLE):
-                    self.space.recovered()
-                self._idle_beat_at = time.monotonic()
-            time.sleep(settings.worker.poll_s)
+            if pending is None:
+                self.idle()
             return None
         self.current = record
         try:
@@ -265,121 +195,164 @@ class Worker:
             self.current = None
         return None
 
+    def claim(self, pending: FileRecord | None) -> FileRecord | None:
+        """Claim ``pending`` (the lineage's file in progress), else the next queued file."""
+        ledger, lease_s = self.ledger, self.settings.ledger.lease_s
+        if pending is None:
+            ledger.reap_expired(alive=self.id)
+            return ledger.claim_next(worker_id=self.id, lease_s=lease_s)
+        record = ledger.claim(pending.id, worker_id=self.id, lease_s=lease_s)
+        if record is None:
+            self.trainer.park_current(reason="its ledger record can no longer be claimed")
+        return record
+
+    def idle(self) -> None:
+        """Nothing to train: report now and then, and wait a poll."""
+        settings = self.settings
+        if time.monotonic() - self._idle_beat_at >= settings.worker.heartbeat_s:
+            if self.beat(WorkerState.IDLE):
+                self.space.recovered()
+            self._idle_beat_at = time.monotonic()
+        time.sleep(settings.worker.poll_s)
+
+    # ----------------------------------------------------------------- one file
     def train(self, record: FileRecord) -> None:
+        """Train a claimed file to its end, or until a directive stops it for good."""
         trainer, ledger = self.trainer, self.ledger
-        done = trainer.state.completed(record.sha256)
-        if done is not None:
-            self.complete(record, done)
+        max_attempts = self.settings.worker.max_attempts
+        if not admit(
+            record, trainer=trainer, ledger=ledger, worker_id=self.id, max_attempts=max_attempts
+        ):
             return
-        current = trainer.state.current_file
-        if current is not None and current.sha256 != record.sha256:
-            # The loop claims the lineage's own file first; this is a ledger changed under us.
-            ledger.release(record.id, worker_id=self.id)
+        record = settled(record, ledger=ledger)
+        data = tokenize(record, trainer=trainer, ledger=ledger, inbox=self.settings.paths.inbox)
+        if data is None:
             return
-        limit = self.settings.worker.max_attempts
-        if record.attempts >= limit:
-            # The supervisor fails a file at its limit; this one reached it under a higher
-            # setting (worker.max_attempts was lowered since).
-            self.fail(
-                record,
-                reason=f"{record.name}: {record.error or 'it crashed the worker'} "
-                f"({record.attempts} crashes, worker.max_attempts = {limit})",
-            )
-            return
-        record = self.settled(record)
-        try:
-            data = trainer.prepare(Path(record.path), sha256=record.sha256)
-        except DiskFullError:
-            raise
-        except DataError as exc:
-            reject_after_intake(self, record, reason=str(exc))
-            return
-        except OSError as exc:
-            self.fail(record, reason=f"{record.name}: {exc}")
-            return
-        hook = StepHook(self, record)
-        while True:
-            hook.reason = None
-            try:
-                outcome = trainer.train_file(data, name=record.name, should_stop=hook)
-            except (DiskFullError, StopWaitingError):
-                raise
-            except Exception as exc:
-                # Crash the worker (the supervisor restarts it and counts the crash against
-                # the file, up to worker.max_attempts), but leave the reason for the API.
-                log.exception("training file #%d failed", record.id)
-                self.beat(WorkerState.ERROR, file=record, message=f"{type(exc).__name__}: {exc}")
-                raise
-            if outcome is FileOutcome.COMPLETED:
-                self.complete(record, trainer.state.files_completed[-1])
-                self.beat(WorkerState.IDLE)
-                return
-            if not self.after_stop(record, hook.reason):
-                return
-
-    def complete(self, record: FileRecord, done: CompletedFile) -> None:
-        """The lineage has trained the file (``done``): the ledger says so, and by whom."""
-        self.ledger.complete(
-            record.id,
-            start_step=done.start_step,
-            end_step=done.end_step,
-            lineage_id=self.trainer.state.lineage_id,
+        hook = StepHook(
+            record,
+            trainer=trainer,
+            ledger=ledger,
+            steering=self.steering,
+            reports=self.reports,
+            settings=self.settings,
         )
+        while self.train_round(record, data, hook):
+            pass
 
-    def after_stop(self, record: FileRecord, reason: str | None) -> bool:
-        """Act on why the trainer stopped mid-file; True to go on training the file."""
-        requests = self.requests
-        if reason == "cancel":
-            requests.finish_cancel(record)
+    def train_round(self, record: FileRecord, data: TokenizedFile, hook: StepHook) -> bool:
+        """Train until the file ends or a directive stops it; True to go on with the file."""
+        # A rollback refused while paused may have opened the lineage again.
+        trainer = hook.trainer = self.trainer
+        try:
+            outcome = trainer.train_file(data, name=record.name, should_stop=hook)
+        except (DiskFullError, StopWaitingError):
+            raise
+        except Exception as exc:
+            # Crash the worker (the supervisor restarts it and counts the crash against
+            # the file, up to worker.max_attempts), but leave the reason for the API.
+            log.exception("training file #%d failed", record.id)
+            self.beat(WorkerState.ERROR, file=record, message=f"{type(exc).__name__}: {exc}")
+            raise
+        if outcome is FileOutcome.COMPLETED:
+            complete(trainer, self.ledger, record, trainer.state.files_completed[-1])
+            self.beat(WorkerState.IDLE)
             return False
-        if reason == "rollback":
-            requests.roll_back(self.ledger.get_control(), file=record)
+        return self.after_stop(record, hook.directive)
+
+    def after_stop(self, record: FileRecord, directive: Directive) -> bool:
+        """Act on the directive that stopped the trainer mid-file; True to go on training
+        the file."""
+        if directive is Directive.CANCEL:
+            self.cancel(record)
             return False
-        if reason == "pause":
-            if requests.hold_paused(file=record) == "rollback":
-                return False
-            if self.stop():
-                self.ledger.release(record.id, worker_id=self.id)
-                return False
-            if requests.cancel_requested(record):
-                requests.finish_cancel(record)
-                return False
-            return True  # resume the same file, same step, same resident model
-        if reason == "lease_lost":
-            # Only another process can have taken the claim (the supervisor never reaps
-            # ours); this worker holds the lineage lock, so it is still the one to train it.
-            again = self.ledger.claim(
-                record.id, worker_id=self.id, lease_s=self.settings.ledger.lease_s
-            )
-            if again is not None:
-                log.warning("claim on file #%d was lost; claimed it again", record.id)
-                return True
-            self.trainer.park_current(reason=f"file #{record.id} was taken out of the queue")
+        if directive is Directive.ROLL_BACK:
+            # Read again: of two requests made before the worker got to them, the newest
+            # is the one served (once).
+            self.roll_back(self.ledger.get_control(), file=record)
             return False
+        if directive is Directive.PAUSE:
+            return self.after_pause(record)
+        if directive is Directive.LEASE_LOST:
+            return self.claim_again(record)
         self.ledger.release(record.id, worker_id=self.id)
         return False
 
-    def fail(self, record: FileRecord, *, reason: str) -> None:
-        """The file cannot be trained now: failed, with the reason; what the lineage holds
-        of it is parked, so a retry continues it."""
-        log.error("file #%d failed: %s", record.id, reason)
-        self.ledger.fail(record.id, error=reason)
-        self.trainer.events.emit("file_failed", id=record.id, file=record.name, reason=reason)
-        current = self.trainer.state.current_file
-        if current is not None and current.sha256 == record.sha256:
-            self.trainer.park_current(reason=reason)
+    def after_pause(self, record: FileRecord) -> bool:
+        """Hold ``record`` paused; True to resume it (same step, same resident model)."""
+        directive = self.hold(file=record)
+        if directive is Directive.ROLL_BACK:
+            return False  # served while paused: the file is over
+        if directive is Directive.GO_ON:
+            return True
+        return self.after_stop(record, directive)
 
-    def settled(self, record: FileRecord, *, wait_s: float = 5.0) -> FileRecord:
-        """The record once its file is where the ledger says.
+    def claim_again(self, record: FileRecord) -> bool:
+        """The claim on ``record`` was lost; True if it is this worker's again."""
+        # Only another process can have taken the claim (the supervisor never reaps ours);
+        # this worker holds the lineage lock, so it is still the one to train it.
+        again = self.ledger.claim(
+            record.id, worker_id=self.id, lease_s=self.settings.ledger.lease_s
+        )
+        if again is not None:
+            log.warning("claim on file #%d was lost; claimed it again", record.id)
+            return True
+        self.trainer.park_current(reason=f"file #{record.id} was taken out of the queue")
+        return False
 
-        The watcher records a drop before moving it out of the inbox's top level (so a
-        crash cannot lose a moved file); a claim in between sees the old path for a moment.
-        """
-        deadline = time.monotonic() + wait_s
-        while not Path(record.path).exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-            record = self.ledger.get_file(record.id) or record
-        return record
+    # ----------------------------------------------------------------- requests
+    def hold(self, *, file: FileRecord | None) -> Directive:
+        """Hold the model (checkpointed at a step boundary) while paused, serving what is
+        asked meanwhile. The directive that ends the pause: GO_ON (resumed), STOP, CANCEL
+        (of ``file``) or ROLL_BACK (served; ``file`` is then over)."""
+        trainer = self.trainer
+        step = trainer.state.global_step
+        if trainer.unsaved_steps:
+            trainer.save_checkpoint(reason="pause")
+        trainer.events.emit("paused", step=step, file=file.name if file else None)
+        log.info("paused at step %d", step)
+        lease_s, poll_s = self.settings.ledger.lease_s, self.settings.worker.poll_s
+        while not self.stop():
+            if file is not None:
+                self.ledger.renew_lease(file.id, worker_id=self.id, lease_s=lease_s)
+            self.beat(WorkerState.PAUSED, file=file)
+            directive, situation = self.steer(file=file)
+            if directive is Directive.ROLL_BACK:
+                if self.roll_back(situation.control, file=file):
+                    return directive
+                continue  # refused: look again at once at what else is asked
+            if directive is Directive.GO_ON:
+                step = self.trainer.state.global_step
+                self.trainer.events.emit("resumed", step=step)
+                log.info("resumed at step %d", step)
+                return directive
+            if directive is not Directive.PAUSE:
+                return directive  # a paused worker is at a step boundary: it acts now
+            time.sleep(poll_s)
+        return Directive.STOP
+
+    def roll_back(self, control: Control, *, file: FileRecord | None) -> bool:
+        """Serve the rollback to gold ``control`` asks for; ``file`` (in training) is
+        cancelled. False if it was refused."""
+        checkpoints = self.settings.paths.checkpoints
+        result = requests.roll_back_to_gold(
+            self.trainer,
+            request=control.rollback_requested_at.isoformat(),
+            gold=checkpoints / GOLD,
+            reopen=self.open_lineage,
+        )
+        self.trainer = result.trainer
+        if not result.done:
+            return False
+        if file is not None:
+            requests.cancel_for_rollback(self.trainer, self.ledger, file, step=result.from_step)
+        sync_checkpoints(self.ledger, checkpoints)
+        self.beat(WorkerState.IDLE)
+        return True
+
+    def cancel(self, record: FileRecord) -> None:
+        """Stop ``record`` on request; what it taught stays, and a retry continues it."""
+        requests.cancel_training(self.trainer, self.ledger, record)
+        self.beat(WorkerState.IDLE)
 
 
 def die_with_parent() -> None:
@@ -414,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         for problem in exc.problems:
             log.error("%s", problem)
-        return 2
+        return EXIT_BAD_SETTINGS
     return Worker(settings, stop=stop).run()
 
 

@@ -18,27 +18,34 @@ lost checkpoint, a restored backup, a rollback), the checkpoint wins, in both di
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from pathlib import Path
 
-from service.ledger import FileRecord, FileState
-
-if TYPE_CHECKING:
-    from service.worker.process import Worker
+from service.ledger import FileRecord, FileState, Ledger
+from service.worker.requests import cancel_for_rollback
+from trainer.loop import Trainer
+from trainer.records.checkpoints import step_folders
+from trainer.records.state import CompletedFile
 
 log = logging.getLogger(__name__)
 
 _LIVE = (FileState.QUEUED, FileState.TRAINING)
 _COPIES = (FileState.DUPLICATE, FileState.REJECTED)
 
+CancelAction = Callable[[FileRecord], None]
+"""What the worker does with a file cancelled while training, once it gets to it."""
 
-def reconcile(worker: Worker) -> FileRecord | None:
+
+def reconcile(
+    trainer: Trainer, ledger: Ledger, *, checkpoints: Path, finish_cancel: CancelAction
+) -> FileRecord | None:
     """Bring the ledger in line with the checkpoint; the file to resume first, if any."""
-    ledger, state = worker.ledger, worker.trainer.state
-    worker.sync_checkpoints()
+    state = trainer.state
+    sync_checkpoints(ledger, checkpoints)
     # The lineage lock makes this the only worker: claims of earlier ones are void.
     for record in ledger.list_files(states=[FileState.TRAINING], limit=10_000)[0]:
         ledger.release(record.id, worker_id=record.lease_owner)
-    cancel_rolled_back(worker)
+    cancel_rolled_back(trainer, ledger)
     for record in ledger.queue_order():
         done = state.completed(record.sha256)
         if done is not None:
@@ -55,13 +62,34 @@ def reconcile(worker: Worker) -> FileRecord | None:
                 end_step=done.end_step,
                 lineage_id=state.lineage_id,
             )
-    reopen_lost(worker)
-    return resume_target(worker)
+    reopen_lost(trainer, ledger)
+    return resume_target(trainer, ledger, finish_cancel=finish_cancel)
 
 
-def reopen_lost(worker: Worker) -> None:
+def sync_checkpoints(ledger: Ledger, checkpoints: Path) -> None:
+    """Make the ledger's list of step checkpoints match the folder ``checkpoints``."""
+    on_disk = step_folders(checkpoints)
+    for step, path in on_disk:
+        ledger.record_checkpoint(name=path.name, kind="step", step=step, path=str(path))
+    names = {path.name for _, path in on_disk}
+    ledger.forget_checkpoints(
+        c["name"] for c in ledger.list_checkpoints(kind="step") if c["name"] not in names
+    )
+
+
+def complete(trainer: Trainer, ledger: Ledger, record: FileRecord, done: CompletedFile) -> None:
+    """The lineage has trained the file (``done``): the ledger says so, and by whom."""
+    ledger.complete(
+        record.id,
+        start_step=done.start_step,
+        end_step=done.end_step,
+        lineage_id=trainer.state.lineage_id,
+    )
+
+
+def reopen_lost(trainer: Trainer, ledger: Ledger) -> None:
     """Queue again the done files of this lineage that its checkpoints no longer hold."""
-    ledger, state = worker.ledger, worker.trainer.state
+    state = trainer.state
     done = ledger.list_files(states=[FileState.DONE], limit=1_000_000)[0]
     for record in done:
         if record.lineage_id != state.lineage_id or record.sha256 is None:
@@ -69,7 +97,8 @@ def reopen_lost(worker: Worker) -> None:
         if state.holds(record.sha256):
             continue
         reopen(
-            worker,
+            trainer,
+            ledger,
             record,
             reason=(
                 f"the ledger had it done at step {record.end_step}, but the lineage's newest "
@@ -79,10 +108,11 @@ def reopen_lost(worker: Worker) -> None:
         )
 
 
-def resume_target(worker: Worker) -> FileRecord | None:
+def resume_target(
+    trainer: Trainer, ledger: Ledger, *, finish_cancel: CancelAction
+) -> FileRecord | None:
     """The record to resume the file the lineage is in the middle of; None when there is
     none, or when that file is not to be trained now (then it is parked)."""
-    trainer, ledger = worker.trainer, worker.ledger
     current = trainer.state.current_file
     if current is None:
         return None
@@ -91,13 +121,14 @@ def resume_target(worker: Worker) -> FileRecord | None:
         if record.state in _LIVE:
             if record.cancel_requested_at is not None:
                 # Cancelled while training, and a crash came before the worker acted.
-                worker.requests.finish_cancel(record)
+                finish_cancel(record)
                 return None
             return record
     for record in records:
         if record.state is FileState.DONE:
             return reopen(
-                worker,
+                trainer,
+                ledger,
                 record,
                 reason=(
                     f"the checkpoint that held its end (step {record.end_step}) is gone; the "
@@ -116,42 +147,43 @@ def resume_target(worker: Worker) -> FileRecord | None:
     return None
 
 
-def cancel_rolled_back(worker: Worker) -> None:
+def cancel_rolled_back(trainer: Trainer, ledger: Ledger) -> None:
     """Cancel the file a rollback to gold interrupted, when the rollback was finished as
     the lineage opened (after a crash cut it short, the worker never got to it)."""
-    rollback = worker.trainer.rollback
+    rollback = trainer.rollback
     if rollback is None or not rollback.in_progress:
         return
     sha256 = rollback.in_progress.get("sha256")
-    for record in worker.ledger.find_by_sha(sha256):
+    for record in ledger.find_by_sha(sha256):
         if record.state in _LIVE:
-            worker.requests.cancel_for_rollback(record, step=rollback.from_step)
+            cancel_for_rollback(trainer, ledger, record, step=rollback.from_step)
 
 
-def reopen(worker: Worker, record: FileRecord, *, reason: str) -> FileRecord:
+def reopen(trainer: Trainer, ledger: Ledger, record: FileRecord, *, reason: str) -> FileRecord:
     """Queue a done file again because the lineage does not hold it (with an event)."""
-    reopened = worker.ledger.reopen(record.id, reason=reason)
-    worker.trainer.events.emit(
+    reopened = ledger.reopen(record.id, reason=reason)
+    trainer.events.emit(
         "file_reopened",
         id=record.id,
         file=record.name,
         sha256=record.sha256,
         end_step=record.end_step,
-        step=worker.trainer.state.global_step,
+        step=trainer.state.global_step,
         reason=reason,
     )
     return reopened
 
 
-def resettle(worker: Worker) -> FileRecord | None:
+def resettle(
+    trainer: Trainer, ledger: Ledger, *, worker_id: str, finish_cancel: CancelAction
+) -> FileRecord | None:
     """After waiting out a full disk: finish what the failed write interrupted (a file's
     completion, its event), then resume the lineage's file if it has one."""
-    trainer, ledger = worker.trainer, worker.ledger
-    trainer._reconcile_file_complete()
+    trainer.reconcile_file_complete()
     for record in ledger.list_files(states=[FileState.TRAINING], limit=10_000)[0]:
-        if record.lease_owner != worker.id:
+        if record.lease_owner != worker_id:
             continue
         done = trainer.state.completed(record.sha256)
         if done is not None:
-            worker.complete(record, done)
-    return resume_target(worker)
+            complete(trainer, ledger, record, done)
+    return resume_target(trainer, ledger, finish_cancel=finish_cancel)

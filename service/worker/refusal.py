@@ -12,30 +12,28 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from service.inbox.intake import reason_text
 from service.inbox.layout import InboxLayout, move_file, reason_path, write_text_atomic
-from service.ledger import FileRecord
-
-if TYPE_CHECKING:
-    from service.worker.process import Worker
+from service.inbox.reasons import reason_text
+from service.ledger import FileRecord, Ledger
+from trainer.loop import Trainer
 
 log = logging.getLogger(__name__)
 
 
-def reject_after_intake(worker: Worker, record: FileRecord, *, reason: str) -> FileRecord:
-    """Reject a claimed file with ``reason``; its file moves to ``rejected/``."""
-    trainer = worker.trainer
-    rejected = worker.ledger.reject(record.id, error=reason)
-    layout = InboxLayout(worker.settings.paths.inbox.absolute())
+def reject_after_intake(
+    record: FileRecord, *, trainer: Trainer, ledger: Ledger, inbox: Path, reason: str
+) -> FileRecord:
+    """Reject a claimed file with ``reason``; its file moves to ``rejected/`` of ``inbox``."""
+    rejected = ledger.reject(record.id, error=reason)
+    layout = InboxLayout(inbox.absolute())
     source = Path(record.path)
     if source.exists():
         destination = layout.destination(rejected)
         layout.create()
         write_text_atomic(reason_path(destination), reason_text(rejected))
         target = move_file(source, destination)
-        worker.ledger.set_path(record.id, str(target))
+        ledger.set_path(record.id, str(target))
         rejected = dataclasses.replace(rejected, path=str(target))
     log.warning("rejected %s (id %d): %s", record.name, record.id, reason)
     trainer.events.emit(

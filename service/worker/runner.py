@@ -16,7 +16,7 @@ from pathlib import Path
 
 from service.config.settings import Settings
 from service.signals import StopFlag
-from trainer.records.digest import file_sha256
+from trainer.records.storage import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def train_files(
     stop: StopFlag | None = None,
 ) -> int:
     """Train ``files`` in order on the configured lineage; returns a process exit code."""
-    from trainer.records.space import DiskFullError
+    from trainer.records.storage import DiskFullError
 
     try:
         return _train(
@@ -84,11 +84,11 @@ def _train(
     new_lineage: bool,
     stop: StopFlag | None,
 ) -> int:
+    from service.worker.opening import open_trainer
     from trainer.checkpoint import CheckpointError
     from trainer.evaluate import EvalSetError
     from trainer.lineage import LineageError
-    from trainer.lock import LineageLockedError
-    from trainer.loop import Trainer
+    from trainer.opening import LineageLockedError
     from trainer.tokenizer import TokenizerError
 
     if stop is None:
@@ -96,16 +96,9 @@ def _train(
         stop.install()
     planned = plan_files(files)
     try:
-        trainer = Trainer.open(
-            spec=settings.lineage_spec(),
-            train=settings.train_config(),
-            paths=settings.run_paths(),
-            init_from=init_from,
-            evaluation=settings.eval_config(),
-            gold=settings.gold_config(),
-            export=settings.export_config(),
-            from_gold=from_gold,
-            new_lineage=new_lineage,
+        # Not waiting for the lineage lock: beside a running daemon this is refused at once.
+        trainer = open_trainer(
+            settings, init_from=init_from, from_gold=from_gold, new_lineage=new_lineage
         )
     except (LineageError, LineageLockedError, CheckpointError, TokenizerError, EvalSetError) as exc:
         log.error("%s", exc)
@@ -117,54 +110,20 @@ def _train(
 
 
 def _train_planned(trainer, planned: list[PlannedFile], *, stop: StopFlag) -> int:
-    from trainer.data import DataError
     from trainer.loop import FileOutcome
 
     state = trainer.state
-    todo = []
-    for item in planned:
-        done = state.completed(item.sha256)
-        if done is not None:
-            log.info(
-                "skipping %s: already trained (as %s, steps %d-%d)",
-                item.path,
-                done.name,
-                done.start_step,
-                done.end_step,
-            )
-        else:
-            todo.append(item)
-    current = state.current_file
-    if current is not None:
-        match = next((item for item in todo if item.sha256 == current.sha256), None)
-        if match is None:
-            log.error(
-                "the lineage is in the middle of %s (sha256 %s…, step %d of %d-%d); pass that file "
-                "again to finish it first",
-                current.name,
-                current.sha256[:12],
-                state.global_step,
-                current.start_step,
-                current.target_step,
-            )
-            return EXIT_USAGE
-        todo.remove(match)
-        todo.insert(0, match)
+    todo = _in_lineage_order(state, _not_yet_trained(state, planned))
+    if todo is None:
+        return EXIT_USAGE
     rejected = []
     for item in todo:
         if stop():
             break
-        try:
-            data = trainer.prepare(item.path, sha256=item.sha256)
-        except DataError as exc:
-            log.error("rejected %s: %s", item.path, exc)
-            trainer.events.emit(
-                "file_rejected", file=item.path.name, sha256=item.sha256, reason=str(exc)
-            )
+        outcome = _train_one(trainer, item, stop=stop)
+        if outcome is None:
             rejected.append(item.path)
-            continue
-        outcome = trainer.train_file(data, name=item.path.name, should_stop=stop)
-        if outcome is FileOutcome.STOPPED:
+        elif outcome is FileOutcome.STOPPED:
             log.warning(
                 "stopped at step %d (checkpoint saved); run the same command again to resume",
                 state.global_step,
@@ -182,3 +141,57 @@ def _train_planned(trainer, planned: list[PlannedFile], *, stop: StopFlag) -> in
         len(state.files_completed),
     )
     return 128 + stop.signum if stop() else EXIT_OK
+
+
+def _not_yet_trained(state, planned: list[PlannedFile]) -> list[PlannedFile]:
+    """The planned files the lineage has not completed (the others are said to be skipped)."""
+    todo = []
+    for item in planned:
+        done = state.completed(item.sha256)
+        if done is not None:
+            log.info(
+                "skipping %s: already trained (as %s, steps %d-%d)",
+                item.path,
+                done.name,
+                done.start_step,
+                done.end_step,
+            )
+        else:
+            todo.append(item)
+    return todo
+
+
+def _in_lineage_order(state, todo: list[PlannedFile]) -> list[PlannedFile] | None:
+    """``todo`` with the file the lineage is in the middle of first; None (said why) if it
+    is not among them."""
+    current = state.current_file
+    if current is None:
+        return todo
+    match = next((item for item in todo if item.sha256 == current.sha256), None)
+    if match is None:
+        log.error(
+            "the lineage is in the middle of %s (sha256 %s…, step %d of %d-%d); pass that file "
+            "again to finish it first",
+            current.name,
+            current.sha256[:12],
+            state.global_step,
+            current.start_step,
+            current.target_step,
+        )
+        return None
+    return [match, *(item for item in todo if item is not match)]
+
+
+def _train_one(trainer, item: PlannedFile, *, stop: StopFlag):
+    """Train one file; its FileOutcome, or None if it was rejected (with an event)."""
+    from trainer.data import DataError
+
+    try:
+        data = trainer.prepare(item.path, sha256=item.sha256)
+    except DataError as exc:
+        log.error("rejected %s: %s", item.path, exc)
+        trainer.events.emit(
+            "file_rejected", file=item.path.name, sha256=item.sha256, reason=str(exc)
+        )
+        return None
+    return trainer.train_file(data, name=item.path.name, should_stop=stop)

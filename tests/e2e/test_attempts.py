@@ -125,12 +125,7 @@ def test_a_hung_worker_is_reported_then_replaced(tmp_path, service_factory):
     ).start()
     service.drop(big)
     status = wait_for(
-        lambda: (
-            (s := service.status())
-            and s["state"] == "training"
-            and s["global_step"] > 2
-            and s
-        ),
+        lambda: (s := service.status()) and s["state"] == "training" and s["global_step"] > 2 and s,
         timeout=60,
         what="training",
     )

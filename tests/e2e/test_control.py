@@ -15,9 +15,7 @@ def test_cancel_of_the_training_file_stops_at_a_step_and_keeps_what_it_learned(
     big.write_text(drops[0].read_text() * 8)
     service = service_factory(TRAIND_TRAIN__EPOCHS_PER_FILE="4").start()
     service.drop(big)
-    wait_for(
-        lambda: (service.status() or {}).get("global_step", 0) >= 3, timeout=30, what="steps"
-    )
+    wait_for(lambda: (service.status() or {}).get("global_step", 0) >= 3, timeout=30, what="steps")
     service.drop(drops[1])  # waits behind the big file
     ledger = service.ledger()
     target = next(f for f in service.files() if f.name == "big.jsonl")
@@ -47,9 +45,7 @@ def test_a_requested_checkpoint_is_saved_at_the_next_step(tmp_path, service_fact
         TRAIND_TRAIN__EPOCHS_PER_FILE="4", TRAIND_TRAIN__CHECKPOINT_INTERVAL="100000"
     ).start()
     service.drop(big)
-    wait_for(
-        lambda: (service.status() or {}).get("global_step", 0) >= 2, timeout=30, what="steps"
-    )
+    wait_for(lambda: (service.status() or {}).get("global_step", 0) >= 2, timeout=30, what="steps")
     ledger = service.ledger()
     ledger.request_checkpoint()
     saved = wait_for(

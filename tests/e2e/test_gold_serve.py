@@ -13,7 +13,7 @@ import random
 from conftest import traind_cli as traind
 from conftest import wait_for
 
-from trainer.checkpoint import step_checkpoints
+from trainer.records.checkpoints import step_folders
 
 REPEATED = ["7 + 5 = 12", "31 + 4 = 35", "60 + 22 = 82", "9 + 9 = 18"]
 GENERAL = [*REPEATED, "14 + 3 = 17", "50 + 41 = 91", "8 + 80 = 88", "23 + 23 = 46"]
@@ -65,7 +65,7 @@ def test_overfitting_blocks_gold_then_rollback_continues_from_gold(tmp_path, ser
     assert blocked[0]["val_loss"] < promoted[-1]["val_loss"] == blocked[0]["prev_best"]
     assert blocked[0]["step"] > gold_step
     # The latest checkpoint moved on past gold; rotation (keep 2) never touched gold.
-    newest = step_checkpoints(checkpoints)
+    newest = step_folders(checkpoints)
     assert newest[0][0] == done.end_step > gold_step
     assert len(newest) == 2
     gold_state = json.loads((checkpoints / "gold" / "training_state.json").read_text())
@@ -89,7 +89,7 @@ def test_overfitting_blocks_gold_then_rollback_continues_from_gold(tmp_path, ser
     )
     kept = list((checkpoints / "rolled-back").glob("*/step-*"))
     assert sorted(p.name for p in kept) == sorted(event["moved"])
-    assert all(step <= gold_step for step, _ in step_checkpoints(checkpoints))
+    assert all(step <= gold_step for step, _ in step_folders(checkpoints))
 
     # A rollback asked for while a file trains: the file stops at a step boundary and is
     # cancelled with a reason; retried, it trains again from the (new) gold's step, and

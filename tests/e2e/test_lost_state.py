@@ -13,7 +13,8 @@ from test_kill import reference_run
 
 from service.ledger import FileState
 from tests.corpus import make_drops
-from trainer.checkpoint import latest_checkpoint, step_checkpoints
+from trainer.checkpoint import latest_checkpoint
+from trainer.records.checkpoints import step_folders
 
 
 def reference(tmp_path, drops, **extra):
@@ -41,9 +42,9 @@ def test_done_files_whose_checkpoints_were_lost_are_trained_again(tmp_path, serv
     assert service.terminate() == 0
     # The newest checkpoints are lost: the newest left is in the middle of a.jsonl.
     middle = max(
-        step for step, _ in step_checkpoints(service.root / "checkpoints") if step < a.end_step
+        step for step, _ in step_folders(service.root / "checkpoints") if step < a.end_step
     )
-    for step, path in step_checkpoints(service.root / "checkpoints"):
+    for step, path in step_folders(service.root / "checkpoints"):
         if step > middle:
             shutil.rmtree(path)
     service.start()
@@ -107,7 +108,7 @@ def test_broken_checkpoints_refuse_a_new_lineage_until_told(tmp_path, service_fa
     root = service.root / "checkpoints"
     gold = json.loads((root / "gold" / "training_state.json").read_text())
     export_before = (root / "export" / "model.safetensors").read_bytes()
-    for _step, path in step_checkpoints(root):
+    for _step, path in step_folders(root):
         (path / "model.safetensors").write_bytes(b"damaged")
     service.start(wait_ready=False)
     assert service.proc.wait(timeout=60) == 2

@@ -146,11 +146,7 @@ def test_ready_watchdog_and_stop_follow_the_worker(tmp_path, service_factory, no
     resumed_at = time.time()
     notify_socket.wait("WATCHDOG=1", timeout=10, since=resumed_at)
     wait_for(
-        lambda: (
-            (s := service.status())
-            and s["state"] == "training"
-            and s["worker"]["pid"] == pid
-        ),
+        lambda: (s := service.status()) and s["state"] == "training" and s["worker"]["pid"] == pid,
         timeout=10,
         what="the same worker training again",
     )

@@ -26,16 +26,12 @@ def test_operator_session(tmp_path, service_factory):
     enqueued = traind(service, "enqueue", str(big), "--json")
     assert enqueued.returncode == 0, enqueued.stderr
     assert json.loads(enqueued.stdout.splitlines()[0])["name"].startswith("upload-")
-    wait_for(
-        lambda: (service.status() or {}).get("global_step", 0) >= 3, timeout=30, what="steps"
-    )
+    wait_for(lambda: (service.status() or {}).get("global_step", 0) >= 3, timeout=30, what="steps")
 
     paused = traind(service, "pause")
     asked = time.monotonic()
     assert paused.returncode == 0, paused.stderr
-    wait_for(
-        lambda: service.status()["state"] == "paused", timeout=1.0, what="paused in status"
-    )
+    wait_for(lambda: service.status()["state"] == "paused", timeout=1.0, what="paused in status")
     assert time.monotonic() - asked < 1.0
     status = wait_for(
         lambda: (s := service.status())["worker"]["state"] == "paused" and s,

@@ -131,9 +131,7 @@ def test_pause_and_resume_keep_the_model_resident(tmp_path, service_factory):
     saved = [e for e in service.events("checkpoint_saved") if e["reason"] == "pause"]
     assert saved and saved[-1]["step"] == step  # checkpointed at the step boundary
     ledger.set_desired_state(DesiredState.RUNNING)
-    wait_for(
-        lambda: service.status()["global_step"] > step, timeout=20, what="training again"
-    )
+    wait_for(lambda: service.status()["global_step"] > step, timeout=20, what="training again")
     assert service.events("resumed")[-1]["step"] == step
     done = service.wait_done(1)
     assert service.status()["worker"]["pid"] == worker_pid

@@ -1,5 +1,6 @@
 """SIGKILL at any point, re-run the same command: nothing lost, nothing trained twice,
-and on CPU the final weights are bit-identical to an uninterrupted run (design rule 9)."""
+and on CPU the final weights are bit-identical to an uninterrupted run (ARCHITECTURE.md
+rule 9)."""
 
 import os
 import random
