@@ -1,1 +1,3 @@
-"""The interfaces of traind: the command line (and, later, the REST API)."""
+"""The interfaces of traind: the HTTP control plane (``api.web``) and the ``traind``
+command line (``api.cli``). Never imports torch, nor anything of ``trainer`` but
+``trainer.records`` (ARCHITECTURE.md section 3)."""

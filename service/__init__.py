@@ -1,1 +1,2 @@
-"""The service layer: settings, ledger, inbox watcher, worker loop and supervisor."""
+"""The service layer: settings (``config``), the ledger, the inbox, the worker process
+and the daemon's main process (``daemon``), and checkpoints read for people."""

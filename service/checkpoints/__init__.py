@@ -1,1 +1,2 @@
-"""Reading checkpoints for people: inspect summaries (torch-free) and generation/export (torch, imported lazily)."""
+"""Checkpoints read for people: ``catalog`` (``traind inspect``, torch-free) and
+``inference`` (``traind generate`` and ``traind export``; torch, imported lazily)."""
