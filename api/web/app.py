@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.web import uploads
 from api.web.auth import resolve_token
-from api.web.errors import install_error_handlers
+from api.web.error_handlers import install_error_handlers
 from api.web.event_stream import events_router
 from api.web.history import EventDigest
 from api.web.metrics import metrics_router
