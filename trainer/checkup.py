@@ -21,7 +21,7 @@ from trainer.evaluate import EvalResult
 from trainer.gold import EvalPoint, decide_gold
 from trainer.optim import lr_at
 from trainer.progress import Scalars, format_duration, progress_pct
-from trainer.records.events import round_loss, utc_now
+from trainer.records.events import EVAL_SET_PREFIX, round_loss, utc_now
 from trainer.records.state import FileProgress
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class Checkup:
             val_loss=point.val_loss,
             val_set=deciding,
             train_loss=point.train_loss,
-            **{f"eval_{name}": loss for name, loss in sets.items()},
+            **{f"{EVAL_SET_PREFIX}{name}": loss for name, loss in sets.items()},
             eval_duration_s=round(result.duration_s, 3),
             samples=result.samples,
         )
