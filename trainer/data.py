@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.records.formats import DataError, Format
+from trainer.records.formats import Format
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,4 +145,4 @@ class FileSampler:
         return out
 
 
-__all__ = ["DataError", "FileSampler", "TokenizedFile", "sequence_order"]
+__all__ = ["FileSampler", "TokenizedFile", "sequence_order"]

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from trainer.cache import load_cached, tokenize_file
 from trainer.completion import complete
 from trainer.config import RECENT_SET, EvalConfig
-from trainer.data import DataError, TokenizedFile, sequence_order
+from trainer.data import TokenizedFile, sequence_order
+from trainer.records.formats import DataError
 from trainer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)

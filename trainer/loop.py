@@ -45,15 +45,6 @@ class FileOutcome(enum.Enum):
     STOPPED = "stopped"
 
 
-def _on_checkpointer(name: str) -> property:
-    """A Trainer attribute that is the checkpointer's (the worker sets its hooks on the
-    Trainer): see ``Checkpointer.on_checkpoint`` and ``Checkpointer.on_gold``."""
-    return property(
-        lambda trainer: getattr(trainer.checkpointer, name),
-        lambda trainer, value: setattr(trainer.checkpointer, name, value),
-    )
-
-
 class Trainer:
     """A resident model that trains files on one lineage. Not thread-safe."""
 
@@ -365,9 +356,6 @@ class Trainer:
     def unsaved_steps(self) -> int:
         """Optimizer steps since the newest step checkpoint."""
         return self.checkpointer.unsaved_steps
-
-    on_checkpoint = _on_checkpointer("on_checkpoint")
-    on_gold = _on_checkpointer("on_gold")
 
     def reconcile_file_complete(self) -> None:
         """``Session.reconcile_file_complete``: emit a ``file_complete`` a crash cut off."""

@@ -16,8 +16,9 @@ from pathlib import Path
 from service.ledger import FileRecord, Ledger
 from service.worker.reconcile import complete
 from service.worker.refusal import reject_after_intake
-from trainer.data import DataError, TokenizedFile
+from trainer.data import TokenizedFile
 from trainer.loop import Trainer
+from trainer.records.formats import DataError
 from trainer.records.storage import DiskFullError
 
 log = logging.getLogger(__name__)

@@ -139,8 +139,8 @@ class Worker:
                 **options,
             )
         )
-        trainer.on_checkpoint = self.reports.checkpoint_saved
-        trainer.on_gold = self.reports.gold_saved
+        trainer.checkpointer.on_checkpoint = self.reports.checkpoint_saved
+        trainer.checkpointer.on_gold = self.reports.gold_saved
         return trainer
 
     def settle(self, step):

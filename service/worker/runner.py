@@ -184,7 +184,7 @@ def _in_lineage_order(state, todo: list[PlannedFile]) -> list[PlannedFile] | Non
 
 def _train_one(trainer, item: PlannedFile, *, stop: StopFlag):
     """Train one file; its FileOutcome, or None if it was rejected (with an event)."""
-    from trainer.data import DataError
+    from trainer.records.formats import DataError
 
     try:
         data = trainer.prepare(item.path, sha256=item.sha256)

@@ -23,8 +23,8 @@ from tokenizers import models, pre_tokenizers, trainers
 
 from trainer import cache
 from trainer.cache import cache_key, tokenize_file
-from trainer.data import DataError, TokenizedFile, sequence_order
-from trainer.records.formats import file_sha256, validate_file
+from trainer.data import TokenizedFile, sequence_order
+from trainer.records.formats import DataError, file_sha256, validate_file
 from trainer.tokenizer import Tokenizer, build_byte_tokenizer, load_tokenizer
 
 BYTES = build_byte_tokenizer()
