@@ -3,7 +3,8 @@
 Text examples are packed into one stream of ``text + eos`` cut into overlapping windows
 of ``block_size + 1`` tokens (every token a target). Prompt/completion and chat examples
 give one sequence each, with targets only on the completion (and eos) or the assistant
-turns (and their end marker).
+turns (and their end marker). Chat examples use the tokenizer's chat template when it has
+one (``trainer.chat_template``), else traind's ChatML rendering.
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain, islice
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from trainer.arrays import ArrayWriters
-from trainer.records.formats import Example, ExampleStream
+from trainer.records.formats import DataError, Example, ExampleStream, LineError
 from trainer.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from trainer.chat_template import ChatRenderer
 
 _ENCODE_BATCH = 2048
 
@@ -51,7 +56,13 @@ def tokenize_stream(
             ]
         for sink, part in zip(sinks, parts, strict=True):
             if part:
-                sink.add(part, stream.format, tokenizer=tokenizer, block_size=block_size)
+                sink.add(
+                    part,
+                    stream.format,
+                    tokenizer=tokenizer,
+                    block_size=block_size,
+                    path=stream.path,
+                )
     counts: dict[str, Any] = sinks[0].finish()
     if holdout is not None:
         counts["holdout"] = sinks[1].finish()
@@ -89,14 +100,26 @@ class _Sink:
         self.counts = {"n_examples": 0, "n_truncated": 0, "n_no_target": 0}
         self._packer: _TextPacker | None = None
 
-    def add(self, chunk: list[Example], fmt: str, *, tokenizer: Tokenizer, block_size: int) -> None:
+    def add(
+        self,
+        chunk: list[Example],
+        fmt: str,
+        *,
+        tokenizer: Tokenizer,
+        block_size: int,
+        path: Path,
+    ) -> None:
         self.counts["n_examples"] += len(chunk)
         if fmt == "text":
             self._packer = self._packer or _TextPacker(self.writers, block_size)
             self._packer.add([e.value for e in chunk], [e.line for e in chunk], tokenizer=tokenizer)
+        elif fmt == "prompt_completion":
+            _add_sequences(
+                self.writers, _render_prompt(chunk, tokenizer, block_size + 1), self.counts
+            )
         else:
-            render = _render_prompt if fmt == "prompt_completion" else _render_chat
-            _add_sequences(self.writers, render(chunk, tokenizer, block_size + 1), self.counts)
+            rendered = _render_chat(chunk, tokenizer, block_size + 1, path=path)
+            _add_sequences(self.writers, rendered, self.counts)
 
     def finish(self) -> dict[str, int]:
         if self._packer is not None:
@@ -174,6 +197,16 @@ def _render_prompt(
 
 
 def _render_chat(
+    chunk: list[Example], tokenizer: Tokenizer, cap: int, *, path: Path
+) -> Iterator[tuple[list[int], list[int], int, bool]]:
+    """Chat examples, with the tokenizer's chat template when it has one, else ChatML."""
+    renderer = tokenizer.chat_renderer  # compiled once per tokenizer, None without a template
+    if renderer is not None:
+        return _render_chat_template(chunk, renderer, cap, path=path)
+    return _render_chatml(chunk, tokenizer, cap)
+
+
+def _render_chatml(
     chunk: list[Example], tokenizer: Tokenizer, cap: int
 ) -> Iterator[tuple[list[int], list[int], int, bool]]:
     """ChatML turns; targets on assistant content and its end marker; cut right at ``cap``."""
@@ -190,6 +223,34 @@ def _render_chat(
             mask += [0] * len(header) + [target] * (len(content) + len(end)) + [0] * len(newline)
         truncated = len(ids) > cap
         yield ids[:cap], mask[:cap], example.line, truncated
+
+
+def _render_chat_template(
+    chunk: list[Example], renderer: ChatRenderer, cap: int, *, path: Path
+) -> Iterator[tuple[list[int], list[int], int, bool]]:
+    """The tokenizer's chat template; targets on assistant turns to their end-of-turn token,
+    cut right at ``cap``. A conversation the template cannot train rejects the file."""
+    # Imported here: jinja2 is needed only by tokenizers with a chat template.
+    from trainer.chat_template import ChatTemplateError
+
+    conversations = [[{"role": r, "content": c} for r, c in e.value] for e in chunk]
+    for example, result in zip(chunk, renderer.encode_many(conversations), strict=True):
+        if isinstance(result, ChatTemplateError):
+            raise _rejected_line(path, line=example.line, reason=str(result)) from result
+        ids, mask = result
+        yield ids[:cap], mask[:cap], example.line, len(ids) > cap
+
+
+def _rejected_line(path: Path, *, line: int, reason: str) -> DataError:
+    """The error that rejects the file for one line, worded like validation's line errors."""
+    message = f"{path.name} line {line}: {reason}"
+    error = LineError(line=line, reason=reason, message=message)
+    return DataError(
+        f"{message}; a file with a conversation that cannot be trained is not trained on",
+        path=path,
+        line=line,
+        errors=(error,),
+    )
 
 
 def _add_sequences(
