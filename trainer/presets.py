@@ -1,8 +1,10 @@
 """Named architecture presets and the one function that turns them into a ModelConfig.
 
-Presets hold shapes only. The vocabulary size comes from the tokenizer at lineage
-creation and is padded up to a multiple of 64 (friendlier matmul shapes, and room for a
-few added special tokens without a reshape).
+Presets hold architecture only: shapes and, for the ``*-llama`` ones, the rope / SwiGLU /
+RMSNorm choices that make the model exportable as a Llama (``trainer.hf_layout``). The
+vocabulary size comes from the tokenizer at lineage creation and is padded up to a
+multiple of 64 (friendlier matmul shapes, and room for a few added special tokens without
+a reshape).
 """
 
 from __future__ import annotations
@@ -21,12 +23,32 @@ PRESETS: dict[str, dict[str, Any]] = {
         "n_embd": 32,
         "block_size": 64,
     },
+    "test-llama": {
+        "description": "unit tests only: 2 layers, width 32, Llama-shaped (rope, SwiGLU, RMSNorm)",
+        "n_layer": 2,
+        "n_head": 2,
+        "n_embd": 32,
+        "block_size": 64,
+        "pos_encoding": "rope",
+        "mlp_type": "swiglu",
+        "norm_type": "rmsnorm",
+    },
     "tiny": {
         "description": "CPU demo, ~0.9M params with a byte vocabulary",
         "n_layer": 4,
         "n_head": 4,
         "n_embd": 128,
         "block_size": 256,
+    },
+    "tiny-llama": {
+        "description": "CPU demo, Llama-shaped (rope, SwiGLU, RMSNorm), ~0.9M params with a byte vocabulary",
+        "n_layer": 4,
+        "n_head": 4,
+        "n_embd": 128,
+        "block_size": 256,
+        "pos_encoding": "rope",
+        "mlp_type": "swiglu",
+        "norm_type": "rmsnorm",
     },
     "small": {
         "description": "~11M params with a byte vocabulary; fine on a laptop",
