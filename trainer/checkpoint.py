@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from trainer.faults import fault_point
 from trainer.records.checkpoints import (
@@ -38,12 +37,21 @@ from trainer.records.checkpoints import (
     OPTIMIZER,
     STATE,
     TOKENIZER,
+    TOKENIZER_CONFIG,
     WEIGHTS,
+    WEIGHTS_INDEX,
     step_folders,
 )
 from trainer.records.manifest import verify, write_json, write_manifest
 from trainer.records.staging import STAGING_PREFIX, TRASH_PREFIX, staged_folder
 from trainer.records.storage import as_disk_full, ensure_space, fsync_path
+from trainer.weights import (
+    DEFAULT_SHARD_BYTES,
+    WeightsError,
+    load_weights_into,
+    read_tensors,
+    save_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +118,11 @@ class CheckpointContent:
     """The tokenizer, as Hugging Face ``tokenizer.json`` text."""
     training_state: dict[str, Any]
     """Progress, data position, RNG and hyper-parameters (``training_state.json``)."""
+    tokenizer_config_json: str | None = None
+    """The tokenizer's settings (``tokenizer_config.json``: chat template, special tokens),
+    where it has any."""
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    """Weights above this many bytes are written as shards with an index."""
 
 
 def content_bytes(content: CheckpointContent) -> int:
@@ -131,17 +144,21 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
     try:
         with staged_folder(root / name, fault=fault_at("checkpoint")) as stage:
             write_json(stage.path / CONFIG, content.config)
-            save_file(
-                model_tensors(content.model), str(stage.path / WEIGHTS), metadata={"format": "pt"}
-            )
+            files = [CONFIG, *write_model_weights(stage.path, content.model, content.shard_bytes)]
             fault_point("checkpoint:after_weights")
             torch.save(content.optimizer_state, stage.path / OPTIMIZER)
             (stage.path / TOKENIZER).write_text(content.tokenizer_json, encoding="utf-8")
+            files += [OPTIMIZER, TOKENIZER]
+            if content.tokenizer_config_json is not None:
+                (stage.path / TOKENIZER_CONFIG).write_text(
+                    content.tokenizer_config_json, encoding="utf-8"
+                )
+                files.append(TOKENIZER_CONFIG)
             write_json(stage.path / STATE, content.training_state)
-            stage.fsync_files = FILES
+            stage.fsync_files = (*files, STATE)
             stage.write_manifest = functools.partial(
                 write_manifest,
-                files=FILES,
+                files=stage.fsync_files,
                 format_version=content.training_state.get("format_version", 1),
                 name=name,
             )
@@ -149,6 +166,15 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
         raise_disk_full(exc, path=root, what=f"checkpoint {name}")
         raise
     return root / name
+
+
+def write_model_weights(folder: Path, model: torch.nn.Module, shard_bytes: int) -> list[str]:
+    """The model's tensors (a tied one once) as safetensors in ``folder``, sharded above
+    ``shard_bytes``; returns the files written."""
+    state = model.state_dict()
+    return save_weights(
+        folder, model_tensors_names(model), lambda name: state[name], shard_bytes=shard_bytes
+    )
 
 
 def fault_at(writer: str) -> Callable[[str], None]:
@@ -202,13 +228,26 @@ class LoadedCheckpoint:
     """``tokenizer.json`` text."""
     training_state: dict[str, Any]
     """``training_state.json``."""
+    tokenizer_config_json: str | None = None
+    """``tokenizer_config.json`` text, where the checkpoint has one."""
 
     @property
     def step(self) -> int:
         return int(self.training_state["global_step"])
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return load_file(str(self.path / WEIGHTS), device="cpu")
+        """Every tensor at once (small models, partial loads); see ``load_into``."""
+        try:
+            return read_tensors(self.path)
+        except WeightsError as exc:
+            raise CheckpointError(str(exc)) from exc
+
+    def load_into(self, model: torch.nn.Module) -> None:
+        """Copy the weights into ``model`` one tensor at a time: never a second full copy."""
+        try:
+            load_weights_into(model, self.path, aliases=tied_aliases(model))
+        except WeightsError as exc:
+            raise CheckpointError(str(exc)) from exc
 
     def optimizer_state(self, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         return torch.load(self.path / OPTIMIZER, map_location=map_location, weights_only=True)
@@ -225,9 +264,17 @@ def read_checkpoint(path: Path) -> LoadedCheckpoint:
             config=json.loads((path / CONFIG).read_text()),
             tokenizer_json=(path / TOKENIZER).read_text(encoding="utf-8"),
             training_state=json.loads((path / STATE).read_text()),
+            tokenizer_config_json=_optional_text(path / TOKENIZER_CONFIG),
         )
     except ValueError as exc:
         raise CheckpointError(f"{path}: unreadable JSON: {exc}") from exc
+
+
+def _optional_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
 
 
 def latest_checkpoint(
@@ -249,9 +296,14 @@ def latest_checkpoint(
     return None
 
 
+def is_checkpoint_folder(path: Path) -> bool:
+    """Whether ``path`` looks like one checkpoint (it may still be broken), not a root."""
+    return any((path / name).exists() for name in (MANIFEST, WEIGHTS, WEIGHTS_INDEX))
+
+
 def resolve_checkpoint(path: Path) -> LoadedCheckpoint:
     """A checkpoint folder, or the newest checkpoint in a checkpoints root."""
-    if (path / MANIFEST).exists() or (path / WEIGHTS).exists():
+    if is_checkpoint_folder(path):
         return read_checkpoint(path)
     found = latest_checkpoint(path)
     if found is None:

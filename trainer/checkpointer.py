@@ -26,7 +26,14 @@ from trainer.checkpoint import (
 from trainer.config import ExportConfig, TrainConfig
 from trainer.export import verify_export, write_export
 from trainer.lineage import Lineage
-from trainer.records.checkpoints import EXPORT_DIR, GOLD_DIR, RETIRED_DIR, step_folder
+from trainer.records.checkpoints import (
+    EXPORT_DIR,
+    EXPORT_INFO,
+    GOLD_DIR,
+    RETIRED_DIR,
+    read_json_object,
+    step_folder,
+)
 from trainer.records.events import EventLog
 from trainer.records.state import TrainingState
 from trainer.records.storage import DiskFullError
@@ -126,11 +133,13 @@ class Checkpointer:
             self.state.global_step,
             duration,
         )
+        info = read_json_object(path / EXPORT_INFO) or {}
         self.events.emit(
             "export_saved",
             step=self.state.global_step,
             path=str(path),
             dtype=self.export_config.dtype,
+            hf_layout=info.get("hf_layout"),
             reason=reason,
             duration_s=round(duration, 3),
         )
@@ -171,6 +180,8 @@ class Checkpointer:
             config=lineage.model_config.to_dict(),
             tokenizer_json=lineage.tokenizer.to_json(),
             training_state=state.to_dict(),
+            tokenizer_config_json=lineage.tokenizer.config_json(),
+            shard_bytes=self.train.shard_bytes,
         )
 
     def _refuse_foreign(self, name: str) -> None:
@@ -191,6 +202,8 @@ class Checkpointer:
             model=lineage.model,
             config=lineage.model_config.to_dict(),
             tokenizer_json=lineage.tokenizer.to_json(),
+            tokenizer_config_json=lineage.tokenizer.config_json(),
+            shard_bytes=self.train.shard_bytes,
             dtype=self.export_config.dtype,
             info={
                 "step": state.global_step,

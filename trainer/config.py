@@ -123,6 +123,12 @@ class TrainConfig:
     """Window, in global steps, over which non-finite skips are counted."""
     cuda_memory_fraction: float | None = None
     """If set, ``torch.cuda.set_per_process_memory_fraction`` caps the worker's memory."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass instead of keeping them:
+    about a third more compute for a fraction of the activation memory."""
+    shard_size_mb: float = 5000.0
+    """Checkpoint and export weights above this many megabytes are written as shards with
+    an index (``model-00001-of-0000N.safetensors``), as ``save_pretrained`` does."""
     on_lost_checkpoints: LostCheckpoints = "refuse"
     """When every ``step-*`` checkpoint of a lineage is gone or broken: ``refuse`` to start
     (saying what to do), or continue from ``gold``. Never a silent new lineage."""
@@ -136,6 +142,12 @@ class TrainConfig:
             raise ValueError("keep_checkpoints must be at least 1")
         if self.checkpoint_interval < 1:
             raise ValueError("checkpoint_interval must be at least 1")
+        if self.shard_size_mb <= 0:
+            raise ValueError("shard_size_mb must be positive")
+
+    @property
+    def shard_bytes(self) -> int:
+        return max(1, int(self.shard_size_mb * 10**6))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -168,10 +180,14 @@ class RunPaths:
 class LineageSpec:
     """How to build or find the model when no checkpoint exists yet."""
 
+    source: str = "builtin"
+    """``builtin`` (traind's GPT, from ``preset``) or ``hf:<folder>``: a Hugging Face causal
+    LM saved in a local folder (``trainer.hf_model``)."""
     preset: str = "tiny"
     """Named architecture preset (see ``trainer.presets``)."""
     tokenizer: str = "bytes"
-    """``bytes`` (built-in byte-level) or a path to a Hugging Face ``tokenizer.json``."""
+    """``bytes`` (built-in byte-level), a Hugging Face ``tokenizer.json``, or a folder holding
+    one (with its ``tokenizer_config.json``: chat template, special tokens)."""
     tokenizer_set: bool = False
     """Whether ``tokenizer`` was chosen in the settings (not left at its default): only
     then does a new lineage started from another checkpoint (``--init-from``) take it

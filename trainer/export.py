@@ -1,8 +1,11 @@
 """The deployment export: ``<checkpoints>/export``, half-precision weights for inference.
 
-The folder holds ``config.json`` (architecture, as in every checkpoint),
-``model.safetensors`` (fp16 or bf16, a tied weight stored once), ``tokenizer.json``,
-``export.json`` (where it came from and how to load it) and ``manifest.json``. It is a
+The folder holds ``config.json``, the weights (fp16 or bf16, a tied weight stored once;
+``model.safetensors``, or shards with an index above ``train.shard_size_mb``),
+``tokenizer.json`` and ``tokenizer_config.json``, ``generation_config.json`` where the layout
+is a Hugging Face one, ``export.json`` (where it came from, its layout and how to load it)
+and ``manifest.json``. Which layout (Hugging Face's wherever the model has one) is
+``trainer.export_layout``'s choice. It is a
 staged folder like every checkpoint (``trainer.records.staging``, ARCHITECTURE.md rule 8):
 fsynced files, the manifest last, one rename into place, the root fsynced. Nothing in it
 is needed to train and nothing outside it is needed to generate: a copy of the folder
@@ -21,38 +24,40 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from trainer.checkpoint import (
     SLACK_BYTES,
     CheckpointError,
     LoadedCheckpoint,
     fault_at,
+    is_checkpoint_folder,
     latest_checkpoint,
-    load_model_weights,
-    model_tensors_names,
     raise_disk_full,
     read_checkpoint,
     resolve_checkpoint,
 )
-from trainer.config import ModelConfig
+from trainer.config import LineageSpec, ModelConfig
+from trainer.export_layout import layout_for, load_exported_model
 from trainer.faults import fault_point
+from trainer.hf_lineage import rebuild_hf
+from trainer.hf_model import HfModelError, is_hf_config
 from trainer.model import GPT
 from trainer.records.checkpoints import (
     CONFIG,
     EXPORT_DIR,
     EXPORT_FILES,
     EXPORT_INFO,
-    MANIFEST,
+    GENERATION_CONFIG,
     STATE,
     TOKENIZER,
-    WEIGHTS,
+    TOKENIZER_CONFIG,
 )
 from trainer.records.events import utc_now
 from trainer.records.manifest import verify, write_json, write_manifest
 from trainer.records.staging import staged_folder
 from trainer.records.storage import ensure_space
 from trainer.tokenizer import Tokenizer, TokenizerError
+from trainer.weights import DEFAULT_SHARD_BYTES, WeightsError, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +68,10 @@ DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
 """Export dtypes by the name used in settings, on the command line and in export.json."""
 _LOAD_DTYPES: dict[str, torch.dtype] = {**DTYPES, "fp32": torch.float32}
 HOW_TO_LOAD = (
-    "traind generate --checkpoint <this folder> 'prompt'; in Python: "
-    "trainer.export.load_export(path).model. Weights are safetensors keyed like "
-    "trainer.model.GPT's state_dict; lm_head.weight is tied to wte.weight and stored once."
+    "traind generate --checkpoint <this folder> 'prompt'. Where hf_layout is set: "
+    "transformers.AutoModelForCausalLM.from_pretrained(<this folder>) and "
+    "AutoTokenizer.from_pretrained(<this folder>). In Python without transformers (built-in "
+    "models): trainer.export.load_export(path).model."
 )
 
 
@@ -77,8 +83,9 @@ class ExportError(CheckpointError):
 class ExportedModel:
     """A model ready for inference, from an export or a training checkpoint."""
 
-    model: GPT
-    """The model, in eval mode, on the requested device and dtype."""
+    model: torch.nn.Module
+    """The model (the built-in GPT or a ``trainer.hf_model.HfCausalLM``), in eval mode, on
+    the requested device and dtype."""
     tokenizer: Tokenizer
     """Its tokenizer."""
     info: dict[str, Any]
@@ -106,33 +113,46 @@ def write_export(
     tokenizer_json: str,
     dtype: str,
     info: dict[str, Any],
+    tokenizer_config_json: str | None = None,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> Path:
     """Write ``root/export`` atomically, replacing an existing export; returns its path.
 
     ``info`` (step, lineage_id, source_checkpoint, ...) goes into ``export.json`` together
-    with the dtype, the parameter count, the time and the traind version.
+    with the layout, the dtype, the parameter count, the time and the traind version.
     """
     half = export_dtype(dtype)
+    tokenizer = Tokenizer.from_files(tokenizer_json, tokenizer_config_json)
     root.mkdir(parents=True, exist_ok=True)
-    # parameters() yields a tied matrix once, so this is the stored count.
-    parameters = sum(p.numel() for p in model.parameters())
-    ensure_space(root, need=parameters * half.itemsize + SLACK_BYTES, what="the export")
+    # parameters() yields a tied matrix once: the bytes to expect, before any cast.
+    expected = sum(p.numel() for p in model.parameters()) * half.itemsize
+    ensure_space(root, need=expected + SLACK_BYTES, what="the export")
+    layout = layout_for(model, config, dtype=half, tokenizer=tokenizer)
+    parameters = layout.parameters
     try:
         with staged_folder(root / EXPORT_DIR, fault=fault_at("export")) as stage:
-            write_json(stage.path / CONFIG, config)
-            save_file(
-                _half_tensors(model, half),
-                str(stage.path / WEIGHTS),
-                metadata={"format": "pt", "dtype": dtype},
+            write_json(stage.path / CONFIG, layout.config)
+            files = [CONFIG]
+            files += save_weights(
+                stage.path,
+                layout.names,
+                layout.tensor,
+                shard_bytes=shard_bytes,
+                metadata={"dtype": dtype},
             )
             fault_point("export:after_weights")
-            (stage.path / TOKENIZER).write_text(tokenizer_json, encoding="utf-8")
-            details = _details(info, dtype=dtype, parameters=parameters)
+            tokenizer.save(stage.path / TOKENIZER)
+            write_json(stage.path / TOKENIZER_CONFIG, layout.tokenizer_config)
+            files += [TOKENIZER, TOKENIZER_CONFIG]
+            if layout.generation_config is not None:
+                write_json(stage.path / GENERATION_CONFIG, layout.generation_config)
+                files.append(GENERATION_CONFIG)
+            details = _details({**info, **layout.notes}, dtype=dtype, parameters=parameters)
             write_json(stage.path / INFO, details)
-            stage.fsync_files = EXPORT_FILES
+            stage.fsync_files = (*files, INFO)
             stage.write_manifest = functools.partial(
                 write_manifest,
-                files=EXPORT_FILES,
+                files=stage.fsync_files,
                 format_version=EXPORT_FORMAT_VERSION,
                 name=EXPORT_DIR,
                 kind="export",
@@ -157,22 +177,6 @@ def _details(info: dict[str, Any], *, dtype: str, parameters: int) -> dict[str, 
         "traind_version": _traind_version(),
         "how_to_load": HOW_TO_LOAD,
     }
-
-
-def _half_tensors(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The model's tensors (a tied one once, as in checkpoints), floats cast to ``dtype``.
-
-    Cast one tensor at a time, on the model's device, before the copy to the CPU: the
-    only full-size copy in memory is the half-precision one being written.
-    """
-    state = model.state_dict()
-    out = {}
-    for name in model_tensors_names(model):
-        tensor = state[name].detach()
-        if tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        out[name] = tensor.to("cpu").contiguous()
-    return out
 
 
 def verify_export(path: Path, *, deep: bool = True) -> str | None:
@@ -210,7 +214,11 @@ def load_export(
     try:
         info = json.loads((path / INFO).read_text(encoding="utf-8"))
         config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-        tokenizer = Tokenizer.from_json((path / TOKENIZER).read_text(encoding="utf-8"))
+        tokenizer_config = path / TOKENIZER_CONFIG
+        tokenizer = Tokenizer.from_files(
+            (path / TOKENIZER).read_text(encoding="utf-8"),
+            tokenizer_config.read_text(encoding="utf-8") if tokenizer_config.is_file() else None,
+        )
     except (ValueError, TokenizerError) as exc:
         raise ExportError(f"{path}: {exc}") from exc
     if not isinstance(info, dict):
@@ -218,13 +226,11 @@ def load_export(
     device = torch.device(device)
     stored = DTYPES.get(info.get("dtype"), torch.float32)
     target = _resolve_dtype(dtype) or (torch.float32 if device.type == "cpu" else stored)
-    model = _build(path, config, device=device, dtype=target)
     try:
-        tensors = load_file(str(path / WEIGHTS), device="cpu")
-    except (SafetensorError, OSError) as exc:
-        raise ExportError(f"{path}: {WEIGHTS} is unreadable: {exc}") from exc
-    _load_into(path, model, tensors)
-    return ExportedModel(model=model.eval(), tokenizer=tokenizer, info=info, path=path)
+        model = load_exported_model(path, config=config, info=info, dtype=target)
+    except (SafetensorError, WeightsError, HfModelError, OSError, ValueError, TypeError) as exc:
+        raise ExportError(f"{path}: the weights do not load: {exc}") from exc
+    return ExportedModel(model=model.to(device).eval(), tokenizer=tokenizer, info=info, path=path)
 
 
 def export_checkpoint(checkpoint: Path, root: Path, *, dtype: str) -> Path:
@@ -238,6 +244,7 @@ def export_checkpoint(checkpoint: Path, root: Path, *, dtype: str) -> Path:
         model=model,
         config=loaded.config,
         tokenizer_json=loaded.tokenizer_json,
+        tokenizer_config_json=loaded.tokenizer_config_json,
         dtype=dtype,
         info=_checkpoint_info(loaded),
     )
@@ -259,10 +266,7 @@ def load_for_generation(
     if is_export(path):
         return load_export(path, device=device, dtype=dtype)
     try:
-        if (path / MANIFEST).exists() or (path / WEIGHTS).exists():
-            loaded = read_checkpoint(path)
-        else:
-            loaded = latest_checkpoint(path)
+        loaded = read_checkpoint(path) if is_checkpoint_folder(path) else latest_checkpoint(path)
     except CheckpointError as exc:
         raise ExportError(str(exc)) from exc
     if loaded is None:
@@ -275,7 +279,7 @@ def load_for_generation(
     target = _resolve_dtype(dtype) or torch.float32
     model = _model_from_checkpoint(loaded, device=torch.device(device), dtype=target)
     try:
-        tokenizer = Tokenizer.from_json(loaded.tokenizer_json)
+        tokenizer = Tokenizer.from_files(loaded.tokenizer_json, loaded.tokenizer_config_json)
     except TokenizerError as exc:
         raise ExportError(f"{loaded.path}: {exc}") from exc
     info = {**_checkpoint_info(loaded), "dtype": _dtype_name(target)}
@@ -284,40 +288,20 @@ def load_for_generation(
 
 def _model_from_checkpoint(
     loaded: LoadedCheckpoint, *, device: torch.device, dtype: torch.dtype
-) -> GPT:
-    model = _build(loaded.path, loaded.config, device=device, dtype=dtype)
+) -> torch.nn.Module:
     try:
-        tensors = loaded.weights()
-    except (SafetensorError, OSError) as exc:
-        raise ExportError(f"{loaded.path}: {WEIGHTS} is unreadable: {exc}") from exc
-    _load_into(loaded.path, model, tensors)
-    return model
-
-
-def _build(path: Path, config: dict[str, Any], *, device: torch.device, dtype: torch.dtype) -> GPT:
+        if is_hf_config(loaded.config):
+            model: torch.nn.Module = rebuild_hf(loaded.config, LineageSpec())
+        else:
+            with torch.random.fork_rng(devices=[]):
+                model = GPT(ModelConfig.from_dict(loaded.config))
+    except (TypeError, ValueError, HfModelError) as exc:
+        raise ExportError(f"{loaded.path}: {CONFIG}: {exc}") from exc
     try:
-        model_config = ModelConfig.from_dict(config)
-    except (TypeError, ValueError) as exc:
-        raise ExportError(f"{path}: {CONFIG}: {exc}") from exc
-    # The random init is overwritten by the weights; fork_rng keeps it from advancing the
-    # global RNG of a process that may be training.
-    with torch.random.fork_rng(devices=[]):
-        model = GPT(model_config)
-    model.to(device=device)
-    if dtype != torch.float32:
-        # Cast the weights only: buffers (the rotary tables) stay float32, because the
-        # model rotates in float32 to keep far positions precise.
-        for param in model.parameters():
-            param.data = param.data.to(dtype)
-    return model
-
-
-def _load_into(path: Path, model: GPT, tensors: dict[str, torch.Tensor]) -> None:
-    try:
-        # load_state_dict copies into the model's own dtype and device, one tensor at a time.
-        load_model_weights(model, tensors)
-    except (CheckpointError, RuntimeError) as exc:
-        raise ExportError(f"{path}: {WEIGHTS} does not fit {CONFIG}: {exc}") from exc
+        loaded.load_into(model)
+    except CheckpointError as exc:
+        raise ExportError(f"{loaded.path}: the weights do not fit {CONFIG}: {exc}") from exc
+    return model.to(device=device, dtype=dtype)
 
 
 def _checkpoint_info(loaded: LoadedCheckpoint) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from trainer.checkpoint import latest_checkpoint, load_model_weights
+from trainer.checkpoint import latest_checkpoint
 from trainer.checkpointer import Checkpointer
 from trainer.config import TrainConfig
 from trainer.data import TokenizedFile
@@ -128,7 +128,7 @@ class Guard:
             log.error("%d non-finite steps but no checkpoint to roll back to", len(skipped))
             return
         model, optimizer = checkpointer.lineage.model, checkpointer.lineage.optimizer
-        load_model_weights(model, good.weights())
+        good.load_into(model)
         saved = good.optimizer_state(map_location=self.device)
         if optimizer_state_mismatch(optimizer, saved) is None:
             optimizer.load_state_dict(saved)

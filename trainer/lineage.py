@@ -22,17 +22,24 @@ import torch
 from trainer.checkpoint import (
     LoadedCheckpoint,
     latest_checkpoint,
-    load_model_weights,
-    model_tensors_names,
     resolve_checkpoint,
     restore_rng,
 )
 from trainer.config import LineageSpec, ModelConfig, TrainConfig
+from trainer.hf_lineage import (
+    ModelMismatchError,
+    check_same_model,
+    is_hf_source,
+    rebuild_hf,
+    start_hf,
+)
+from trainer.hf_model import HfCausalLM, HfModelConfig, is_hf_config
 from trainer.model import GPT
-from trainer.optim import build_optimizer, optimizer_state_mismatch
+from trainer.optim import build_optimizer
 from trainer.presets import model_config_for
 from trainer.records.state import TrainingState
 from trainer.records.traces import lineage_traces, refusal, retire
+from trainer.restore import restore_builtin, restore_hf, spec_record, wanted_config
 from trainer.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -50,13 +57,13 @@ class LostCheckpointsError(LineageError):
 class Lineage:
     """A model ready to train, with everything that came with it."""
 
-    model: GPT
-    """The bare model on its device."""
+    model: GPT | HfCausalLM
+    """The bare model on its device: the built-in GPT or a Hugging Face model."""
     optimizer: torch.optim.AdamW
     """The optimizer, with saved moments when they fit."""
     tokenizer: Tokenizer
     """The lineage's tokenizer (a checkpoint's wins over the settings)."""
-    model_config: ModelConfig
+    model_config: ModelConfig | HfModelConfig
     """Architecture in force."""
     state: TrainingState
     """Progress and data position."""
@@ -118,15 +125,11 @@ def open_lineage(
     elif found is None:
         lineage = _start_fresh(spec=spec, train=train, device=device)
     else:
-        return _resume(found, spec=spec, train=train, device=device)
+        lineage = _resume(found, spec=spec, train=train, device=device, where=checkpoints)
     lineage.retired = retired
+    if train.activation_checkpointing:
+        lineage.model.enable_activation_checkpointing()
     return lineage
-
-
-def spec_record(spec: LineageSpec) -> dict[str, Any]:
-    """What the settings said about the model when the lineage was opened (not dropout,
-    which may change freely)."""
-    return {"preset": spec.preset, "tokenizer": spec.tokenizer, "overrides": dict(spec.overrides)}
 
 
 def _new_state(train: TrainConfig, spec: LineageSpec) -> TrainingState:
@@ -141,6 +144,8 @@ def _new_state(train: TrainConfig, spec: LineageSpec) -> TrainingState:
 
 
 def _start_fresh(*, spec: LineageSpec, train: TrainConfig, device: torch.device) -> Lineage:
+    if is_hf_source(spec.source):
+        return _start_hf(spec=spec, train=train, device=device)
     tokenizer = load_tokenizer(spec.tokenizer)
     config = model_config_for(
         spec.preset, vocab_size=tokenizer.vocab_size, dropout=spec.dropout, overrides=spec.overrides
@@ -165,16 +170,39 @@ def _start_fresh(*, spec: LineageSpec, train: TrainConfig, device: torch.device)
     )
 
 
+def _start_hf(*, spec: LineageSpec, train: TrainConfig, device: torch.device) -> Lineage:
+    torch.manual_seed(train.seed)
+    model, tokenizer, record = start_hf(spec)
+    model.to(device)
+    state = _new_state(train, spec)
+    state.model_spec = record
+    return Lineage(
+        model=model,
+        optimizer=build_optimizer(model, train),
+        tokenizer=tokenizer,
+        model_config=model.config,
+        state=state,
+        resumed_from=None,
+        notices=[],
+    )
+
+
 def _start_from(
     source: LoadedCheckpoint, *, spec: LineageSpec, train: TrainConfig, device: torch.device
 ) -> Lineage:
-    config = ModelConfig.from_dict({**source.config, "dropout": spec.dropout})
-    tokenizer = _tokenizer_for(source, spec=spec, config=config)
-    torch.manual_seed(train.seed)
-    model = GPT(config)
-    load_model_weights(model, source.weights())
-    model.to(device)
     state = _new_state(train, spec)
+    torch.manual_seed(train.seed)
+    if is_hf_config(source.config):
+        model = rebuild_hf(source.config, spec)
+        config = model.config
+        tokenizer = _checkpoint_tokenizer(source)
+        state.model_spec = dict(source.training_state.get("model_spec") or {})
+    else:
+        config = ModelConfig.from_dict({**source.config, "dropout": spec.dropout})
+        tokenizer = _tokenizer_for(source, spec=spec, config=config)
+        model = GPT(config)
+    source.load_into(model)
+    model.to(device)
     state.init_from = {
         "path": str(source.path),
         "lineage_id": source.training_state.get("lineage_id"),
@@ -202,7 +230,7 @@ def _tokenizer_for(
     """The source checkpoint's tokenizer, unless the settings name another one: a new
     lineage is the one moment a tokenizer may change, as long as the model's embedding has
     a row for each of its tokens."""
-    own = Tokenizer.from_json(source.tokenizer_json)
+    own = _checkpoint_tokenizer(source)
     if not spec.tokenizer_set:
         return own
     chosen = load_tokenizer(spec.tokenizer)
@@ -223,17 +251,36 @@ def _tokenizer_for(
     return chosen
 
 
+def _checkpoint_tokenizer(found: LoadedCheckpoint) -> Tokenizer:
+    return Tokenizer.from_files(found.tokenizer_json, found.tokenizer_config_json)
+
+
 def _resume(
-    found: LoadedCheckpoint, *, spec: LineageSpec, train: TrainConfig, device: torch.device
+    found: LoadedCheckpoint,
+    *,
+    spec: LineageSpec,
+    train: TrainConfig,
+    device: torch.device,
+    where: Path,
 ) -> Lineage:
-    tokenizer = Tokenizer.from_json(found.tokenizer_json)
-    saved_config = ModelConfig.from_dict(found.config)
+    tokenizer = _checkpoint_tokenizer(found)
     state = TrainingState.from_dict(found.training_state)
+    try:
+        check_same_model(state.model_spec, spec, checkpoint_config=found.config, where=where)
+    except ModelMismatchError as exc:
+        raise LineageError(str(exc)) from None
     torch.manual_seed(state.seed)
-    wanted = _wanted_config(state, spec, saved=saved_config, tokenizer=tokenizer, found=found)
-    model, optimizer, notices = _restore_model(
-        found, wanted=wanted, saved=saved_config, train=train, device=device
-    )
+    if is_hf_config(found.config):
+        wanted: ModelConfig | HfModelConfig
+        model, optimizer, notices = restore_hf(found, spec=spec, train=train, device=device)
+        wanted = model.config
+        state.model_spec = {**state.model_spec, "overrides": dict(spec.overrides)}
+    else:
+        saved_config = ModelConfig.from_dict(found.config)
+        wanted = wanted_config(state, spec, saved=saved_config, tokenizer=tokenizer, found=found)
+        model, optimizer, notices = restore_builtin(
+            found, wanted=wanted, saved=saved_config, train=train, device=device
+        )
     for notice in notices:
         log.warning("OPTIMIZER RESET: %s", notice["reason"])
         state.optimizer_resets.append(notice)
@@ -265,97 +312,6 @@ def _resume(
         resumed_from=found.path,
         notices=notices,
     )
-
-
-def _restore_model(
-    found: LoadedCheckpoint,
-    *,
-    wanted: ModelConfig,
-    saved: ModelConfig,
-    train: TrainConfig,
-    device: torch.device,
-) -> tuple[GPT, torch.optim.AdamW, list[dict[str, Any]]]:
-    """The model of ``wanted``'s architecture with the checkpoint's weights, and its
-    optimizer with the saved moments where they fit (rule 3); the notices of a reset."""
-    notices: list[dict[str, Any]] = []
-    model = GPT(wanted)
-    if wanted.shape_key() == saved.shape_key():
-        load_model_weights(model, found.weights())
-        model.to(device)
-        optimizer = build_optimizer(model, train)
-        moments = found.optimizer_state(map_location=device)
-        problem = optimizer_state_mismatch(optimizer, moments)
-        if problem is None:
-            optimizer.load_state_dict(moments)
-        else:
-            notices.append(_reset_notice(found, problem))
-        return model, optimizer, notices
-    kept, dropped = _load_fitting(model, found.weights())
-    model.to(device)
-    optimizer = build_optimizer(model, train)
-    changed = {
-        k: (v, wanted.to_dict()[k])
-        for k, v in saved.shape_key().items()
-        if wanted.to_dict()[k] != v
-    }
-    notices.append(
-        _reset_notice(
-            found, f"architecture changed {changed}; kept {kept} tensors, re-initialised {dropped}"
-        )
-    )
-    return model, optimizer, notices
-
-
-def _wanted_config(
-    state: TrainingState,
-    spec: LineageSpec,
-    *,
-    saved: ModelConfig,
-    tokenizer: Tokenizer,
-    found: LoadedCheckpoint,
-) -> ModelConfig:
-    """The checkpoint's architecture, unless the model settings changed since the lineage
-    last opened: only then is the preset (with its overrides) an intended change. So a
-    lineage started from another checkpoint (``--init-from``) keeps that architecture."""
-    keep = ModelConfig.from_dict({**saved.to_dict(), "dropout": spec.dropout})
-    recorded, now = state.model_spec, spec_record(spec)
-    if recorded.get("tokenizer", now["tokenizer"]) != now["tokenizer"]:
-        log.warning(
-            "model.tokenizer is %r but the lineage was started with %r; it keeps the tokenizer "
-            "saved in %s (a lineage never changes its tokenizer: to train these weights with "
-            "another one, start a new lineage from them with `traind train --init-from "
-            "<this checkpoint>` and model.tokenizer set, into an empty paths.checkpoints)",
-            now["tokenizer"],
-            recorded["tokenizer"],
-            found.path.name,
-        )
-    same = {k: v for k, v in recorded.items() if k != "tokenizer"} == {
-        k: v for k, v in now.items() if k != "tokenizer"
-    }
-    if recorded and same:
-        return keep
-    state.model_spec = {**now, "tokenizer": recorded.get("tokenizer", now["tokenizer"])}
-    return model_config_for(
-        spec.preset, vocab_size=tokenizer.vocab_size, dropout=spec.dropout, overrides=spec.overrides
-    )
-
-
-def _reset_notice(found: LoadedCheckpoint, problem: str) -> dict[str, Any]:
-    return {
-        "checkpoint": found.path.name,
-        "global_step": found.step,
-        "reason": f"optimizer state in {found.path.name} cannot be used ({problem}); "
-        "weights kept, optimizer moments start fresh",
-    }
-
-
-def _load_fitting(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """Copy saved tensors whose name and shape still fit; return (kept, re-initialised)."""
-    own = model.state_dict()
-    names = model_tensors_names(model)
-    fitting = {k: v for k, v in saved.items() if k in names and own[k].shape == v.shape}
-    model.load_state_dict(fitting, strict=False)
-    return len(fitting), len(names) - len(fitting)
 
 
 def _apply_batch_settings(state: TrainingState, train: TrainConfig) -> None:

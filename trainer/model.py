@@ -26,6 +26,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from trainer.config import ModelConfig
 
@@ -182,6 +183,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: one matrix both embeds tokens and scores them.
         self.lm_head.weight = self.wte.weight
+        self.activation_checkpointing = False
+        """Recompute each block in the backward pass (``train.activation_checkpointing``)."""
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -212,6 +215,10 @@ class GPT(nn.Module):
                 n -= self.wpe.weight.numel()
         return n
 
+    def enable_activation_checkpointing(self) -> None:
+        """Keep only each block's input for the backward pass, and recompute the rest."""
+        self.activation_checkpointing = True
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, vocab_size), float32, for token ids ``idx`` (B, T)."""
         t = idx.shape[1]
@@ -226,8 +233,10 @@ class GPT(nn.Module):
         else:
             rope = (self.rope_cos[:t], self.rope_sin[:t])
         x = self.drop(x)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, rope)
+            # Under checkpoint the saved RNG state replays the same dropout masks.
+            x = checkpoint(block, x, rope, use_reentrant=False) if recompute else block(x, rope)
         # float32 logits: stable loss and softcap even when the body ran in bf16.
         logits = self.lm_head(self.norm_f(x)).float()
         if self.config.logit_softcap is not None:

@@ -165,25 +165,45 @@ def _open_or_continue_from_gold(
 def check_memory(
     lineage: Lineage, *, train: TrainConfig, device: torch.device, half_precision: bool
 ) -> MemoryEstimate:
-    """Log the training-memory estimate; warn when it will not fit under the CUDA cap."""
+    """Log the training-memory plan from the model's own config. On CUDA, refuse a
+    configuration that cannot fit under the cap even at micro-batch 1 (MemoryPlanError
+    with the table), and warn when only the micro-batch is too big (OOM recovery halves
+    it)."""
     micro_batch = lineage.state.micro_batch_size
-    estimate = estimate_training_memory(
-        lineage.model_config,
+    options = dict(
         n_params=lineage.model.num_params(),
-        micro_batch=micro_batch,
         activation_bytes=2 if half_precision else 4,
+        activation_checkpointing=train.activation_checkpointing,
     )
+    estimate = estimate_training_memory(lineage.model_config, micro_batch=micro_batch, **options)
     log.info("memory estimate at micro-batch %d: %s", micro_batch, estimate.describe())
-    if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        cap = total * (train.cuda_memory_fraction or 1.0)
-        if estimate.total > cap:
-            log.warning(
-                "the estimate exceeds the %.1f GiB this process may use; expect OOM recovery "
-                "to shrink the micro-batch, or lower train.micro_batch_size",
-                cap / 2**30,
-            )
+    if device.type != "cuda":
+        return estimate
+    total = torch.cuda.get_device_properties(device).total_memory
+    cap = total * (train.cuda_memory_fraction or 1.0)
+    smallest = estimate_training_memory(lineage.model_config, micro_batch=1, **options)
+    if smallest.total > cap:
+        advice = (
+            "" if train.activation_checkpointing else "set train.activation_checkpointing = true, "
+        )
+        raise MemoryPlanError(
+            f"training this model needs ~{smallest.total / 2**30:.2f} GiB even at micro-batch "
+            f"1, more than the {cap / 2**30:.2f} GiB this process may use on {device}:\n"
+            f"{smallest.table()}\n{advice}use a smaller model or block_size, or a bigger "
+            "device (or raise train.cuda_memory_fraction)"
+        )
+    if estimate.total > cap:
+        log.warning(
+            "the estimate exceeds the %.1f GiB this process may use; expect OOM recovery "
+            "to shrink the micro-batch, or lower train.micro_batch_size:\n%s",
+            cap / 2**30,
+            estimate.table(),
+        )
     return estimate
+
+
+class MemoryPlanError(LineageError):
+    """The model cannot be trained on this device, whatever the micro-batch."""
 
 
 class LineageLockedError(RuntimeError):

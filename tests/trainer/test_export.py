@@ -28,6 +28,7 @@ from trainer.export import (
     verify_export,
     write_export,
 )
+from trainer.hf_layout import from_hf
 from trainer.model import GPT
 from trainer.presets import model_config_for
 from trainer.records.checkpoints import step_folder
@@ -89,27 +90,52 @@ def _train() -> GPT:
 def test_layout_half_weights_and_tied_matrix_once(tmp_path, trained, dtype):
     path = export_to(tmp_path, trained, dtype=dtype, step=7)
     assert path == tmp_path / "export"
-    assert sorted(p.name for p in path.iterdir()) == sorted([*EXPORT_FILES, MANIFEST])
+    files = [*EXPORT_FILES, "model.safetensors", "tokenizer_config.json", "generation_config.json"]
+    assert sorted(p.name for p in path.iterdir()) == sorted([*files, MANIFEST])
     assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no staging left
     assert verify_export(path) is None
     manifest = json.loads((path / MANIFEST).read_text())
-    assert set(manifest["files"]) == set(EXPORT_FILES)
+    assert set(manifest["files"]) == set(files)
     with safe_open(str(path / "model.safetensors"), framework="pt") as f:
         keys = set(f.keys())
         tensors = {k: f.get_tensor(k) for k in keys}
-    assert "wte.weight" in keys and "lm_head.weight" not in keys
-    assert keys == set(trained.state_dict()) - {"lm_head.weight"}
+    # The test preset is GPT-2 shaped, so the export is in GPT-2's layout, tied head once.
+    assert "transformer.wte.weight" in keys and "lm_head.weight" not in keys
     assert {t.dtype for t in tensors.values()} == {HALF[dtype]}
-    for name, tensor in tensors.items():
+    back = from_hf(trained.config, tensors=tensors)
+    assert set(back) == set(trained.state_dict()) - {"lm_head.weight"}
+    for name, tensor in back.items():
         assert torch.equal(tensor, trained.state_dict()[name].to(HALF[dtype])), name
     info = json.loads((path / INFO).read_text())
     assert info["step"] == 7 and info["lineage_id"] == "abc123"
     assert info["source_checkpoint"] == "step-00000007"
-    assert info["dtype"] == dtype and info["parameters"] == trained.num_params()
+    # Stored elements: GPT-2's layout holds zero biases for the bias-free model.
+    assert info["dtype"] == dtype and info["parameters"] == sum(t.numel() for t in tensors.values())
     assert info["created_at"] and "traind generate" in info["how_to_load"]
-    assert json.loads((path / "config.json").read_text()) == trained.config.to_dict()
+    assert info["hf_layout"] == "gpt2" and info["traind_config"] == trained.config.to_dict()
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and config["tie_word_embeddings"] is True
+    assert config["eos_token_id"] == TOKENIZER.eos_id
     # The source model is untouched: still float32 and on the CPU.
     assert {p.dtype for p in trained.parameters()} == {torch.float32}
+
+
+def test_an_architecture_without_hf_equivalent_keeps_traind_layout_and_says_why(tmp_path, caplog):
+    torch.manual_seed(0)
+    config = model_config_for(
+        "test", vocab_size=TOKENIZER.vocab_size, overrides={"logit_softcap": 30.0}
+    )
+    model = GPT(config).eval()
+    path = export_to(tmp_path, model)
+    info = json.loads((path / INFO).read_text())
+    assert info["hf_layout"] is None and "logit_softcap" in info["no_hf_reason"]
+    assert "traind's own layout" in caplog.text
+    assert json.loads((path / "config.json").read_text()) == config.to_dict()
+    assert not (path / "generation_config.json").exists()
+    loaded = load_export(path)
+    x = torch.tensor([TOKENIZER.encode(TEXT[:32])])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), model(x), atol=0.05, rtol=0.05)
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
@@ -329,3 +355,33 @@ def test_on_cuda_an_export_keeps_its_half_precision(tmp_path, trained):
     state = torch.cuda.get_rng_state()
     text = complete(loaded.model, loaded.tokenizer, "the ", max_new_tokens=8, temperature=0.8)
     assert len(text) <= 8 and torch.equal(torch.cuda.get_rng_state(), state)
+
+
+@pytest.mark.parametrize(
+    ("preset", "hf_class"), [("test-llama", "LlamaForCausalLM"), ("test", "GPT2LMHeadModel")]
+)
+def test_a_builtin_export_loads_in_transformers_with_the_same_logits(tmp_path, preset, hf_class):
+    import transformers
+
+    torch.manual_seed(2)
+    model = GPT(model_config_for(preset, vocab_size=TOKENIZER.vocab_size)).eval()
+    path = export_to(tmp_path, model, dtype="bf16")
+    hf = getattr(transformers, hf_class).from_pretrained(path, local_files_only=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    ids = tokenizer(TEXT[:40], add_special_tokens=False)["input_ids"]
+    assert ids == TOKENIZER.encode(TEXT[:40])
+    assert tokenizer.eos_token_id == TOKENIZER.eos_id
+    x = torch.tensor([ids])
+    # The same model with its weights rounded to bf16, as the export stores them.
+    rounded = GPT(model.config).eval()
+    rounded.load_state_dict(
+        {k: v.to(torch.bfloat16).float() for k, v in model.state_dict().items()}
+    )
+    with torch.no_grad():
+        got = hf.float()(input_ids=x).logits
+        torch.testing.assert_close(got, rounded(x), atol=1e-4, rtol=1e-4)
+        # ...and within half-precision rounding of the fp32 model.
+        torch.testing.assert_close(got, model(x), atol=0.1, rtol=0.05)
+    loaded = load_export(path)  # traind reads its Hugging Face layout back without transformers
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), rounded(x))

@@ -20,14 +20,23 @@ from typing import Any, Literal
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+"""The weights in one file; above ``train.shard_size_mb`` they are sharded instead."""
+WEIGHTS_INDEX = "model.safetensors.index.json"
+"""Which shard (``model-00001-of-00003.safetensors``, ...) holds each tensor, as
+``save_pretrained`` writes it."""
 OPTIMIZER = "optimizer.pt"
 TOKENIZER = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+"""The tokenizer's settings (chat template, end-of-text and pad tokens), where it has any."""
+GENERATION_CONFIG = "generation_config.json"
+"""An export's generation defaults (end-of-text and pad ids), for Hugging Face loaders."""
 STATE = "training_state.json"
-FILES = (CONFIG, WEIGHTS, OPTIMIZER, TOKENIZER, STATE)
-"""The files of a training checkpoint (``step-*``, ``gold``)."""
+FILES = (CONFIG, OPTIMIZER, TOKENIZER, STATE)
+"""The files every training checkpoint (``step-*``, ``gold``) holds, besides its weights
+(``WEIGHTS``, or ``WEIGHTS_INDEX`` and its shards)."""
 EXPORT_INFO = "export.json"
-EXPORT_FILES = (CONFIG, WEIGHTS, TOKENIZER, EXPORT_INFO)
-"""The files of the export folder."""
+EXPORT_FILES = (CONFIG, TOKENIZER, EXPORT_INFO)
+"""The files every export folder holds, besides its weights."""
 STEP_DIR = re.compile(r"^step-(\d{8,})$")
 GOLD_DIR = "gold"
 """The guarded best checkpoint, never rotated."""

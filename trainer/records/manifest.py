@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from trainer.records.checkpoints import FILES, MANIFEST
+from trainer.records.checkpoints import FILES, MANIFEST, WEIGHTS, WEIGHTS_INDEX
 from trainer.records.events import utc_now
 from trainer.records.storage import file_sha256, fsync_path
 
@@ -43,13 +43,12 @@ def write_manifest(staging: Path, *, files: tuple[str, ...], **fields: Any) -> N
     fsync_path(staging)
 
 
-def verify(
-    path: Path, *, deep: bool = True, files: Iterable[str] = FILES, every_listed: bool = False
-) -> str | None:
+def verify(path: Path, *, deep: bool = True, files: Iterable[str] = FILES) -> str | None:
     """None if ``manifest.json`` vouches for ``path``, else the reason it does not.
 
-    Each of ``files`` must be listed, present and of the listed size; ``deep`` checks its
-    sha256 too. ``every_listed`` applies the same to any other file the manifest lists.
+    Each of ``files`` must be listed, and so must the weights (``WEIGHTS``, or
+    ``WEIGHTS_INDEX`` with its shards). Every listed file must be present and of the listed
+    size; ``deep`` checks its sha256 too.
     """
     manifest = path / MANIFEST
     if not manifest.is_file():
@@ -60,9 +59,10 @@ def verify(
             raise TypeError("'files' is not an object")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"manifest.json is unreadable: {exc}"
+    if WEIGHTS not in listed and WEIGHTS_INDEX not in listed:
+        return f"manifest.json lists no weights ({WEIGHTS} or {WEIGHTS_INDEX})"
     required = list(files)
-    if every_listed:
-        required += sorted(set(listed) - set(required))
+    required += sorted(set(listed) - set(required))
     for name in required:
         entry, fpath = listed.get(name), path / name
         if not isinstance(entry, dict):

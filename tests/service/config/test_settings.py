@@ -200,7 +200,13 @@ def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize(
     ("section", "values", "expected"),
     [
-        ("model", {"source": "hf:/models/llama"}, "only 'builtin' is supported in this version"),
+        (
+            "model",
+            {"source": "hf:/models/llama"},
+            "/models/llama is not a Hugging Face model folder",
+        ),
+        ("model", {"source": "hub:meta-llama/Llama-3.2-1B"}, 'use "builtin" or "hf:/path'),
+        ("model", {"tokenizer": "/"}, "tokenizer folder / holds no tokenizer.json"),
         ("model", {"dropout": 1.0}, "model.dropout"),
         ("model", {"overrides": {"n_hed": 4}}, "did you mean 'n_head'"),
         ("model", {"overrides": {"dropout": 0.1}}, "set dropout with model.dropout"),
@@ -220,6 +226,35 @@ def test_validation(section: str, values: dict[str, object], expected: str) -> N
     with pytest.raises(SettingsError, match="load_settings\\(\\) argument") as info:
         load_settings(**{section: values})
     assert expected in str(info.value)
+
+
+def test_an_hf_source_is_a_model_folder_relative_to_the_config(
+    tmp_path: Path, clean_env: Path
+) -> None:
+    run = tmp_path / "run"
+    write(run / "models" / "llama" / "config.json", '{"model_type": "llama"}')
+    write(run / "tok" / "tokenizer.json", "{}")
+    config = write(
+        run / "traind.toml",
+        """
+        [model]
+        source = "hf:models/llama"
+        tokenizer = "tok"
+        overrides = { block_size = 512 }
+        [train]
+        activation_checkpointing = true
+        shard_size_mb = 0.5
+        """,
+    )
+    settings = load_settings(config)
+    spec = settings.lineage_spec()
+    assert spec.source == f"hf:{(run / 'models' / 'llama').resolve()}"
+    assert spec.tokenizer == str((run / "tok").resolve()) and spec.tokenizer_set
+    assert spec.overrides == {"block_size": 512}
+    train = settings.train_config()
+    assert train.activation_checkpointing and train.shard_bytes == 500_000
+    with pytest.raises(SettingsError, match="apply to the builtin model only"):
+        load_settings(config, model={"overrides": {"n_layer": 2}})
 
 
 def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path, clean_env: Path) -> None:
