@@ -51,3 +51,4 @@ test-slow: setup
 bench: setup
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/checkpoint_memory.py
