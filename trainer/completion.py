@@ -1,4 +1,5 @@
-"""Text in, text out: one completion of a prompt by a :class:`trainer.model.GPT`.
+"""Text in, text out: one completion of a prompt by a :class:`trainer.model.GPT` or a
+:class:`trainer.hf_model.HfCausalLM`.
 
 ``complete`` is what ``traind generate`` runs on an export or a checkpoint, and what the
 trainer may call between steps to sample its eval prompts. The second use sets the rules:
@@ -14,6 +15,7 @@ import secrets
 
 import torch
 
+from trainer.hf_model import HfCausalLM
 from trainer.model import GPT
 from trainer.tokenizer import Tokenizer
 
@@ -21,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def complete(
-    model: GPT,
+    model: GPT | HfCausalLM,
     tokenizer: Tokenizer,
     prompt: str,
     *,
