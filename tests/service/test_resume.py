@@ -44,9 +44,13 @@ def assert_same_as_reference(root, reference, drops):
     assert {e["file"] for e in budgets} == {p.name for p in drops}
 
 
-@pytest.fixture
-def reference(tmp_path_factory, drops):
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run for the whole module: every test's drops have the same names
+    and bytes (``make_drops`` is deterministic), and a lineage depends on nothing else of
+    a file, so each interrupted run must match this one."""
     root = tmp_path_factory.mktemp("reference")
+    drops = make_drops(root / "drops")
     result = run_traind(["train", *map(str, drops)], env=traind_env(root), cwd=root)
     assert result.returncode == 0, result.stderr
     return final_state(root)
