@@ -264,13 +264,14 @@ def read_checkpoint(path: Path) -> LoadedCheckpoint:
             config=json.loads((path / CONFIG).read_text()),
             tokenizer_json=(path / TOKENIZER).read_text(encoding="utf-8"),
             training_state=json.loads((path / STATE).read_text()),
-            tokenizer_config_json=_optional_text(path / TOKENIZER_CONFIG),
+            tokenizer_config_json=optional_text(path / TOKENIZER_CONFIG),
         )
     except ValueError as exc:
         raise CheckpointError(f"{path}: unreadable JSON: {exc}") from exc
 
 
-def _optional_text(path: Path) -> str | None:
+def optional_text(path: Path) -> str | None:
+    """The text of ``path``, or None where there is no such file."""
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:

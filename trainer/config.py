@@ -176,11 +176,17 @@ class RunPaths:
         return self.state / "cache"
 
 
+BUILTIN_SOURCE = "builtin"
+"""``model.source`` of traind's own GPT."""
+HF_PREFIX = "hf:"
+"""``model.source`` values that name a Hugging Face model folder start with this."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class LineageSpec:
     """How to build or find the model when no checkpoint exists yet."""
 
-    source: str = "builtin"
+    source: str = BUILTIN_SOURCE
     """``builtin`` (traind's GPT, from ``preset``) or ``hf:<folder>``: a Hugging Face causal
     LM saved in a local folder (``trainer.hf_model``)."""
     preset: str = "tiny"

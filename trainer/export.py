@@ -32,16 +32,14 @@ from trainer.checkpoint import (
     fault_at,
     is_checkpoint_folder,
     latest_checkpoint,
+    optional_text,
     raise_disk_full,
     read_checkpoint,
     resolve_checkpoint,
 )
-from trainer.config import LineageSpec, ModelConfig
-from trainer.export_layout import layout_for, load_exported_model
+from trainer.export_layout import empty_model, layout_for, load_exported_model
 from trainer.faults import fault_point
-from trainer.hf_lineage import rebuild_hf
-from trainer.hf_model import HfModelError, is_hf_config
-from trainer.model import GPT
+from trainer.hf_model import HfModelError
 from trainer.records.checkpoints import (
     CONFIG,
     EXPORT_DIR,
@@ -57,7 +55,7 @@ from trainer.records.manifest import verify, write_json, write_manifest
 from trainer.records.staging import staged_folder
 from trainer.records.storage import ensure_space
 from trainer.tokenizer import Tokenizer, TokenizerError
-from trainer.weights import DEFAULT_SHARD_BYTES, WeightsError, save_weights
+from trainer.weights import DEFAULT_SHARD_BYTES, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +135,12 @@ def write_export(
                 stage.path,
                 layout.names,
                 layout.tensor,
+                dtype=half,
                 shard_bytes=shard_bytes,
                 metadata={"dtype": dtype},
             )
             fault_point("export:after_weights")
-            tokenizer.save(stage.path / TOKENIZER)
+            (stage.path / TOKENIZER).write_text(tokenizer_json, encoding="utf-8")
             write_json(stage.path / TOKENIZER_CONFIG, layout.tokenizer_config)
             files += [TOKENIZER, TOKENIZER_CONFIG]
             if layout.generation_config is not None:
@@ -214,10 +213,9 @@ def load_export(
     try:
         info = json.loads((path / INFO).read_text(encoding="utf-8"))
         config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-        tokenizer_config = path / TOKENIZER_CONFIG
         tokenizer = Tokenizer.from_files(
             (path / TOKENIZER).read_text(encoding="utf-8"),
-            tokenizer_config.read_text(encoding="utf-8") if tokenizer_config.is_file() else None,
+            optional_text(path / TOKENIZER_CONFIG),
         )
     except (ValueError, TokenizerError) as exc:
         raise ExportError(f"{path}: {exc}") from exc
@@ -228,7 +226,8 @@ def load_export(
     target = _resolve_dtype(dtype) or (torch.float32 if device.type == "cpu" else stored)
     try:
         model = load_exported_model(path, config=config, info=info, dtype=target)
-    except (SafetensorError, WeightsError, HfModelError, OSError, ValueError, TypeError) as exc:
+    except (SafetensorError, RuntimeError, OSError, ValueError, TypeError) as exc:
+        # RuntimeError: CheckpointError, WeightsError, HfModelError and torch's shape checks.
         raise ExportError(f"{path}: the weights do not load: {exc}") from exc
     return ExportedModel(model=model.to(device).eval(), tokenizer=tokenizer, info=info, path=path)
 
@@ -290,18 +289,14 @@ def _model_from_checkpoint(
     loaded: LoadedCheckpoint, *, device: torch.device, dtype: torch.dtype
 ) -> torch.nn.Module:
     try:
-        if is_hf_config(loaded.config):
-            model: torch.nn.Module = rebuild_hf(loaded.config, LineageSpec())
-        else:
-            with torch.random.fork_rng(devices=[]):
-                model = GPT(ModelConfig.from_dict(loaded.config))
+        model = empty_model(loaded.config, dtype=dtype)
     except (TypeError, ValueError, HfModelError) as exc:
         raise ExportError(f"{loaded.path}: {CONFIG}: {exc}") from exc
     try:
-        loaded.load_into(model)
+        loaded.load_into(model)  # each tensor cast into the model's dtype as it is copied
     except CheckpointError as exc:
         raise ExportError(f"{loaded.path}: the weights do not fit {CONFIG}: {exc}") from exc
-    return model.to(device=device, dtype=dtype)
+    return model.to(device=device)
 
 
 def _checkpoint_info(loaded: LoadedCheckpoint) -> dict[str, Any]:

@@ -24,25 +24,17 @@ from typing import Any
 
 import torch
 
-from trainer.checkpoint import model_tensors_names, tied_aliases
-from trainer.config import ModelConfig
+from trainer.checkpoint import load_model_weights, model_tensors_names, tied_aliases
+from trainer.config import LineageSpec, ModelConfig
 from trainer.hf_layout import from_hf, hf_architecture, to_hf
-from trainer.hf_model import (
-    HfModelConfig,
-    block_size_for,
-    build_from_config,
-    is_hf_config,
-)
+from trainer.hf_lineage import rebuild_hf
+from trainer.hf_model import HfCausalLM, is_hf_config
 from trainer.model import GPT
 from trainer.tokenizer import Tokenizer
 from trainer.weights import load_weights_into, read_tensors
 
 log = logging.getLogger(__name__)
 
-TRAIND_LAYOUT = "traind"
-"""Layout name of an export keyed like ``trainer.model.GPT``'s state_dict."""
-HF_LAYOUT = "hf"
-"""Layout name of a Hugging Face lineage's export (its own architecture and names)."""
 _TOLD: set[str] = set()
 """Reasons for traind's own layout already logged as a warning by this process."""
 _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
@@ -57,7 +49,7 @@ class ExportLayout:
     names: list[str]
     """The tensors' names, in writing order."""
     tensor: Callable[[str], torch.Tensor]
-    """The tensor of a name, already cast to the export's dtype."""
+    """The tensor of a name, at the model's precision (the writer casts it)."""
     notes: dict[str, Any]
     """What ``export.json`` says about the layout (``hf_layout``, ``no_hf_reason``, ...)."""
     parameters: int
@@ -72,7 +64,7 @@ class ExportLayout:
 def layout_for(
     model: torch.nn.Module, config: dict[str, Any], *, dtype: torch.dtype, tokenizer: Tokenizer
 ) -> ExportLayout:
-    """How ``model`` (of ``config``) is exported in ``dtype``."""
+    """How ``model`` (of ``config``) is exported in ``dtype`` (named in its config)."""
     if is_hf_config(config):
         return _hf_lineage(model, config, dtype=dtype, tokenizer=tokenizer)
     traind_config = ModelConfig.from_dict(config)
@@ -87,7 +79,7 @@ def layout_for(
             "(traind generate can)",
             reason,
         )
-        return _traind(model, config, dtype=dtype, tokenizer=tokenizer, reason=reason)
+        return _traind(model, config, tokenizer=tokenizer, reason=reason)
     state = model.state_dict()
     fp32 = {name: state[name].detach() for name in model_tensors_names(model)}
     hf_config, tensors = to_hf(traind_config, tensors=fp32)
@@ -95,7 +87,7 @@ def layout_for(
     return ExportLayout(
         config=hf_config,
         names=list(tensors),
-        tensor=lambda name: _cast(tensors[name], dtype),
+        tensor=tensors.__getitem__,
         notes={"hf_layout": architecture, "traind_config": config},
         parameters=sum(t.numel() for t in tensors.values()),
         generation_config=_generation_config(tokenizer),
@@ -110,7 +102,7 @@ def _hf_lineage(
     return ExportLayout(
         config={**config, **_dtype_keys(dtype)},
         names=model_tensors_names(model),
-        tensor=lambda name: _cast(state[name].detach(), dtype),
+        tensor=state.__getitem__,
         notes={"hf_layout": config.get("model_type")},
         parameters=_stored(model),
         generation_config=_generation_config(tokenizer),
@@ -119,18 +111,13 @@ def _hf_lineage(
 
 
 def _traind(
-    model: torch.nn.Module,
-    config: dict[str, Any],
-    *,
-    dtype: torch.dtype,
-    tokenizer: Tokenizer,
-    reason: str,
+    model: torch.nn.Module, config: dict[str, Any], *, tokenizer: Tokenizer, reason: str
 ) -> ExportLayout:
     state = model.state_dict()
     return ExportLayout(
         config=config,
         names=model_tensors_names(model),
-        tensor=lambda name: _cast(state[name].detach(), dtype),
+        tensor=state.__getitem__,
         notes={"hf_layout": None, "no_hf_reason": reason},
         parameters=_stored(model),
         tokenizer_config=_tokenizer_config(tokenizer),
@@ -143,27 +130,23 @@ def load_exported_model(
     """The model of an export folder, on the CPU in ``dtype``, by the layout it was written in."""
     traind_config = info.get("traind_config")
     if isinstance(traind_config, dict):
-        model = _built_in(ModelConfig.from_dict(traind_config), dtype=dtype)
-        tensors = from_hf(ModelConfig.from_dict(traind_config), tensors=read_tensors(path))
-        _load(model, tensors)
+        model = empty_model(traind_config, dtype=dtype)
+        load_model_weights(model, from_hf(model.config, tensors=read_tensors(path)))
         return model
-    if is_hf_config(config):
-        hf_config = {k: v for k, v in config.items() if k not in ("dtype", "torch_dtype")}
-        model = build_from_config(
-            HfModelConfig(config=hf_config, block_size=block_size_for(hf_config))
-        )
-        load_weights_into(model, path, aliases=tied_aliases(model))
-        return model.to(dtype)
-    model = _built_in(ModelConfig.from_dict(config), dtype=dtype)
-    _load(model, read_tensors(path))
+    hf_keys = ("dtype", "torch_dtype")  # the export's own dtype; the caller chose ``dtype``
+    model = empty_model({k: v for k, v in config.items() if k not in hf_keys}, dtype=dtype)
+    load_weights_into(model, path, aliases=tied_aliases(model))
     return model
 
 
-def _built_in(config: ModelConfig, *, dtype: torch.dtype) -> GPT:
-    # The random init is overwritten by the weights; fork_rng keeps it from advancing the
-    # global RNG of a process that may be training.
+def empty_model(config: dict[str, Any], *, dtype: torch.dtype) -> GPT | HfCausalLM:
+    """A model of ``config`` (the built-in one's or a Hugging Face ``config.json``) on the
+    CPU in ``dtype``, for weights to be loaded into. The random init does not advance the
+    global RNG of a process that may be training."""
+    if is_hf_config(config):
+        return rebuild_hf(config, LineageSpec()).to(dtype)
     with torch.random.fork_rng(devices=[]):
-        model = GPT(config)
+        model = GPT(ModelConfig.from_dict(config))
     if dtype != torch.float32:
         # Cast the weights only: buffers (the rotary tables) stay float32, because the
         # model rotates in float32 to keep far positions precise.
@@ -172,20 +155,9 @@ def _built_in(config: ModelConfig, *, dtype: torch.dtype) -> GPT:
     return model
 
 
-def _load(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    result = model.load_state_dict(tensors, strict=False)
-    missing = [k for k in result.missing_keys if k not in tied_aliases(model)]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"missing {missing[:8]}, unexpected {result.unexpected_keys[:8]}")
-
-
 def _stored(model: torch.nn.Module) -> int:
     # parameters() yields a tied matrix once, as the weights file stores it.
     return sum(p.numel() for p in model.parameters())
-
-
-def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
 
 def _dtype_keys(dtype: torch.dtype) -> dict[str, str]:

@@ -14,9 +14,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from trainer.config import LineageSpec
+from trainer.config import BUILTIN_SOURCE, HF_PREFIX, LineageSpec
 from trainer.hf_model import (
-    HF_PREFIX,
     HfCausalLM,
     HfModelConfig,
     block_size_for,
@@ -30,8 +29,6 @@ from trainer.hf_model import (
 from trainer.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
-
-BUILTIN = "builtin"
 
 
 class ModelMismatchError(RuntimeError):
@@ -98,7 +95,7 @@ def check_same_model(
     the checkpoint being resumed; ``where`` the checkpoints folder (for the message).
     """
     was_hf = is_hf_config(checkpoint_config)
-    started = recorded.get("source", BUILTIN) if was_hf else BUILTIN
+    started = recorded.get("source", BUILTIN_SOURCE) if was_hf else BUILTIN_SOURCE
     if not was_hf and not is_hf_source(spec.source):
         return
     if started != spec.source:
@@ -138,7 +135,7 @@ def check_same_model(
 
 
 def _refusal(where: Path, *, started: str, recorded: dict[str, Any], now: str) -> str:
-    if started == BUILTIN:
+    if started == BUILTIN_SOURCE:
         was = "the built-in model"
     else:
         was = (

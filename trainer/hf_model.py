@@ -25,12 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer.config import HF_PREFIX
 from trainer.model import GPT
 
 log = logging.getLogger(__name__)
 
-HF_PREFIX = "hf:"
-"""``model.source`` values that name a Hugging Face model folder start with this."""
 DEFAULT_MAX_BLOCK = 2048
 """Longest training window by default, whatever context the model was pretrained for
 (``model.overrides.block_size`` sets another)."""

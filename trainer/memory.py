@@ -12,9 +12,10 @@ out is how estimates undershoot.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
+
+from trainer.model import swiglu_hidden
 
 GIB = 2**30
 
@@ -68,7 +69,7 @@ def _intermediate(config: Any) -> int:
     if width:
         return int(width)
     if getattr(config, "mlp_type", "gelu") == "swiglu":
-        return 64 * math.ceil(8 * config.n_embd / 3 / 64)
+        return swiglu_hidden(config.n_embd)
     return 4 * config.n_embd
 
 

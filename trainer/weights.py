@@ -52,22 +52,24 @@ def save_weights(
     names: list[str],
     tensor: Callable[[str], torch.Tensor],
     *,
+    dtype: torch.dtype | None = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     metadata: dict[str, str] | None = None,
 ) -> list[str]:
-    """Write the tensors ``tensor(name)`` of ``names`` into ``folder``; returns the files
-    written. ``tensor`` is called one shard at a time, so only one shard's CPU copies are
-    alive at once. Sizes come from a first pass over the (device) tensors."""
-    sizes = {name: _nbytes(tensor(name)) for name in names}
+    """Write the tensors ``tensor(name)`` of ``names`` into ``folder``, floating ones cast
+    to ``dtype`` if given; returns the files written. Each tensor is cast (on its own
+    device) and copied to the CPU once, one shard at a time, so only one shard's CPU
+    copies are alive at once; shards are planned from the sizes the tensors will have."""
+    sizes = {name: _nbytes(tensor(name), dtype) for name in names}
     shards = plan_shards(sizes, shard_bytes=shard_bytes)
     meta = {"format": "pt", **(metadata or {})}
     if len(shards) == 1:
-        save_file(_cpu(shards[0], tensor), str(folder / WEIGHTS), metadata=meta)
+        save_file(_cpu(shards[0], tensor, dtype), str(folder / WEIGHTS), metadata=meta)
         return [WEIGHTS]
     files, weight_map = [], {}
     for index, shard in enumerate(shards, start=1):
         name = shard_name(index, len(shards))
-        save_file(_cpu(shard, tensor), str(folder / name), metadata=meta)
+        save_file(_cpu(shard, tensor, dtype), str(folder / name), metadata=meta)
         files.append(name)
         weight_map.update(dict.fromkeys(shard, name))
     index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
@@ -145,9 +147,16 @@ def load_weights_into(
         )
 
 
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
+def _nbytes(tensor: torch.Tensor, dtype: torch.dtype | None) -> int:
+    cast = dtype is not None and tensor.is_floating_point()
+    return tensor.numel() * (dtype.itemsize if cast else tensor.element_size())
 
 
-def _cpu(names: list[str], tensor: Callable[[str], torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {name: tensor(name).detach().to("cpu").contiguous() for name in names}
+def _cpu(
+    names: list[str], tensor: Callable[[str], torch.Tensor], dtype: torch.dtype | None
+) -> dict[str, torch.Tensor]:
+    return {name: _cast(tensor(name).detach(), dtype).to("cpu").contiguous() for name in names}
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor

@@ -18,11 +18,16 @@ from typing import Any
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from service.config.fields import Section, section_of
-from trainer.config import ExportConfig, GoldConfig, ModelConfig, TrainConfig
+from trainer.config import (
+    BUILTIN_SOURCE,
+    HF_PREFIX,
+    ExportConfig,
+    GoldConfig,
+    ModelConfig,
+    TrainConfig,
+)
 
 BYTES_TOKENIZER = "bytes"
-BUILTIN_SOURCE = "builtin"
-HF_PREFIX = "hf:"
 
 # Architecture fields a user may override on top of a preset; dropout has its own key.
 _ARCH_TYPES = typing.get_type_hints(ModelConfig)
@@ -167,7 +172,7 @@ class ModelSection(Section):
     """The model a new lineage starts from."""
 
     source: str = Field(
-        "builtin",
+        BUILTIN_SOURCE,
         description='Where the model comes from: "builtin" (traind\'s own transformer, from '
         'preset) or "hf:/path/to/folder", a Hugging Face causal LM saved in a local folder '
         "(needs the hf extra: pip install 'traind[hf]').",
