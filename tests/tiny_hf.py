@@ -79,12 +79,36 @@ def _token_id(folder: Path, token: str | None) -> int | None:
     return Tokenizer.from_file(str(folder / "tokenizer.json")).token_to_id(token)
 
 
+TINY_SHAPE = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,  # grouped-query attention: two heads share each KV head
+    max_position_embeddings=64,
+)
+"""The shape both test models share."""
+
+
+def _save_model(folder: Path, architecture: str, *, seed: int, **fields) -> Path:
+    """``<architecture>ForCausalLM`` of ``TINY_SHAPE`` with the folder tokenizer's vocabulary,
+    initialised from ``seed`` and saved into ``folder``."""
+    import torch
+    import transformers
+
+    config = getattr(transformers, f"{architecture}Config")(
+        vocab_size=Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size(),
+        **TINY_SHAPE,
+        **fields,
+    )
+    torch.manual_seed(seed)
+    getattr(transformers, f"{architecture}ForCausalLM")(config).save_pretrained(folder)
+    return folder
+
+
 def make_llama_dir(folder: Path, *, seed: int = 0) -> Path:
     """A 2-layer Llama with grouped-query attention (4 heads, 2 KV heads) and an untied head,
     with the role-tag tokenizer (a BOS token, end-of-turn ``<|end|>``)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     make_tokenizer_dir(
         folder,
         template=ROLE_TAG_TEMPLATE,
@@ -93,42 +117,25 @@ def make_llama_dir(folder: Path, *, seed: int = 0) -> Path:
         pad="<pad>",
         bos="<s>",
     )
-    config = LlamaConfig(
-        vocab_size=Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size(),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
+    return _save_model(
+        folder,
+        "Llama",
+        seed=seed,
         tie_word_embeddings=False,
         bos_token_id=_token_id(folder, "<s>"),
         eos_token_id=_token_id(folder, "<|end|>"),
         pad_token_id=_token_id(folder, "<pad>"),
     )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
 
 
 def make_qwen2_dir(folder: Path, *, seed: int = 0) -> Path:
     """A 2-layer Qwen2 with tied embeddings and the ChatML tokenizer."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     make_tokenizer_dir(folder)
-    config = Qwen2Config(
-        vocab_size=Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size(),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
+    return _save_model(
+        folder,
+        "Qwen2",
+        seed=seed,
         tie_word_embeddings=True,
         eos_token_id=_token_id(folder, "<|im_end|>"),
         pad_token_id=_token_id(folder, "<|endoftext|>"),
     )
-    torch.manual_seed(seed)
-    Qwen2ForCausalLM(config).save_pretrained(folder)
-    return folder
