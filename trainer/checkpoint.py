@@ -123,11 +123,15 @@ class CheckpointContent:
     where it has any."""
     shard_bytes: int = DEFAULT_SHARD_BYTES
     """Weights above this many bytes are written as shards with an index."""
+    names: tuple[str, ...] | None = None
+    """The model's tensors to save (a LoRA lineage's trainable ones), or None for all."""
 
 
 def content_bytes(content: CheckpointContent) -> int:
     """About how many bytes ``content`` takes on disk (weights and optimizer moments)."""
-    tensors = list(model_tensors(content.model).values())
+    state = content.model.state_dict()
+    names = content.names if content.names is not None else model_tensors_names(content.model)
+    tensors = [state[name] for name in names]
     for moments in content.optimizer_state.get("state", {}).values():
         tensors += [v for v in moments.values() if isinstance(v, torch.Tensor)]
     return sum(t.numel() * t.element_size() for t in tensors) + SLACK_BYTES
@@ -144,7 +148,12 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
     try:
         with staged_folder(root / name, fault=fault_at("checkpoint")) as stage:
             write_json(stage.path / CONFIG, content.config)
-            files = [CONFIG, *write_model_weights(stage.path, content.model, content.shard_bytes)]
+            files = [
+                CONFIG,
+                *write_model_weights(
+                    stage.path, content.model, content.shard_bytes, names=content.names
+                ),
+            ]
             fault_point("checkpoint:after_weights")
             torch.save(content.optimizer_state, stage.path / OPTIMIZER)
             (stage.path / TOKENIZER).write_text(content.tokenizer_json, encoding="utf-8")
@@ -168,13 +177,18 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
     return root / name
 
 
-def write_model_weights(folder: Path, model: torch.nn.Module, shard_bytes: int) -> list[str]:
-    """The model's tensors (a tied one once) as safetensors in ``folder``, sharded above
-    ``shard_bytes``; returns the files written."""
+def write_model_weights(
+    folder: Path,
+    model: torch.nn.Module,
+    shard_bytes: int,
+    *,
+    names: tuple[str, ...] | None = None,
+) -> list[str]:
+    """The model's tensors (a tied one once; only ``names`` if given) as safetensors in
+    ``folder``, sharded above ``shard_bytes``; returns the files written."""
     state = model.state_dict()
-    return save_weights(
-        folder, model_tensors_names(model), lambda name: state[name], shard_bytes=shard_bytes
-    )
+    chosen = list(names) if names is not None else model_tensors_names(model)
+    return save_weights(folder, chosen, lambda name: state[name], shard_bytes=shard_bytes)
 
 
 def fault_at(writer: str) -> Callable[[str], None]:
@@ -242,15 +256,29 @@ class LoadedCheckpoint:
         except WeightsError as exc:
             raise CheckpointError(str(exc)) from exc
 
-    def load_into(self, model: torch.nn.Module) -> None:
-        """Copy the weights into ``model`` one tensor at a time: never a second full copy."""
+    def load_into(self, model: torch.nn.Module, *, partial: bool = False) -> None:
+        """Copy the weights into ``model`` one tensor at a time: never a second full copy.
+
+        ``partial`` (a LoRA lineage's checkpoint): the file holds the tensors that train,
+        and every one of ``model``'s trainable parameters must be among them."""
         try:
+            if partial:
+                load_weights_into(model, self.path, required=trainable_tensor_names(model))
+                return
             load_weights_into(model, self.path, aliases=tied_aliases(model))
         except WeightsError as exc:
             raise CheckpointError(str(exc)) from exc
 
     def optimizer_state(self, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         return torch.load(self.path / OPTIMIZER, map_location=map_location, weights_only=True)
+
+
+def trainable_tensor_names(model: torch.nn.Module) -> set[str]:
+    """State-dict names of the parameters that train (a shared one under each name)."""
+    trainable = {p.untyped_storage().data_ptr() for p in model.parameters() if p.requires_grad}
+    state = model.state_dict()
+    names = set(model_tensors_names(model))
+    return {n for n in names if state[n].untyped_storage().data_ptr() in trainable}
 
 
 def read_checkpoint(path: Path) -> LoadedCheckpoint:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from trainer.adaptation import Adaptation, saved_names
+from trainer.adapter_export import write_adapter_export
 from trainer.checkpoint import (
     CheckpointContent,
     CheckpointError,
@@ -24,8 +26,9 @@ from trainer.checkpoint import (
     write_checkpoint,
 )
 from trainer.config import ExportConfig, TrainConfig
-from trainer.export import verify_export, write_export
+from trainer.export import plain_model, verify_export, write_export
 from trainer.lineage import Lineage
+from trainer.optim import optimizer_layout
 from trainer.records.checkpoints import (
     EXPORT_DIR,
     EXPORT_INFO,
@@ -174,6 +177,8 @@ class Checkpointer:
         state.rng = capture_rng()
         state.train_config = self.train.to_dict()
         state.accum_micro_step = 0
+        state.optimizer_layout = optimizer_layout(lineage.model)
+        adaptation = Adaptation.from_dict(state.adaptation)
         return CheckpointContent(
             model=lineage.model,
             optimizer_state=lineage.optimizer.state_dict(),
@@ -182,6 +187,7 @@ class Checkpointer:
             training_state=state.to_dict(),
             tokenizer_config_json=lineage.tokenizer.config_json(),
             shard_bytes=self.train.shard_bytes,
+            names=tuple(saved_names(lineage.model, adaptation)) if adaptation.lora else None,
         )
 
     def _refuse_foreign(self, name: str) -> None:
@@ -197,19 +203,33 @@ class Checkpointer:
 
     def _write_export(self, reason: str) -> Path:
         lineage, state = self.lineage, self.state
+        info = {
+            "step": state.global_step,
+            "lineage_id": state.lineage_id,
+            # Only a committed checkpoint is a source one can go back to.
+            "source_checkpoint": None if self.unsaved_steps else step_folder(state.global_step),
+            "reason": reason,
+        }
+        config = lineage.model_config.to_dict()
+        if self.export_config.adapter_only:
+            return write_adapter_export(
+                self.root,
+                model=lineage.model,
+                adaptation=Adaptation.from_dict(state.adaptation),
+                config=config,
+                tokenizer_json=lineage.tokenizer.to_json(),
+                tokenizer_config_json=lineage.tokenizer.config_json(),
+                info=info,
+                dtype=self.export_config.dtype,
+            )
+        model, config = plain_model(lineage.model, config, state.adaptation)
         return write_export(
             self.root,
-            model=lineage.model,
-            config=lineage.model_config.to_dict(),
+            model=model,
+            config=config,
             tokenizer_json=lineage.tokenizer.to_json(),
             tokenizer_config_json=lineage.tokenizer.config_json(),
             shard_bytes=self.train.shard_bytes,
             dtype=self.export_config.dtype,
-            info={
-                "step": state.global_step,
-                "lineage_id": state.lineage_id,
-                # Only a committed checkpoint is a source one can go back to.
-                "source_checkpoint": None if self.unsaved_steps else step_folder(state.global_step),
-                "reason": reason,
-            },
+            info=info,
         )

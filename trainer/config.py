@@ -202,6 +202,56 @@ class LineageSpec:
     """Dropout applied on top of the preset."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Architecture fields that replace the preset's (e.g. ``{"block_size": 512}``)."""
+    lora: LoraConfig | None = None
+    """Train low-rank adapters on a frozen base instead of every weight (``[model.lora]``)."""
+    new_tokens: tuple[str, ...] = ()
+    """Tokens a new lineage adds to its tokenizer, with embedding rows of their own
+    (``trainer.vocab``); an existing lineage adds them with ``traind extend-vocab``."""
+    unfreeze_base_rows_at_step: int | None = None
+    """Global step from which the embedding rows the vocabulary had before an extension
+    train too; None keeps them bit-frozen for ever."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    """Low-rank adapters (LoRA, through peft) on a frozen base model."""
+
+    r: int = 8
+    """Rank of each adapter."""
+    alpha: float = 16.0
+    """Scaling numerator: an adapter's update is multiplied by ``alpha / r``."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input."""
+    target_modules: tuple[str, ...] = ()
+    """Names (or name endings) of the linear layers that get adapters; empty: every linear
+    layer but the output head."""
+    modules_to_save: tuple[str, ...] = ()
+    """Modules trained in full beside the adapters (e.g. an extra head); saved with them."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError("lora r must be at least 1")
+        if self.alpha <= 0:
+            raise ValueError("lora alpha must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("lora dropout must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return {
+            **data,
+            "target_modules": list(self.target_modules),
+            "modules_to_save": list(self.modules_to_save),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoraConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kept = {k: v for k, v in data.items() if k in known}
+        for key in ("target_modules", "modules_to_save"):
+            if key in kept:
+                kept[key] = tuple(kept[key])
+        return cls(**kept)
 
 
 RECENT_SET = "recent"
@@ -289,3 +339,7 @@ class ExportConfig:
     writes one)."""
     dtype: Literal["fp16", "bf16"] = "bf16"
     """Half-precision type of the exported weights."""
+    adapter_only: bool = False
+    """With LoRA on a Hugging Face model: export the adapter alone (``adapter_config.json``
+    and ``adapter_model.safetensors``, for ``PeftModel.from_pretrained`` on the base model)
+    instead of merged weights."""

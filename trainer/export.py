@@ -25,6 +25,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
+from trainer.adaptation import Adaptation, AdaptationError
+from trainer.adapted_model import merged_config, merged_model, model_for_checkpoint
+from trainer.adapter_export import is_adapter_export, load_adapter_export
 from trainer.checkpoint import (
     SLACK_BYTES,
     CheckpointError,
@@ -225,7 +228,10 @@ def load_export(
     stored = DTYPES.get(info.get("dtype"), torch.float32)
     target = _resolve_dtype(dtype) or (torch.float32 if device.type == "cpu" else stored)
     try:
-        model = load_exported_model(path, config=config, info=info, dtype=target)
+        if is_adapter_export(info):
+            model = load_adapter_export(path, config=config, dtype=target)
+        else:
+            model = load_exported_model(path, config=config, info=info, dtype=target)
     except (SafetensorError, RuntimeError, OSError, ValueError, TypeError) as exc:
         # RuntimeError: CheckpointError, WeightsError, HfModelError and torch's shape checks.
         raise ExportError(f"{path}: the weights do not load: {exc}") from exc
@@ -238,10 +244,11 @@ def export_checkpoint(checkpoint: Path, root: Path, *, dtype: str) -> Path:
     export_dtype(dtype)  # refuse a bad dtype before reading hundreds of megabytes
     loaded = resolve_checkpoint(Path(checkpoint))
     model = _model_from_checkpoint(loaded, device=torch.device("cpu"), dtype=torch.float32)
+    model, config = plain_model(model, loaded.config, loaded.training_state.get("adaptation"))
     return write_export(
         root,
         model=model,
-        config=loaded.config,
+        config=config,
         tokenizer_json=loaded.tokenizer_json,
         tokenizer_config_json=loaded.tokenizer_config_json,
         dtype=dtype,
@@ -285,9 +292,27 @@ def load_for_generation(
     return ExportedModel(model=model.eval(), tokenizer=tokenizer, info=info, path=loaded.path)
 
 
+def plain_model(
+    model: torch.nn.Module, config: dict[str, Any], adaptation: dict[str, Any] | None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """What an export holds of an adapted lineage's model: adapters folded in and new rows
+    in place, as a plain model of the base architecture (itself for a plain lineage)."""
+    record = Adaptation.from_dict(adaptation)
+    if not record.active:
+        return model, config
+    block_size = getattr(getattr(model, "config", None), "block_size", None)
+    return merged_model(model, config, record, block_size=block_size), merged_config(config, record)
+
+
 def _model_from_checkpoint(
     loaded: LoadedCheckpoint, *, device: torch.device, dtype: torch.dtype
 ) -> torch.nn.Module:
+    if loaded.training_state.get("adaptation"):
+        try:
+            model = model_for_checkpoint(loaded)
+        except (AdaptationError, CheckpointError, HfModelError) as exc:
+            raise ExportError(f"{loaded.path}: {exc}") from exc
+        return model.to(device=device, dtype=dtype)
     try:
         model = empty_model(loaded.config, dtype=dtype)
     except (TypeError, ValueError, HfModelError) as exc:

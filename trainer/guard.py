@@ -128,7 +128,8 @@ class Guard:
             log.error("%d non-finite steps but no checkpoint to roll back to", len(skipped))
             return
         model, optimizer = checkpointer.lineage.model, checkpointer.lineage.optimizer
-        good.load_into(model)
+        # A LoRA lineage's checkpoints hold what trains; the frozen base is unchanged.
+        good.load_into(model, partial=bool(state.adaptation.get("lora")))
         saved = good.optimizer_state(map_location=self.device)
         if optimizer_state_mismatch(optimizer, saved) is None:
             optimizer.load_state_dict(saved)

@@ -13,12 +13,14 @@ The checkpoint is the truth of what was trained. Three ways in:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from trainer.adaptation import AdaptationError, extension_event
+from trainer.adapted_model import adapt_new_model
 from trainer.checkpoint import (
     LoadedCheckpoint,
     latest_checkpoint,
@@ -35,12 +37,19 @@ from trainer.hf_lineage import (
 )
 from trainer.hf_model import HfCausalLM, HfModelConfig, is_hf_config
 from trainer.model import GPT
-from trainer.optim import build_optimizer
+from trainer.optim import OptimizerStateError, build_optimizer
 from trainer.presets import model_config_for
 from trainer.records.state import TrainingState
 from trainer.records.traces import lineage_traces, refusal, retire
-from trainer.restore import restore_builtin, restore_hf, spec_record, wanted_config
-from trainer.tokenizer import Tokenizer, load_tokenizer
+from trainer.restore import (
+    restore_adapted,
+    restore_builtin,
+    restore_hf,
+    spec_record,
+    wanted_config,
+)
+from trainer.tokenizer import Tokenizer, TokenizerError, load_tokenizer
+from trainer.vocab import VocabError
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +82,10 @@ class Lineage:
     """Loud things to put in the event log (optimizer resets, dropped weights)."""
     retired: Path | None = None
     """Where an earlier lineage's folders were moved when this one started on purpose."""
+    announcements: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """Events opening has to tell (``vocab_extended`` of a new lineage's tokens)."""
+    unfreeze_base_rows_at: int | None = None
+    """Global step from which an extended vocabulary's base rows train (None: never)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -127,6 +140,9 @@ def open_lineage(
     else:
         lineage = _resume(found, spec=spec, train=train, device=device, where=checkpoints)
     lineage.retired = retired
+    lineage.unfreeze_base_rows_at = spec.unfreeze_base_rows_at_step
+    if lineage.resumed_from is None and (spec.lora is not None or spec.new_tokens):
+        _adapt(lineage, spec=spec, train=train, device=device)
     if train.activation_checkpointing:
         lineage.model.enable_activation_checkpointing()
     return lineage
@@ -190,6 +206,12 @@ def _start_hf(*, spec: LineageSpec, train: TrainConfig, device: torch.device) ->
 def _start_from(
     source: LoadedCheckpoint, *, spec: LineageSpec, train: TrainConfig, device: torch.device
 ) -> Lineage:
+    if source.training_state.get("adaptation"):
+        raise LineageError(
+            f"--init-from {source.path}: that lineage has LoRA adapters or an extended "
+            "vocabulary, whose checkpoints need their structure rebuilt; start from its export "
+            "instead (merged weights: `traind export --checkpoint ...` writes one)"
+        )
     state = _new_state(train, spec)
     torch.manual_seed(train.seed)
     if is_hf_config(source.config):
@@ -269,7 +291,42 @@ def _resume(
         check_same_model(state.model_spec, spec, checkpoint_config=found.config, where=where)
     except ModelMismatchError as exc:
         raise LineageError(str(exc)) from None
+    try:
+        return _resume_checked(
+            found, state=state, spec=spec, train=train, device=device, tokenizer=tokenizer
+        )
+    except OptimizerStateError as exc:
+        raise LineageError(str(exc)) from None
+
+
+def _resume_checked(
+    found: LoadedCheckpoint,
+    *,
+    state: TrainingState,
+    spec: LineageSpec,
+    train: TrainConfig,
+    device: torch.device,
+    tokenizer: Tokenizer,
+) -> Lineage:
     torch.manual_seed(state.seed)
+    if state.adaptation or spec.lora is not None:
+        try:
+            model, optimizer = restore_adapted(
+                found, state=state, spec=spec, train=train, device=device
+            )
+        except (AdaptationError, VocabError) as exc:
+            raise LineageError(str(exc)) from None
+        _apply_batch_settings(state, train)
+        restore_rng(state.rng)
+        return Lineage(
+            model=model,
+            optimizer=optimizer,
+            tokenizer=tokenizer,
+            model_config=model.config,
+            state=state,
+            resumed_from=found.path,
+            notices=[],
+        )
     if is_hf_config(found.config):
         wanted: ModelConfig | HfModelConfig
         model, optimizer, notices = restore_hf(found, spec=spec, train=train, device=device)
@@ -312,6 +369,25 @@ def _resume(
         resumed_from=found.path,
         notices=notices,
     )
+
+
+def _adapt(
+    lineage: Lineage, *, spec: LineageSpec, train: TrainConfig, device: torch.device
+) -> None:
+    """Give a new lineage its LoRA adapters and new tokens before its first checkpoint."""
+    state = lineage.state
+    started = Path(state.init_from["path"]) if state.init_from else None
+    try:
+        adaptation, lineage.tokenizer = adapt_new_model(
+            lineage.model, lineage.tokenizer, spec=spec, seed=state.seed, init_from=started
+        )
+    except (AdaptationError, VocabError, TokenizerError) as exc:
+        raise LineageError(str(exc)) from None
+    lineage.model.to(device)
+    state.adaptation = adaptation.to_dict()
+    lineage.optimizer = build_optimizer(lineage.model, train)
+    if adaptation.extended:
+        lineage.announcements.append(("vocab_extended", extension_event(adaptation, lineage.model)))
 
 
 def _apply_batch_settings(state: TrainingState, train: TrainConfig) -> None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from trainer.adaptation import release_base_rows
 from trainer.budget import advance, end_file, refuse_another, take_up
 from trainer.cache import tokenize_file
 from trainer.checkpointer import Checkpointer
@@ -174,6 +175,8 @@ class Trainer:
         lineage = self.lineage
         if lineage.retired is not None:
             self.events.emit("lineage_retired", kept_in=str(lineage.retired))
+        for event, fields in lineage.announcements:
+            self.events.emit(event, **fields)
         if self.rollback is not None:
             commit_rollback(self.rollback, checkpointer=self.checkpointer)
         memory = check_memory(
@@ -315,6 +318,9 @@ class Trainer:
         # The file's own step size (rule 14), not the split in force: micro-batches of
         # state.micro_batch_size cover it, the last one shorter if it does not divide.
         count = current.sequences_per_step
+        release_base_rows(
+            self.model, step=state.global_step, unfreeze_at=self.lineage.unfreeze_base_rows_at
+        )
         indices = self._sampler.indices(current.cursor, count)
         n_targets = data.targets_of(indices)
         loss_sum = self.guard.accumulate(data, indices, n_targets=n_targets, current=current)

@@ -25,11 +25,11 @@ class MemoryEstimate:
     """Bytes needed to train, by kind."""
 
     params: int
-    """Weights (fp32 master copy)."""
+    """Weights (fp32 master copy), frozen ones included."""
     grads: int
-    """Gradients (fp32)."""
+    """Gradients (fp32) of the parameters that train."""
     optimizer: int
-    """AdamW moments (two fp32 tensors per parameter)."""
+    """AdamW moments (two fp32 tensors per parameter that trains)."""
     activations: int
     """Saved activations and logits of one micro-batch, as configured."""
     activations_full: int = 0
@@ -78,6 +78,7 @@ def estimate_training_memory(
     *,
     n_params: int,
     micro_batch: int,
+    n_trainable: int | None = None,
     batch_multiplier: int = 1,
     activation_bytes: int = 2,
     activation_checkpointing: bool = False,
@@ -86,10 +87,12 @@ def estimate_training_memory(
 
     ``config`` is a built-in ``ModelConfig`` or a ``trainer.hf_model.HfModelConfig``
     (anything with ``n_layer``, ``n_embd``, ``vocab_size`` and ``block_size``).
-    ``activation_bytes`` is 2 under bf16 autocast and 4 in fp32.
+    ``activation_bytes`` is 2 under bf16 autocast and 4 in fp32. ``n_trainable`` (LoRA,
+    frozen rows) is what has gradients and AdamW moments; default: every parameter.
     """
     if micro_batch < 1 or batch_multiplier < 1:
         raise ValueError("micro_batch and batch_multiplier must be at least 1")
+    trainable = n_params if n_trainable is None else n_trainable
     tokens = micro_batch * batch_multiplier * config.block_size
     per_layer = tokens * (18 * config.n_embd + 4 * _intermediate(config)) * activation_bytes // 2
     logits = 2 * tokens * config.vocab_size * 4  # fp32 logits and their gradient
@@ -98,8 +101,8 @@ def estimate_training_memory(
     checkpointed = kept_inputs + per_layer + logits
     return MemoryEstimate(
         params=4 * n_params,
-        grads=4 * n_params,
-        optimizer=8 * n_params,
+        grads=4 * trainable,
+        optimizer=8 * trainable,
         activations=checkpointed if activation_checkpointing else full,
         activations_full=full,
         activations_checkpointed=checkpointed,

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from trainer.adaptation import trainable_count
 from trainer.checkpoint import recover_root
 from trainer.config import LineageSpec, RunPaths, TrainConfig
 from trainer.lineage import (
@@ -172,6 +173,7 @@ def check_memory(
     micro_batch = lineage.state.micro_batch_size
     options = dict(
         n_params=lineage.model.num_params(),
+        n_trainable=trainable_count(lineage.model),
         activation_bytes=2 if half_precision else 4,
         activation_checkpointing=train.activation_checkpointing,
     )

@@ -1,7 +1,11 @@
 """The optimizer and its learning rate.
 
-AdamW with decoupled weight decay on matrices only, and a strict fit check for loading
-saved optimizer state (torch does not check moment shapes itself). The learning rate is
+AdamW with decoupled weight decay on matrices only, its parameter groups in a stable order
+that every checkpoint records by name (``optimizer_layout``), and a strict fit check for
+loading saved optimizer state (torch checks neither names nor moment shapes). Parameters
+that may train later (the base rows of an extended vocabulary, ``trainer.vocab``) are in
+the groups from the start: without a gradient AdamW skips them entirely, decay included,
+and the groups never change shape when they start to train. The learning rate is
 a pure function of the global step (ARCHITECTURE.md rule 2): nothing here keeps state,
 so file boundaries, restarts and resumes cannot reset or skip the schedule.
 """
@@ -14,15 +18,35 @@ from typing import Any
 import torch
 
 from trainer.config import TrainConfig
+from trainer.vocab import base_row_parameters
+
+
+class OptimizerStateError(RuntimeError):
+    """Saved optimizer state that does not fit the lineage's parameters; says what to do."""
+
+
+def optimizer_layout(model: torch.nn.Module) -> list[list[str]]:
+    """The names of the parameters in each group of the optimizer ``build_optimizer``
+    makes for ``model``, in order: decayed matrices, then the rest."""
+    decay: list[str] = []
+    no_decay: list[str] = []
+    for name, param in _optimized(model):
+        # Norm gains, biases (1-D) and nothing else escape decay; embeddings decay like GPT-2.
+        (decay if param.dim() >= 2 else no_decay).append(name)
+    return [decay, no_decay]
+
+
+def _optimized(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """(name, parameter) of what the optimizer holds, in the model's order: what trains,
+    and the frozen base rows of an extended vocabulary (they may train later)."""
+    later = {id(p) for p in base_row_parameters(model)}
+    inner = getattr(model, "hf", model)  # Hugging Face names, as checkpoints store them
+    return [(n, p) for n, p in inner.named_parameters() if p.requires_grad or id(p) in later]
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
-    for _name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        # Norm gains, biases (1-D) and nothing else escape decay; embeddings decay like GPT-2.
-        (decay if param.dim() >= 2 else no_decay).append(param)
+    params = dict(_optimized(model))
+    decay, no_decay = ([params[n] for n in names] for names in optimizer_layout(model))
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -63,6 +87,44 @@ def optimizer_state_mismatch(optimizer: torch.optim.Optimizer, saved: dict[str, 
                     )
             index += 1
     return None
+
+
+def check_layout(recorded: list[list[str]] | None, model: torch.nn.Module, *, where: str) -> None:
+    """Refuse a model whose optimizer groups differ from the ones a checkpoint recorded
+    (``where`` names it): its moments would go to the wrong parameters. None (a checkpoint
+    from before the layout was recorded) is not checked."""
+    if not recorded:
+        return
+    live = optimizer_layout(model)
+    if [list(g) for g in recorded] == live:
+        return
+    pairs = list(zip(recorded, live, strict=False))
+    index = next((i for i, (saved, now) in enumerate(pairs) if list(saved) != now), len(pairs))
+    if index < len(pairs):
+        saved, now = pairs[index]
+        gone = [n for n in saved if n not in now][:3]
+        new = [n for n in now if n not in saved][:3]
+        detail = f"missing now {gone}, new {new}" if gone or new else "another order"
+    else:
+        detail = f"{len(recorded)} groups recorded, {len(live)} now"
+    raise OptimizerStateError(
+        f"the optimizer state in {where} was saved for other parameters than this model "
+        f"trains (group {index}: {detail}). traind does not start a fresh optimizer silently: "
+        "set the model settings (model.lora, new tokens) back to what the lineage was "
+        "trained with, or start a new lineage from these weights"
+    )
+
+
+def load_moments(optimizer: torch.optim.Optimizer, saved: dict[str, Any], *, where: str) -> None:
+    """Load saved moments that fit exactly; OptimizerStateError says what does not."""
+    problem = optimizer_state_mismatch(optimizer, saved)
+    if problem is not None:
+        raise OptimizerStateError(
+            f"the optimizer state in {where} does not fit the model ({problem}); it was "
+            "altered or written for another model. traind does not start a fresh optimizer "
+            "silently: move this checkpoint aside to resume from the one before it"
+        )
+    optimizer.load_state_dict(saved)
 
 
 def lr_at(step: int, config: TrainConfig) -> float:

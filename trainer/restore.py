@@ -9,17 +9,20 @@ still fit; a Hugging Face lineage's architecture never changes (``trainer.hf_lin
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 import torch
 
+from trainer.adaptation import Adaptation, check_same_adaptation, describe, trainable_count
+from trainer.adapted_model import model_for_checkpoint
 from trainer.checkpoint import LoadedCheckpoint, model_tensors_names
 from trainer.config import LineageSpec, ModelConfig, TrainConfig
 from trainer.hf_lineage import rebuild_hf
-from trainer.hf_model import HfCausalLM
+from trainer.hf_model import HfCausalLM, is_hf_config
 from trainer.model import GPT
-from trainer.optim import build_optimizer, optimizer_state_mismatch
+from trainer.optim import build_optimizer, check_layout, load_moments
 from trainer.presets import model_config_for
 from trainer.records.state import TrainingState
 from trainer.tokenizer import Tokenizer
@@ -44,17 +47,49 @@ def restore_hf(
     return model, *_restored_optimizer(found, model, train=train, device=device)
 
 
+def restore_adapted(
+    found: LoadedCheckpoint,
+    *,
+    state: TrainingState,
+    spec: LineageSpec,
+    train: TrainConfig,
+    device: torch.device,
+) -> tuple[torch.nn.Module, torch.optim.AdamW]:
+    """A lineage with LoRA or an extended vocabulary: the same structure rebuilt in the
+    recorded order (``trainer.adapted_model``), its tensors loaded, the optimizer's
+    recorded groups checked (a mismatch is an error, never a fresh optimizer)."""
+    adaptation = Adaptation.from_dict(state.adaptation)
+    check_same_adaptation(adaptation, spec, where=found.path.parent)
+    if not is_hf_config(found.config):
+        found = dataclasses.replace(found, config={**found.config, "dropout": spec.dropout})
+    model = model_for_checkpoint(
+        found,
+        block_size=spec.overrides.get("block_size"),
+        unfreeze_at=spec.unfreeze_base_rows_at_step,
+    )
+    model.to(device)
+    optimizer, _ = _restored_optimizer(found, model, train=train, device=device)
+    log.info(
+        "resuming %s at global step %d (%s; %s of %s parameters train)",
+        found.path.name,
+        state.global_step,
+        describe(adaptation),
+        f"{trainable_count(model):,}",
+        f"{model.num_params():,}",
+    )
+    return model, optimizer
+
+
 def _restored_optimizer(
     found: LoadedCheckpoint, model: torch.nn.Module, *, train: TrainConfig, device: torch.device
 ) -> tuple[torch.optim.AdamW, list[dict[str, Any]]]:
-    """The optimizer with the saved moments, or fresh ones and the notice why (rule 3)."""
+    """The optimizer with the saved moments, in the groups the checkpoint recorded. Saved
+    state that does not fit an unchanged model is an error (OptimizerStateError), never a
+    silent fresh optimizer: it was altered or written for another model."""
     optimizer = build_optimizer(model, train)
-    moments = found.optimizer_state(map_location=device)
-    problem = optimizer_state_mismatch(optimizer, moments)
-    if problem is None:
-        optimizer.load_state_dict(moments)
-        return optimizer, []
-    return optimizer, [_reset_notice(found, problem)]
+    check_layout(found.training_state.get("optimizer_layout"), model, where=found.path.name)
+    load_moments(optimizer, found.optimizer_state(map_location=device), where=found.path.name)
+    return optimizer, []
 
 
 def restore_builtin(

@@ -64,7 +64,10 @@ class StepRunner:
         self.optimizer = optimizer
         self.train = train
         self.device = device
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        # What the optimizer holds, in the model's order: base rows that start to train
+        # later (trainer.vocab) are clipped with the rest from then on.
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        self.params = [p for p in model.parameters() if id(p) in held]
         self.half_precision = resolve_precision(device, train.precision) == "bf16"
         self.autocast = autocast_for(device, train.precision)
 

@@ -187,6 +187,21 @@ class Tokenizer:
             return None
         return json.dumps(self.config, indent=2, ensure_ascii=False)
 
+    def with_added_tokens(self, tokens: Sequence[str]) -> tuple[Tokenizer, list[str]]:
+        """A copy that also knows ``tokens`` (ordinary added tokens, matched whole in text,
+        with ids after the current ones), and the tokens that were new to it."""
+        known = self._hf.get_vocab(with_added_tokens=True)
+        new = [t for t in dict.fromkeys(tokens) if t not in known]
+        hf = HfTokenizer.from_str(self.to_json())
+        first = self.vocab_size
+        added = hf.add_tokens([AddedToken(t, normalized=False, special=False) for t in new])
+        ids = [hf.token_to_id(t) for t in new]
+        if added != len(new) or ids != list(range(first, first + len(new))):
+            raise TokenizerError(
+                f"the tokenizer gave the new tokens ids {ids[:5]}..., not {first}.. in order"
+            )
+        return Tokenizer(hf, config=self.config), new
+
     def save(self, path: Path | str) -> None:
         """Write ``tokenizer.json`` to ``path`` (plain write; the caller handles atomicity)."""
         Path(path).write_text(self.to_json(), encoding="utf-8")

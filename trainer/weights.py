@@ -119,13 +119,15 @@ def load_weights_into(
     *,
     aliases: set[str] = frozenset(),  # type: ignore[assignment]
     rename: Callable[[str], str] = str,
+    required: set[str] | None = None,
 ) -> None:
     """Copy the saved tensors into ``model``'s own tensors, one at a time (cast to their
     dtype and device); every tensor of the model but ``aliases`` (tied names saved once)
-    must be there and fit, and nothing else may be. ``rename`` maps a saved name to the
-    model's."""
+    must be there and fit, and nothing else may be. ``required`` (a partial save: a LoRA
+    lineage's trainable tensors) replaces "every tensor" by those names. ``rename`` maps a
+    saved name to the model's."""
     own = model.state_dict()
-    missing = set(own) - set(aliases)
+    missing = set(own) - set(aliases) if required is None else set(required)
     unexpected = []
     for saved_name, saved in iter_tensors(folder):
         name = rename(saved_name)

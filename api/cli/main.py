@@ -27,6 +27,7 @@ from api.cli.options import (
 )
 from api.cli.remote import register as register_remote_commands
 from api.cli.report import register as register_inspect
+from api.cli.vocabulary import register as register_vocabulary
 from service.config.settings import (
     DEFAULT_CONFIG_NAME,
     PathsSection,
@@ -237,6 +238,7 @@ def _version() -> str:
 register_remote_commands(app)
 
 register_generation_commands(app)
+register_vocabulary(app)
 
 
 def main() -> None:

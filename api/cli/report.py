@@ -19,7 +19,7 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from api.cli.views import count, duration
+from api.cli.views import adaptation_rows, count, duration
 
 if TYPE_CHECKING:
     from service.checkpoints.catalog import CheckpointEntry, CheckpointView, Inspection
@@ -198,6 +198,7 @@ def _training(state: TrainingSummary) -> Table:
         rows.append(("model spec", _value(state.model_spec)))
     if state.init_from:
         rows.append(("initialised from", _value(state.init_from)))
+    rows += adaptation_rows(state.adaptation)
     rows.append(("format version", str(state.format_version)))
     return _grid(rows)
 

@@ -196,3 +196,35 @@ def print_json(answer: object) -> None:
     """An answer as compact JSON on one line."""
     # Compact, one document per line: `jq` and line-by-line readers take it as is.
     typer.echo(json.dumps(answer, ensure_ascii=False, separators=(",", ":")))
+
+
+def adaptation_rows(adaptation: dict[str, Any]) -> list[tuple[str, str]]:
+    """LoRA and vocabulary-extension rows (none for a plain lineage)."""
+    rows = []
+    lora = adaptation.get("lora")
+    if isinstance(lora, dict):
+        base = adaptation.get("base") or {}
+        rows.append(
+            (
+                "LoRA",
+                f"r {lora.get('r')} · alpha {lora.get('alpha')} · dropout {lora.get('dropout')}"
+                f" · targets {', '.join(lora.get('target_modules') or []) or 'every linear layer'}"
+                f" · saved in full {', '.join(lora.get('modules_to_save') or []) or 'none'}",
+            )
+        )
+        rows.append(
+            ("LoRA base", f"{base.get('source', '?')} · sha256 {str(base.get('sha256'))[:12]}")
+        )
+    if adaptation.get("base_rows") is not None:
+        tokens = adaptation.get("tokens") or []
+        steps = [str(e.get("at_step")) for e in adaptation.get("extensions") or []]
+        shown = ", ".join(repr(t) for t in tokens[:8]) + (" …" if len(tokens) > 8 else "")
+        rows.append(
+            (
+                "vocabulary",
+                f"{adaptation.get('base_rows')} base rows (frozen) + {len(tokens)} added"
+                f" = {adaptation.get('rows')} rows · extended at step {', '.join(steps)}"
+                f" · {shown}",
+            )
+        )
+    return rows

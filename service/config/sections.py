@@ -23,9 +23,11 @@ from trainer.config import (
     HF_PREFIX,
     ExportConfig,
     GoldConfig,
+    LoraConfig,
     ModelConfig,
     TrainConfig,
 )
+from trainer.vocab_file import read_tokens_file
 
 BYTES_TOKENIZER = "bytes"
 
@@ -168,6 +170,27 @@ class WorkerSection(Section):
     )
 
 
+class LoraSection(
+    section_of(
+        LoraConfig,
+        limits={"r": {"ge": 1}, "alpha": {"gt": 0}, "dropout": {"ge": 0.0, "lt": 1.0}},
+    )
+):
+    """``[model.lora]``: low-rank adapters on a frozen base (needs the lora extra)."""
+
+    def config(self) -> LoraConfig:
+        return LoraConfig(**self.model_dump())
+
+
+_LORA_EXAMPLE = {
+    "r": 8,
+    "alpha": 16.0,
+    "dropout": 0.05,
+    "target_modules": [],
+    "modules_to_save": [],
+}
+
+
 class ModelSection(Section):
     """The model a new lineage starts from."""
 
@@ -198,6 +221,39 @@ class ModelSection(Section):
             + "."
         ),
     )
+
+    lora: LoraSection | None = Field(
+        None,
+        description="Train LoRA adapters (peft; pip install 'traind[lora]') on a frozen base "
+        "instead of every weight: r, alpha, dropout, target_modules (empty: every linear layer "
+        "but the output head), modules_to_save (modules trained in full beside them). Fixed "
+        "for a lineage's life. Unset: full training.",
+        examples=[_LORA_EXAMPLE],
+    )
+    new_tokens: Path | None = Field(
+        None,
+        description="A file of tokens (one per line) that a new lineage adds to its tokenizer, "
+        "with embedding rows of their own initialised as the mean of the others; the rows the "
+        "vocabulary had stay bit-frozen. For an existing lineage: traind extend-vocab --tokens "
+        "FILE.",
+        examples=["new_tokens.txt"],
+    )
+    unfreeze_base_rows_at_step: int | None = Field(
+        None,
+        ge=0,
+        description="After a vocabulary extension, the global step from which the rows the "
+        "vocabulary had before train too. Unset: they stay bit-frozen for ever.",
+        examples=[10000],
+    )
+
+    @field_validator("new_tokens")
+    @classmethod
+    def _tokens_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        path = _existing_file(value, what="model.new_tokens:")
+        read_tokens_file(path)  # a bad file fails here, with its line
+        return path
 
     @field_validator("source")
     @classmethod

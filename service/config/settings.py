@@ -30,6 +30,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -50,8 +51,6 @@ from service.config.sections import (
     WorkerSection,
     suggest,
 )
-
-# Only the pure-dataclass config module: the settings must stay importable without torch.
 from trainer.config import (
     EvalConfig,
     ExportConfig,
@@ -60,6 +59,9 @@ from trainer.config import (
     RunPaths,
     TrainConfig,
 )
+
+# Only the pure-dataclass config module: the settings must stay importable without torch.
+from trainer.vocab_file import read_tokens_file
 
 __all__ = [
     "CONFIG_ENV",
@@ -149,6 +151,23 @@ class Settings(BaseSettings):
         # No .env or secrets dir: the TOML file and the environment are the documented sources.
         return init_settings, env_settings, _TomlSource(settings_cls)
 
+    @model_validator(mode="after")
+    def _adapter_only_export(self) -> Settings:
+        if self.export.adapter_only and (
+            self.model.lora is None or not self.model.source.startswith(HF_PREFIX)
+        ):
+            raise ValueError(
+                "export.adapter_only needs [model.lora] on a Hugging Face model "
+                "(model.source = 'hf:<folder>'): only then is there an adapter to load onto a "
+                "from_pretrained base; set export.adapter_only = false for merged weights"
+            )
+        if self.export.adapter_only and self.model.new_tokens is not None:
+            raise ValueError(
+                "export.adapter_only cannot carry the new token rows of model.new_tokens "
+                "(PeftModel loads onto the unextended base); set export.adapter_only = false"
+            )
+        return self
+
     def model_post_init(self, context: Any, /) -> None:
         loading = _LOADING.get()
         self._config_file = loading.file if loading else None
@@ -190,6 +209,11 @@ class Settings(BaseSettings):
             tokenizer_set="tokenizer" in self.model.model_fields_set,
             dropout=self.model.dropout,
             overrides=dict(self.model.overrides),
+            lora=None if self.model.lora is None else self.model.lora.config(),
+            new_tokens=tuple(read_tokens_file(self.model.new_tokens))
+            if self.model.new_tokens is not None
+            else (),
+            unfreeze_base_rows_at_step=self.model.unfreeze_base_rows_at_step,
         )
 
     def run_paths(self) -> RunPaths:
@@ -270,6 +294,8 @@ def _anchor_paths(raw: dict[str, Any], *, base: Path) -> dict[str, Any]:
         model["tokenizer"] = anchor(model["tokenizer"])
     if isinstance(model, dict) and str(model.get("source", "")).startswith(HF_PREFIX):
         model["source"] = HF_PREFIX + anchor(model["source"][len(HF_PREFIX) :])
+    if isinstance(model, dict) and "new_tokens" in model:
+        model["new_tokens"] = anchor(model["new_tokens"])
     evals = data.get("eval")
     if isinstance(evals, dict) and isinstance(evals.get("sets"), dict):
         evals["sets"] = {name: anchor(value) for name, value in evals["sets"].items()}

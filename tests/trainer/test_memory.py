@@ -52,7 +52,11 @@ def hf_lineage(*, micro_batch: int = 8, block_size: int = 2048):
     config = HfModelConfig(config=HF_CONFIG, block_size=block_size)
     return SimpleNamespace(
         model_config=config,
-        model=SimpleNamespace(num_params=lambda: 1_235_814_400),
+        model=SimpleNamespace(
+            num_params=lambda: 1_235_814_400,
+            # Every parameter trains (no LoRA): what the plan counts gradients and moments of.
+            parameters=lambda: [SimpleNamespace(numel=lambda: 1_235_814_400, requires_grad=True)],
+        ),
         state=SimpleNamespace(micro_batch_size=micro_batch),
     )
 
@@ -74,6 +78,18 @@ def test_the_plan_reads_a_hugging_face_config_and_checkpointing_shrinks_activati
         kept.activations_full,
         kept.activations_checkpointed,
     )
+
+
+def test_only_what_trains_has_gradients_and_moments():
+    lineage = hf_lineage()
+    full = estimate_training_memory(lineage.model_config, n_params=1000, micro_batch=1)
+    lora = estimate_training_memory(
+        lineage.model_config, n_params=1000, n_trainable=10, micro_batch=1
+    )
+    assert lora.params == full.params == 4000  # the frozen base is still in memory
+    assert (lora.grads, lora.optimizer) == (40, 80)
+    assert (full.grads, full.optimizer) == (4000, 8000)
+    assert full.activations == lora.activations
 
 
 def fake_cuda(monkeypatch, gib: float):

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from trainer.records.checkpoints import FILES, MANIFEST, WEIGHTS, WEIGHTS_INDEX
+from trainer.records.checkpoints import ADAPTER_WEIGHTS, FILES, MANIFEST, WEIGHTS, WEIGHTS_INDEX
 from trainer.records.events import utc_now
 from trainer.records.storage import file_sha256, fsync_path
 
@@ -59,8 +59,8 @@ def verify(path: Path, *, deep: bool = True, files: Iterable[str] = FILES) -> st
             raise TypeError("'files' is not an object")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"manifest.json is unreadable: {exc}"
-    if WEIGHTS not in listed and WEIGHTS_INDEX not in listed:
-        return f"manifest.json lists no weights ({WEIGHTS} or {WEIGHTS_INDEX})"
+    if not {WEIGHTS, WEIGHTS_INDEX, ADAPTER_WEIGHTS} & set(listed):
+        return f"manifest.json lists no weights ({WEIGHTS}, {WEIGHTS_INDEX} or {ADAPTER_WEIGHTS})"
     required = list(files)
     required += sorted(set(listed) - set(required))
     for name in required:

@@ -161,6 +161,12 @@ class TrainingState:
     files_rolled_back: list[dict[str, Any]] = field(default_factory=list)
     """Files finished after gold that rollbacks to gold undid on purpose (``name``,
     ``sha256``, ``start_step``, ``end_step``): the ledger keeps them done, not lost."""
+    adaptation: dict[str, Any] = field(default_factory=dict)
+    """What the lineage adds to its base model (``trainer.adaptation``): LoRA settings and
+    the base's reference, the vocabulary extension; empty for a plain lineage."""
+    optimizer_layout: list[list[str]] = field(default_factory=list)
+    """The parameter names of each optimizer group, in order, at the last save: what the
+    saved moments belong to (``trainer.optim.check_layout``)."""
     format_version: int = FORMAT_VERSION
     """Layout version of this file."""
 

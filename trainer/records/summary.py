@@ -144,6 +144,8 @@ class TrainingSummary:
     """Where the starting weights came from, if not initialised fresh."""
     model_spec: dict[str, Any]
     """Model settings the lineage was last opened with."""
+    adaptation: dict[str, Any]
+    """LoRA settings and base, vocabulary extension (``{}`` for a plain lineage)."""
     train_config: dict[str, Any]
     """Hyper-parameters in force at the save."""
     eval_history: tuple[EvalRecord, ...] = ()
@@ -202,6 +204,9 @@ def summarize_training(raw: dict[str, Any], *, notes: list[str]) -> TrainingSumm
         optimizer_resets=tuple(raw.get("optimizer_resets") or ()),
         init_from=raw.get("init_from"),
         model_spec=dict(raw.get("model_spec") or {}),
+        adaptation=dict(raw.get("adaptation") or {})
+        if isinstance(raw.get("adaptation"), dict)
+        else {},
         train_config=dict(raw.get("train_config") or {}),
         eval_history=tuple(_eval(r) for r in raw.get("eval_history") or ()),
         gold=_eval(gold) if isinstance(gold, dict) else None,
