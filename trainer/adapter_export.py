@@ -13,6 +13,8 @@ carries them).
 from __future__ import annotations
 
 import functools
+import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +83,7 @@ def write_adapter_export(
     half = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     tensors = {k: v.to(half).to("cpu").contiguous() for k, v in adapter_state(model).items()}
     base = str(source_folder(adaptation.base["source"]))
-    settings = adapter_config(adaptation.lora, model, base=base)
+    settings = adapter_config(model, base=base)
     need = sum(t.numel() * t.element_size() for t in tensors.values()) + SLACK_BYTES
     root.mkdir(parents=True, exist_ok=True)
     ensure_space(root, need=need, what="the export")
@@ -132,13 +134,16 @@ def load_adapter_export(path: Path, *, config: dict[str, Any], dtype: torch.dtyp
     base = source_folder(f"hf:{_base_path(path)}")
     model = load_pretrained(base)
     peft = peft_module()
-    merged = peft.PeftModel.from_pretrained(model.hf, str(path)).merge_and_unload()
+    with warnings.catch_warnings():
+        # peft asks transformers 5 a deprecated question while loading; not ours to fix.
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+        )
+        merged = peft.PeftModel.from_pretrained(model.hf, str(path)).merge_and_unload()
     wrapped = HfModelConfig(config=config, block_size=block_size_for(config))
     return HfCausalLM(merged.to(dtype), config=wrapped)
 
 
 def _base_path(path: Path) -> str:
-    import json
-
     settings = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     return str(settings["base_model_name_or_path"])

@@ -149,9 +149,10 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {f"{PEFT_PREFIX}{name}": tensor.detach() for name, tensor in state.items()}
 
 
-def adapter_config(config: LoraConfig, model: nn.Module, *, base: str) -> dict[str, Any]:
-    """``adapter_config.json`` for ``PeftModel.from_pretrained`` on the model at ``base``."""
-    settings = peft_config(config, model).to_dict()
+def adapter_config(model: nn.Module, *, base: str) -> dict[str, Any]:
+    """``adapter_config.json`` for ``PeftModel.from_pretrained`` on the model at ``base``:
+    the settings peft injected the adapters with."""
+    settings = inner_model(model).peft_config[ADAPTER].to_dict()
     settings["base_model_name_or_path"] = base
     settings["target_modules"] = sorted(settings["target_modules"])
     if settings.get("modules_to_save") is not None:
