@@ -168,9 +168,25 @@ def _reset_notice(found: LoadedCheckpoint, problem: str) -> dict[str, Any]:
 
 
 def _load_fitting(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """Copy saved tensors whose name and shape still fit; return (kept, re-initialised)."""
+    """Copy saved tensors whose name and shape still fit; return (kept, re-initialised).
+
+    A tensor that only gained rows (the embedding and head of a larger ``vocab_size``)
+    keeps every saved row, and its new rows start as the mean of them: growing the
+    vocabulary never re-initialises what was learned (new tokens belong in
+    ``traind extend-vocab``, which also keeps the old rows frozen)."""
     own = model.state_dict()
     names = model_tensors_names(model)
     fitting = {k: v for k, v in saved.items() if k in names and own[k].shape == v.shape}
+    for name in names:
+        old, new = saved.get(name), own[name]
+        if old is not None and name not in fitting and _only_more_rows(old, new):
+            grown = old.mean(dim=0, keepdim=True).expand(new.shape[0] - old.shape[0], -1)
+            fitting[name] = torch.cat((old, grown.to(old.dtype)), dim=0)
     model.load_state_dict(fitting, strict=False)
     return len(fitting), len(names) - len(fitting)
+
+
+def _only_more_rows(old: torch.Tensor, new: torch.Tensor) -> bool:
+    return (
+        old.dim() == new.dim() == 2 and old.shape[1] == new.shape[1] and old.shape[0] < new.shape[0]
+    )

@@ -25,6 +25,7 @@ from trainer.config import LineageSpec, LoraConfig, RunPaths
 from trainer.lineage import LineageError
 from trainer.records.checkpoints import OPTIMIZER
 from trainer.records.manifest import write_manifest
+from trainer.records.state import FORMAT_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 LORA = {
@@ -263,7 +264,7 @@ def test_an_altered_optimizer_state_is_a_specific_error(tmp_path, open_trainer, 
     groups[0]["params"] += groups.pop(1)["params"]
     torch.save(moments, newest.path / OPTIMIZER)
     files = json.loads((newest.path / "manifest.json").read_text())["files"]
-    write_manifest(newest.path, files=tuple(files), format_version=3, name=newest.path.name)
+    write_manifest(newest.path, files=tuple(files), format_version=FORMAT_VERSION, name=newest.path.name)
     with pytest.raises(
         LineageError,
         match=rf"{newest.path.name} does not fit the model \(1 parameter groups saved, 2 now\)",
@@ -273,6 +274,6 @@ def test_an_altered_optimizer_state_is_a_specific_error(tmp_path, open_trainer, 
     state = json.loads((newest.path / "training_state.json").read_text())
     state["optimizer_layout"][0].reverse()
     (newest.path / "training_state.json").write_text(json.dumps(state))
-    write_manifest(newest.path, files=tuple(files), format_version=3, name=newest.path.name)
+    write_manifest(newest.path, files=tuple(files), format_version=FORMAT_VERSION, name=newest.path.name)
     with pytest.raises(LineageError, match=r"saved for other parameters .*group 0: another order"):
         open_trainer(spec=builtin_spec())

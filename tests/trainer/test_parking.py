@@ -12,7 +12,7 @@ from conftest import qa_rows, write_jsonl
 from trainer.checkpoint import latest_checkpoint
 from trainer.config import RunPaths
 from trainer.loop import FileOutcome
-from trainer.records.state import TrainingState, upgrade
+from trainer.records.state import FORMAT_VERSION, TrainingState, upgrade
 
 
 def record_sequences(trainer) -> list[int]:
@@ -172,7 +172,7 @@ def test_a_version_2_state_mid_file_keeps_the_step_size_it_started_with():
         "gold_history": [],
     }
     upgraded = upgrade(v2)
-    assert upgraded["format_version"] == 3
+    assert upgraded["format_version"] == FORMAT_VERSION
     state = TrainingState.from_dict(v2)
     assert state.current_file.sequences_per_step == 8
     assert state.parked == [] and state.rollback_served is None

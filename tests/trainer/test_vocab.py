@@ -279,3 +279,16 @@ def test_extend_vocab_refuses_a_half_trained_file(tmp_path, open_trainer, run_pa
             paths=run_paths,
             export=ExportConfig(),
         )
+
+
+def test_a_larger_vocab_size_keeps_every_learned_row(tmp_path, open_trainer):
+    """Before, a larger ``model.overrides.vocab_size`` re-initialised the whole embedding."""
+    path = write_jsonl(tmp_path / "a.jsonl", rows_with_new_tokens(24))
+    trainer = open_trainer()
+    trainer.train_file(trainer.prepare(path), name="a.jsonl")
+    learned = trainer.model.wte.weight.detach().clone()
+    grown = open_trainer(spec=LineageSpec(preset="test", overrides={"vocab_size": 448}))
+    weight = grown.model.wte.weight.detach()
+    assert weight.shape[0] == 448 and learned.shape[0] < 448
+    assert torch.equal(weight[: learned.shape[0]], learned)
+    assert torch.allclose(weight[-1], learned.mean(dim=0))

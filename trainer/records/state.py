@@ -18,11 +18,13 @@ from trainer.records.checkpoints import STATE, read_json_object, step_folders
 from trainer.records.events import utc_now
 from trainer.records.manifest import verify
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Layout version written. 1: the first release. 2: adds evaluation history, gold records
 and each file's holdout. 3: adds each file's sequences per optimizer step (fixed when it
-starts), parked files, the rollback served and the files a rollback undid. Older files
-are upgraded on read (``upgrade``)."""
+starts), parked files, the rollback served and the files a rollback undid. 4: adds the
+adaptation (LoRA, vocabulary extension) and the optimizer's recorded groups. Older files
+are upgraded on read (``upgrade``); a LoRA checkpoint is refused by a traind older than
+version 4 rather than misread."""
 
 
 @dataclass(kw_only=True)
@@ -253,6 +255,11 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
         data.setdefault("rollback_served", None)
         data.setdefault("files_rolled_back", [])
         version = 3
+    if version == 3:
+        # Version 3 knew no adaptation, and rebuilt the optimizer's groups without a record.
+        data.setdefault("adaptation", {})
+        data.setdefault("optimizer_layout", [])
+        version = 4
     data["format_version"] = version
     return data
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from trainer.records.checkpoints import float_or_none, int_or_none
 
-KNOWN_FORMAT = 3
+KNOWN_FORMAT = 4
 """Newest ``training_state.json`` format_version whose fields this module knows (kept
 apart from ``state.FORMAT_VERSION``: a new version's fields must be added here too)."""
 
