@@ -264,7 +264,9 @@ def test_an_altered_optimizer_state_is_a_specific_error(tmp_path, open_trainer, 
     groups[0]["params"] += groups.pop(1)["params"]
     torch.save(moments, newest.path / OPTIMIZER)
     files = json.loads((newest.path / "manifest.json").read_text())["files"]
-    write_manifest(newest.path, files=tuple(files), format_version=FORMAT_VERSION, name=newest.path.name)
+    write_manifest(
+        newest.path, files=tuple(files), format_version=FORMAT_VERSION, name=newest.path.name
+    )
     with pytest.raises(
         LineageError,
         match=rf"{newest.path.name} does not fit the model \(1 parameter groups saved, 2 now\)",
@@ -274,6 +276,8 @@ def test_an_altered_optimizer_state_is_a_specific_error(tmp_path, open_trainer, 
     state = json.loads((newest.path / "training_state.json").read_text())
     state["optimizer_layout"][0].reverse()
     (newest.path / "training_state.json").write_text(json.dumps(state))
-    write_manifest(newest.path, files=tuple(files), format_version=FORMAT_VERSION, name=newest.path.name)
+    write_manifest(
+        newest.path, files=tuple(files), format_version=FORMAT_VERSION, name=newest.path.name
+    )
     with pytest.raises(LineageError, match=r"saved for other parameters .*group 0: another order"):
         open_trainer(spec=builtin_spec())
