@@ -281,3 +281,31 @@ def test_an_altered_optimizer_state_is_a_specific_error(tmp_path, open_trainer, 
     )
     with pytest.raises(LineageError, match=r"saved for other parameters .*group 0: another order"):
         open_trainer(spec=builtin_spec())
+
+
+def test_lora_on_weights_from_another_lineage_references_that_checkpoint(tmp_path, open_trainer):
+    from trainer.export import export_checkpoint, load_export, load_for_generation
+
+    path = write_jsonl(tmp_path / "a.jsonl", text_rows(40))
+    full = RunPaths(
+        checkpoints=tmp_path / "full" / "checkpoints", state=tmp_path / "full" / "state"
+    )
+    trainer = open_trainer(spec=LineageSpec(preset="test"), paths=full)
+    trainer.train_file(trainer.prepare(path), name="a.jsonl")
+    source = latest_checkpoint(full.checkpoints).path
+    trainer = open_trainer(spec=builtin_spec(), init_from=source)
+    trainer.train_file(trainer.prepare(path), name="a.jsonl")
+    trainer.close()
+    newest = latest_checkpoint(trainer.paths.checkpoints)
+    base = newest.training_state["adaptation"]["base"]
+    assert base["source"] == f"checkpoint:{source.resolve()}"
+    assert all(".lora_" in n or ".modules_to_save." in n for n in newest.weights())
+    resumed = open_trainer(spec=builtin_spec())  # the base is read from that folder again
+    assert resumed.state.global_step == newest.step
+    resumed.close()
+    # traind export of a checkpoint folds the adapters in, like the export after each file.
+    out = export_checkpoint(newest.path, tmp_path / "out", dtype="bf16")
+    ids = torch.tensor([[5, 17, 42, 8, 99, 3, 61]])
+    with torch.no_grad():
+        want = load_for_generation(newest.path).model(ids)
+        torch.testing.assert_close(load_export(out).model(ids), want, atol=0.1, rtol=0.05)

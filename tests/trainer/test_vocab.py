@@ -72,6 +72,7 @@ CASES = [
     ("qwen2", None),  # tied
     ("builtin", LORA),
     ("llama", LORA),
+    ("qwen2", LORA),
 ]
 
 
