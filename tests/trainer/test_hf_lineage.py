@@ -17,6 +17,7 @@ import torch
 from conftest import write_jsonl
 
 from tests.corpus import make_drops, traind_env
+from tests.runcheck import completions, same_weights_and_moments
 from trainer.checkpoint import latest_checkpoint, read_checkpoint
 from trainer.config import EvalConfig, LineageSpec
 from trainer.lineage import LineageError
@@ -64,23 +65,6 @@ def train(root: Path, model: Path, files: list[Path], **extra: str) -> subproces
 def trained(root: Path, model: Path, files: list[Path], **extra: str) -> None:
     result = train(root, model, files, **extra)
     assert result.returncode == 0, result.stderr[-3000:]
-
-
-def same_weights_and_moments(a: Path, b: Path) -> None:
-    one, two = latest_checkpoint(a / "checkpoints"), latest_checkpoint(b / "checkpoints")
-    assert one.step == two.step
-    wa, wb = one.weights(), two.weights()
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        assert torch.equal(wa[name], wb[name]), name
-    ma, mb = one.optimizer_state(), two.optimizer_state()
-    for index, moments in ma["state"].items():
-        assert torch.equal(moments["exp_avg"], mb["state"][index]["exp_avg"])
-
-
-def completions(root: Path) -> list[dict]:
-    lines = (root / "state" / "events.jsonl").read_text().splitlines()
-    return [e for e in map(json.loads, lines) if e["event"] == "file_complete"]
 
 
 @pytest.fixture(scope="module")

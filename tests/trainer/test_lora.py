@@ -20,6 +20,7 @@ import torch
 from conftest import text_rows, write_jsonl
 
 from tests.corpus import make_drops, traind_env
+from tests.runcheck import completions, same_weights_and_moments
 from trainer.checkpoint import latest_checkpoint
 from trainer.config import LineageSpec, LoraConfig, RunPaths
 from trainer.lineage import LineageError
@@ -77,25 +78,6 @@ def trained(root: Path, files: list[Path], **options) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def same_trained_state(a: Path, b: Path) -> None:
-    one, two = latest_checkpoint(a / "checkpoints"), latest_checkpoint(b / "checkpoints")
-    assert one.step == two.step
-    wa, wb = one.weights(), two.weights()
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        assert torch.equal(wa[name], wb[name]), name
-    ma, mb = one.optimizer_state(), two.optimizer_state()
-    assert ma["state"].keys() == mb["state"].keys()
-    for index, moments in ma["state"].items():
-        for key in ("exp_avg", "exp_avg_sq"):
-            assert torch.equal(moments[key], mb["state"][index][key]), (index, key)
-
-
-def completions(root: Path) -> list[dict]:
-    lines = (root / "state" / "events.jsonl").read_text().splitlines()
-    return [e for e in map(json.loads, lines) if e["event"] == "file_complete"]
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, llama, drops) -> dict[str, Path]:
     """One uninterrupted process training the three drops, per model."""
@@ -137,7 +119,7 @@ def test_a_third_file_in_a_new_process_continues_step_optimizer_and_lr(
     assert [(d["start_step"], d["end_step"]) for d in done] == [
         (d["start_step"], d["end_step"]) for d in completions(reference[name])
     ]
-    same_trained_state(tmp_path, reference[name])
+    same_weights_and_moments(tmp_path, reference[name])
 
 
 KILLS = [
@@ -154,7 +136,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, reference, llama, drops,
     killed = train(tmp_path, drops, name=name, llama=llama, TRAIND_FAULT=point)
     assert killed.returncode == -9, killed.stderr[-2000:]
     trained(tmp_path, drops, name=name, llama=llama)
-    same_trained_state(tmp_path, reference[name])
+    same_weights_and_moments(tmp_path, reference[name])
     assert [d["file"] for d in completions(tmp_path)] == [d.name for d in drops]
 
 
