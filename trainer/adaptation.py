@@ -128,16 +128,32 @@ def apply(
 ) -> None:
     """Build ``adaptation``'s structure on a model holding its base weights, then set what
     trains at ``step``."""
-    if adaptation.extended:
-        assert adaptation.base_rows is not None and adaptation.rows is not None
-        extend_rows(
-            model, base_rows=adaptation.base_rows, rows=adaptation.rows, fresh=adaptation.token_rows
-        )
+    extend(model, adaptation)
     if adaptation.lora is not None:
         refuse_saved_token_modules(model, adaptation)
         inject(model, adaptation.lora, seed=seed)
-        for _module, rows in extended_modules(model):
-            rows.rows.requires_grad_(True)
+    set_trainable(model, adaptation, step=step, unfreeze_at=unfreeze_at)
+
+
+def extend(model: nn.Module, adaptation: Adaptation, *, since: int = 0) -> None:
+    """Give the model the rows of ``adaptation``'s tokens; those after the first ``since``
+    (the ones not in the model yet) start as the mean of the base rows."""
+    if not adaptation.extended:
+        return
+    assert adaptation.base_rows is not None and adaptation.rows is not None
+    first, last = adaptation.token_rows
+    extend_rows(
+        model, base_rows=adaptation.base_rows, rows=adaptation.rows, fresh=(first + since, last)
+    )
+
+
+def set_trainable(
+    model: nn.Module, adaptation: Adaptation, *, step: int, unfreeze_at: int | None
+) -> None:
+    """New token rows train (peft leaves only its adapters trainable); the base rows train
+    from ``unfreeze_at`` on."""
+    for _module, rows in extended_modules(model):
+        rows.rows.requires_grad_(True)
     release_base_rows(model, step=step, unfreeze_at=unfreeze_at)
 
 
@@ -147,20 +163,22 @@ def release_base_rows(model: nn.Module, *, step: int, unfreeze_at: int | None) -
 
 
 def refuse_saved_token_modules(model: nn.Module, adaptation: Adaptation) -> None:
-    """``modules_to_save`` may not name an extended embedding or head: their new rows
-    train already, and a full copy would train the frozen rows too."""
-    if adaptation.lora is None or not adaptation.extended:
+    """``modules_to_save`` may not name the embedding or the head of an extended
+    vocabulary: their new rows train already, and a full copy would train the frozen rows
+    too. Checked before the extension and before the adapters (peft's wrapper of a saved
+    module is seen through)."""
+    lora = adaptation.lora
+    if lora is None or not lora.modules_to_save or not adaptation.extended:
         return
-    inner = inner_model(model)
-    extended = {id(m) for m, _ in extended_modules(model)}
-    for name, module in inner.named_modules():
-        if id(module) in extended and any(
-            name == w or name.endswith(f".{w}") for w in adaptation.lora.modules_to_save
-        ):
+    embedding, head = token_modules(model)
+    tokens = {id(getattr(m, "original_module", m)) for m in (embedding, head) if m is not None}
+    for name, module in inner_model(model).named_modules():
+        wanted = any(name == w or name.endswith(f".{w}") for w in lora.modules_to_save)
+        if wanted and id(getattr(module, "original_module", module)) in tokens:
             raise AdaptationError(
-                f"model.lora.modules_to_save names {name!r}, whose vocabulary is extended: its "
-                "new rows train already and its base rows stay frozen; take it out of "
-                "modules_to_save"
+                f"model.lora.modules_to_save names {name!r}, and the vocabulary is extended: "
+                "its new rows train already and its base rows stay frozen; take it out of "
+                "modules_to_save (or extend the vocabulary of a lineage without it)"
             )
 
 
@@ -183,7 +201,7 @@ def check_same_adaptation(adaptation: Adaptation, spec: LineageSpec, *, where: P
     """Refuse settings that would change a lineage's adapters, or add tokens the lineage
     does not have by a setting meant for new lineages."""
     recorded = adaptation.lora
-    if recorded != spec.lora:
+    if _normal(recorded) != _normal(spec.lora):
         was = "no LoRA (full training)" if recorded is None else f"LoRA {recorded.to_dict()}"
         now = "no [model.lora]" if spec.lora is None else f"[model.lora] {spec.lora.to_dict()}"
         raise AdaptationError(
@@ -203,6 +221,18 @@ def check_same_adaptation(adaptation: Adaptation, spec: LineageSpec, *, where: P
         )
 
 
+def _normal(lora: LoraConfig | None) -> dict[str, Any] | None:
+    """LoRA settings compared as sets where order means nothing (the module lists)."""
+    if lora is None:
+        return None
+    data = lora.to_dict()
+    return {
+        **data,
+        "target_modules": sorted(data["target_modules"]),
+        "modules_to_save": sorted(data["modules_to_save"]),
+    }
+
+
 def describe(adaptation: Adaptation) -> str:
     """One line for logs: what the lineage adds to its base."""
     parts = []
@@ -216,17 +246,11 @@ def describe(adaptation: Adaptation) -> str:
     return ", ".join(parts) or "no adaptation"
 
 
-def extension_event(
-    adaptation: Adaptation, model: nn.Module, *, at_step: int = 0
-) -> dict[str, Any]:
+def extension_event(adaptation: Adaptation, model: nn.Module) -> dict[str, Any]:
     """The fields of a ``vocab_extended`` event for the newest extension."""
     newest = adaptation.extensions[-1]
     embedding, head = token_modules(model)
-    tied = (
-        head is not None
-        and any(m is head for m, _ in extended_modules(model))
-        and new_rows_of(head) is new_rows_of(embedding)
-    )
+    tied = head is not None and new_rows_of(head) is new_rows_of(embedding)
     return {
         "step": newest["at_step"],
         "tokens_added": len(newest["tokens"]),

@@ -22,9 +22,10 @@ from trainer.adaptation import (
     Adaptation,
     AdaptationError,
     embedding_rows,
+    extend,
     extension_event,
     refuse_saved_token_modules,
-    release_base_rows,
+    set_trainable,
 )
 from trainer.checkpointer import Checkpointer
 from trainer.config import ExportConfig, LineageSpec, RunPaths, TrainConfig
@@ -32,7 +33,7 @@ from trainer.lineage import LineageError
 from trainer.opening import OpenRequest, hold_lineage
 from trainer.optim import build_optimizer, optimizer_layout
 from trainer.records.events import EventLog
-from trainer.vocab import ORIGINAL, extend_rows, extended_modules
+from trainer.vocab import ORIGINAL
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,13 @@ def extend_vocabulary(
         old_layout = optimizer_layout(lineage.model)
         old_moments = lineage.optimizer.state_dict()
         try:
-            _grow(
+            refuse_saved_token_modules(lineage.model, adaptation)
+            extend(lineage.model, adaptation, since=len(before.tokens))
+            set_trainable(
                 lineage.model,
                 adaptation,
-                since=len(before.tokens),
                 step=state.global_step,
-                spec=spec,
+                unfreeze_at=spec.unfreeze_base_rows_at_step,
             )
         except AdaptationError as exc:
             raise LineageError(str(exc)) from None
@@ -111,21 +113,6 @@ def extend_vocabulary(
         return fields
     finally:
         held.lock.release()
-
-
-def _grow(
-    model: torch.nn.Module, adaptation: Adaptation, *, since: int, step: int, spec: LineageSpec
-) -> None:
-    """Extend the model's rows for the tokens of ``adaptation`` after the first ``since``."""
-    assert adaptation.base_rows is not None and adaptation.rows is not None
-    first, last = adaptation.token_rows
-    extend_rows(
-        model, base_rows=adaptation.base_rows, rows=adaptation.rows, fresh=(first + since, last)
-    )
-    refuse_saved_token_modules(model, adaptation)
-    for _module, rows in extended_modules(model):
-        rows.rows.requires_grad_(True)
-    release_base_rows(model, step=step, unfreeze_at=spec.unfreeze_base_rows_at_step)
 
 
 def carry_moments(

@@ -293,3 +293,24 @@ def test_a_larger_vocab_size_keeps_every_learned_row(tmp_path, open_trainer):
     assert weight.shape[0] == 448 and learned.shape[0] < 448
     assert torch.equal(weight[: learned.shape[0]], learned)
     assert torch.allclose(weight[-1], learned.mean(dim=0))
+
+
+def test_an_extended_head_cannot_also_be_saved_in_full(open_trainer, models):
+    lora = LoraConfig(r=4, alpha=8.0, modules_to_save=("lm_head",))
+    with pytest.raises(LineageError, match="modules_to_save names 'lm_head', and the vocabulary"):
+        open_trainer(spec=spec_for("llama", models, new_tokens=NEW, lora=lora))
+
+
+def test_extend_vocab_refuses_a_head_saved_in_full(open_trainer, models, run_paths):
+    from trainer.config import ExportConfig
+
+    spec = spec_for("llama", models, lora=LoraConfig(r=4, alpha=8.0, modules_to_save=("lm_head",)))
+    open_trainer(spec=spec).close()
+    with pytest.raises(LineageError, match="modules_to_save names 'lm_head', and the vocabulary"):
+        extend_vocabulary(
+            list(NEW),
+            spec=spec,
+            train=TrainConfig(**_test_train()),
+            paths=run_paths,
+            export=ExportConfig(),
+        )
