@@ -21,7 +21,6 @@ from trainer.adapter_export import write_adapter_export
 from trainer.checkpoint import (
     CheckpointContent,
     CheckpointError,
-    capture_rng,
     rotate,
     write_checkpoint,
 )
@@ -41,6 +40,7 @@ from trainer.records.events import EventLog
 from trainer.records.state import TrainingState
 from trainer.records.storage import DiskFullError
 from trainer.records.traces import owner
+from trainer.rng import capture_rng
 
 T = TypeVar("T")
 

@@ -25,7 +25,6 @@ from trainer.checkpoint import (
     LoadedCheckpoint,
     latest_checkpoint,
     resolve_checkpoint,
-    restore_rng,
 )
 from trainer.config import LineageSpec, ModelConfig, TrainConfig
 from trainer.hf_lineage import (
@@ -42,12 +41,15 @@ from trainer.presets import model_config_for
 from trainer.records.state import TrainingState
 from trainer.records.traces import lineage_traces, refusal, retire
 from trainer.restore import (
+    apply_batch_settings,
+    log_changes,
     restore_adapted,
     restore_builtin,
     restore_hf,
     spec_record,
     wanted_config,
 )
+from trainer.rng import restore_rng
 from trainer.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from trainer.vocab import VocabError
 
@@ -316,7 +318,7 @@ def _resume_checked(
             )
         except (AdaptationError, VocabError) as exc:
             raise LineageError(str(exc)) from None
-        _apply_batch_settings(state, train)
+        apply_batch_settings(state, train)
         restore_rng(state.rng)
         return Lineage(
             model=model,
@@ -341,7 +343,7 @@ def _resume_checked(
     for notice in notices:
         log.warning("OPTIMIZER RESET: %s", notice["reason"])
         state.optimizer_resets.append(notice)
-    _apply_batch_settings(state, train)
+    apply_batch_settings(state, train)
     if train.seed != state.seed:
         log.warning(
             "train.seed is %d but this lineage was created with seed %d; the lineage keeps its "
@@ -349,7 +351,7 @@ def _resume_checked(
             train.seed,
             state.seed,
         )
-    _log_changes(state.train_config, train)
+    log_changes(state.train_config, train)
     restore_rng(state.rng)
     log.info(
         "resuming %s at global step %d (%d files done%s)",
@@ -388,22 +390,3 @@ def _adapt(
     lineage.optimizer = build_optimizer(lineage.model, train)
     if adaptation.extended:
         lineage.announcements.append(("vocab_extended", extension_event(adaptation, lineage.model)))
-
-
-def _apply_batch_settings(state: TrainingState, train: TrainConfig) -> None:
-    configured = (train.micro_batch_size, train.grad_accum_steps)
-    if tuple(state.configured_batch) == configured:
-        return  # keep the split in force, which may be an OOM-reduced one
-    log.info(
-        "batch settings changed from micro %d x accum %d to micro %d x accum %d",
-        *state.configured_batch,
-        *configured,
-    )
-    state.micro_batch_size, state.grad_accum_steps = configured
-    state.configured_batch = configured
-
-
-def _log_changes(saved: dict[str, Any], train: TrainConfig) -> None:
-    for key, value in train.to_dict().items():
-        if key in saved and saved[key] != value and key not in ("seed",):
-            log.info("train.%s changed since the checkpoint: %r -> %r", key, saved[key], value)

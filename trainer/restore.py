@@ -190,3 +190,25 @@ def _only_more_rows(old: torch.Tensor, new: torch.Tensor) -> bool:
     return (
         old.dim() == new.dim() == 2 and old.shape[1] == new.shape[1] and old.shape[0] < new.shape[0]
     )
+
+
+def apply_batch_settings(state: TrainingState, train: TrainConfig) -> None:
+    """The micro-batch and accumulation of the settings, where they changed since the
+    checkpoint (else the split in force stays: it may be an OOM-reduced one)."""
+    configured = (train.micro_batch_size, train.grad_accum_steps)
+    if tuple(state.configured_batch) == configured:
+        return  # keep the split in force, which may be an OOM-reduced one
+    log.info(
+        "batch settings changed from micro %d x accum %d to micro %d x accum %d",
+        *state.configured_batch,
+        *configured,
+    )
+    state.micro_batch_size, state.grad_accum_steps = configured
+    state.configured_batch = configured
+
+
+def log_changes(saved: dict[str, Any], train: TrainConfig) -> None:
+    """Say which training settings changed since the checkpoint."""
+    for key, value in train.to_dict().items():
+        if key in saved and saved[key] != value and key not in ("seed",):
+            log.info("train.%s changed since the checkpoint: %r -> %r", key, saved[key], value)

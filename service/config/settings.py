@@ -36,14 +36,13 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
+from service.config.model_section import ModelSection
 from service.config.sections import (
     BYTES_TOKENIZER,
-    HF_PREFIX,
     EvalSection,
     ExportSection,
     GoldSection,
     LedgerSection,
-    ModelSection,
     PathsSection,
     ServerSection,
     TrainSection,
@@ -51,7 +50,11 @@ from service.config.sections import (
     WorkerSection,
     suggest,
 )
+
+# Only torch-free trainer modules (the config dataclasses, the tokens file): the settings
+# must stay importable without torch.
 from trainer.config import (
+    HF_PREFIX,
     EvalConfig,
     ExportConfig,
     GoldConfig,
@@ -59,8 +62,6 @@ from trainer.config import (
     RunPaths,
     TrainConfig,
 )
-
-# Only the pure-dataclass config module: the settings must stay importable without torch.
 from trainer.vocab_file import read_tokens_file
 
 __all__ = [
