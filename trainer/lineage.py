@@ -35,6 +35,7 @@ from trainer.hf_lineage import (
     start_hf,
 )
 from trainer.hf_model import HfCausalLM, HfModelConfig, is_hf_config
+from trainer.lora import LoraError
 from trainer.model import GPT
 from trainer.optim import OptimizerStateError, build_optimizer
 from trainer.presets import model_config_for
@@ -316,7 +317,7 @@ def _resume_checked(
             model, optimizer = restore_adapted(
                 found, state=state, spec=spec, train=train, device=device
             )
-        except (AdaptationError, VocabError) as exc:
+        except (AdaptationError, LoraError, VocabError) as exc:
             raise LineageError(str(exc)) from None
         apply_batch_settings(state, train)
         restore_rng(state.rng)
@@ -383,7 +384,7 @@ def _adapt(
         adaptation, lineage.tokenizer = adapt_new_model(
             lineage.model, lineage.tokenizer, spec=spec, seed=state.seed, init_from=started
         )
-    except (AdaptationError, VocabError, TokenizerError) as exc:
+    except (AdaptationError, LoraError, TokenizerError, VocabError) as exc:
         raise LineageError(str(exc)) from None
     lineage.model.to(device)
     state.adaptation = adaptation.to_dict()

@@ -87,6 +87,14 @@ def inject(model: nn.Module, config: LoraConfig, *, seed: int) -> None:
         if not any(n == wanted or n.endswith(f".{wanted}") for n in names):
             raise LoraError(f"model.lora.modules_to_save: the model has no module {wanted!r}")
     _refuse_tied(inner, config.modules_to_save)
+    linear = [n for n, m in inner.named_modules() if isinstance(m, nn.Linear)]
+    for wanted in config.target_modules:
+        if not any(n == wanted or n.endswith(f".{wanted}") for n in linear):
+            raise LoraError(
+                f"model.lora.target_modules: no linear layer is named or ends with {wanted!r}; "
+                f"the model's linear layers end with {', '.join(default_targets(model))} "
+                "(and the output head)"
+            )
     settings = peft_config(config, model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

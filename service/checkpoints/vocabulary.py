@@ -28,7 +28,9 @@ def extend_vocab(settings: Settings, *, tokens_file: Path) -> dict[str, Any] | N
         raise VocabularyError(str(exc)) from None
     from trainer.adaptation import AdaptationError
     from trainer.extension import extend_vocabulary
+    from trainer.hf_model import HfModelError
     from trainer.lineage import LineageError
+    from trainer.lora import LoraError
     from trainer.opening import LineageLockedError
     from trainer.tokenizer import TokenizerError
     from trainer.vocab import VocabError
@@ -41,5 +43,13 @@ def extend_vocab(settings: Settings, *, tokens_file: Path) -> dict[str, Any] | N
             paths=settings.run_paths(),
             export=settings.export_config(),
         )
-    except (LineageError, LineageLockedError, AdaptationError, VocabError, TokenizerError) as exc:
+    except (
+        LineageError,
+        LineageLockedError,
+        AdaptationError,
+        HfModelError,
+        LoraError,
+        TokenizerError,
+        VocabError,
+    ) as exc:
         raise VocabularyError(str(exc)) from None

@@ -295,3 +295,15 @@ def test_lora_on_weights_from_another_lineage_references_that_checkpoint(tmp_pat
     with torch.no_grad():
         want = load_for_generation(newest.path).model(ids)
         torch.testing.assert_close(load_export(out).model(ids), want, atol=0.1, rtol=0.05)
+
+
+def test_lora_settings_that_fit_no_layer_are_refused(open_trainer):
+    with pytest.raises(
+        LineageError,
+        match=r"no linear layer is named or ends with .no_such_layer.; the model.s linear layers end with down, proj, qkv, up",
+    ):
+        open_trainer(spec=builtin_spec(target_modules=("no_such_layer",)))
+    with pytest.raises(LineageError, match="modules_to_save: the model has no module 'nope'"):
+        open_trainer(spec=builtin_spec(modules_to_save=("nope",)))
+    with pytest.raises(LineageError, match="'lm_head', whose weight is tied to"):
+        open_trainer(spec=builtin_spec(modules_to_save=("lm_head",)))
