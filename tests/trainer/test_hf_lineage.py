@@ -78,7 +78,12 @@ def reference(tmp_path_factory, models, drops) -> dict[str, Path]:
     return roots
 
 
-@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize(
+    # Qwen2 in the long run only: the two models share this code path, and its kill test
+    # resumes in a new process too.
+    "name",
+    ["llama", pytest.param("qwen2", marks=pytest.mark.slow)],
+)
 def test_a_third_file_in_a_new_process_continues_the_steps_exactly(
     tmp_path, models, drops, reference, name
 ):

@@ -314,3 +314,16 @@ def test_extend_vocab_refuses_a_head_saved_in_full(open_trainer, models, run_pat
             paths=run_paths,
             export=ExportConfig(),
         )
+
+
+def test_extend_vocab_needs_a_lineage(run_paths):
+    from trainer.config import ExportConfig
+
+    with pytest.raises(LineageError, match=r"for a new one, set model\.new_tokens"):
+        extend_vocabulary(
+            list(NEW),
+            spec=LineageSpec(preset="test"),
+            train=TrainConfig(**_test_train()),
+            paths=run_paths,
+            export=ExportConfig(),
+        )
