@@ -1,6 +1,7 @@
 """Comparing two runs of ``traind train`` on the same drops: the newest checkpoints' weights
 and Adam moments bit for bit, and the files the event log says were completed."""
 
+import itertools
 import json
 from pathlib import Path
 
@@ -29,3 +30,15 @@ def completions(root: Path) -> list[dict]:
     """The ``file_complete`` events of the run under ``root``, in order."""
     lines = (root / "state" / "events.jsonl").read_text().splitlines()
     return [e for e in map(json.loads, lines) if e["event"] == "file_complete"]
+
+
+def same_files_and_steps(root: Path, reference: Path, files: list[Path]) -> list[dict]:
+    """The run under ``root`` completed ``files`` in order, each starting where the one
+    before ended, on the same step ranges as the run under ``reference``; its completions."""
+    done = completions(root)
+    assert [d["file"] for d in done] == [f.name for f in files]
+    for before, after in itertools.pairwise(done):
+        assert after["start_step"] == before["end_step"]
+    steps = [(d["file"], d["start_step"], d["end_step"]) for d in done]
+    assert steps == [(d["file"], d["start_step"], d["end_step"]) for d in completions(reference)]
+    return done

@@ -312,6 +312,8 @@ def _resume_checked(
     tokenizer: Tokenizer,
 ) -> Lineage:
     torch.manual_seed(state.seed)
+    wanted: ModelConfig | HfModelConfig
+    model: torch.nn.Module
     if state.adaptation or spec.lora is not None:
         try:
             model, optimizer = restore_adapted(
@@ -319,19 +321,8 @@ def _resume_checked(
             )
         except (AdaptationError, LoraError, VocabError) as exc:
             raise LineageError(str(exc)) from None
-        apply_batch_settings(state, train)
-        restore_rng(state.rng)
-        return Lineage(
-            model=model,
-            optimizer=optimizer,
-            tokenizer=tokenizer,
-            model_config=model.config,
-            state=state,
-            resumed_from=found.path,
-            notices=[],
-        )
-    if is_hf_config(found.config):
-        wanted: ModelConfig | HfModelConfig
+        wanted, notices = model.config, []
+    elif is_hf_config(found.config):
         model, optimizer, notices = restore_hf(found, spec=spec, train=train, device=device)
         wanted = model.config
         state.model_spec = {**state.model_spec, "overrides": dict(spec.overrides)}

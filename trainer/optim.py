@@ -28,11 +28,14 @@ class OptimizerStateError(RuntimeError):
 def optimizer_layout(model: torch.nn.Module) -> list[list[str]]:
     """The names of the parameters in each group of the optimizer ``build_optimizer``
     makes for ``model``, in order: decayed matrices, then the rest."""
-    decay: list[str] = []
-    no_decay: list[str] = []
+    return [[name for name, _ in group] for group in _groups(model)]
+
+
+def _groups(model: torch.nn.Module) -> list[list[tuple[str, torch.nn.Parameter]]]:
+    decay, no_decay = [], []
     for name, param in _optimized(model):
         # Norm gains, biases (1-D) and nothing else escape decay; embeddings decay like GPT-2.
-        (decay if param.dim() >= 2 else no_decay).append(name)
+        (decay if param.dim() >= 2 else no_decay).append((name, param))
     return [decay, no_decay]
 
 
@@ -45,8 +48,7 @@ def _optimized(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    params = dict(_optimized(model))
-    decay, no_decay = ([params[n] for n in names] for names in optimizer_layout(model))
+    decay, no_decay = ([param for _, param in group] for group in _groups(model))
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

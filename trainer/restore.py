@@ -44,7 +44,7 @@ def restore_hf(
     model = rebuild_hf(found.config, spec)
     found.load_into(model)
     model.to(device)
-    return model, *_restored_optimizer(found, model, train=train, device=device)
+    return model, _restored_optimizer(found, model, train=train, device=device), []
 
 
 def restore_adapted(
@@ -68,11 +68,10 @@ def restore_adapted(
         unfreeze_at=spec.unfreeze_base_rows_at_step,
     )
     model.to(device)
-    optimizer, _ = _restored_optimizer(found, model, train=train, device=device)
+    optimizer = _restored_optimizer(found, model, train=train, device=device)
     log.info(
-        "resuming %s at global step %d (%s; %s of %s parameters train)",
+        "%s rebuilt: %s; %s of %s parameters train",
         found.path.name,
-        state.global_step,
         describe(adaptation),
         f"{trainable_count(model):,}",
         f"{model.num_params():,}",
@@ -82,14 +81,14 @@ def restore_adapted(
 
 def _restored_optimizer(
     found: LoadedCheckpoint, model: torch.nn.Module, *, train: TrainConfig, device: torch.device
-) -> tuple[torch.optim.AdamW, list[dict[str, Any]]]:
+) -> torch.optim.AdamW:
     """The optimizer with the saved moments, in the groups the checkpoint recorded. Saved
     state that does not fit an unchanged model is an error (OptimizerStateError), never a
     silent fresh optimizer: it was altered or written for another model."""
     optimizer = build_optimizer(model, train)
     check_layout(found.training_state.get("optimizer_layout"), model, where=found.path.name)
     load_moments(optimizer, found.optimizer_state(map_location=device), where=found.path.name)
-    return optimizer, []
+    return optimizer
 
 
 def restore_builtin(
@@ -107,7 +106,7 @@ def restore_builtin(
     if wanted.shape_key() == saved.shape_key():
         found.load_into(model)
         model.to(device)
-        return model, *_restored_optimizer(found, model, train=train, device=device)
+        return model, _restored_optimizer(found, model, train=train, device=device), []
     kept, dropped = _load_fitting(model, found.weights())
     model.to(device)
     optimizer = build_optimizer(model, train)

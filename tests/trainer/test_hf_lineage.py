@@ -4,7 +4,6 @@ rollback, and an export that transformers loads. On two tiny models built here f
 (no hub): a Llama with grouped-query attention and an untied head, and a Qwen2 with tied
 embeddings, each with its own BPE tokenizer and chat template."""
 
-import itertools
 import json
 import math
 import subprocess
@@ -17,7 +16,7 @@ import torch
 from conftest import write_jsonl
 
 from tests.corpus import make_drops, traind_env
-from tests.runcheck import completions, same_weights_and_moments
+from tests.runcheck import completions, same_files_and_steps, same_weights_and_moments
 from trainer.checkpoint import latest_checkpoint, read_checkpoint
 from trainer.config import EvalConfig, LineageSpec
 from trainer.lineage import LineageError
@@ -89,17 +88,10 @@ def test_a_third_file_in_a_new_process_continues_the_steps_exactly(
 ):
     trained(tmp_path, models[name], drops[:2])
     trained(tmp_path, models[name], drops[2:])
-    done = completions(tmp_path)
-    assert [d["file"] for d in done] == [d.name for d in drops]
+    done = same_files_and_steps(tmp_path, reference[name], drops)
     assert done[0]["start_step"] == 0
-    for before, after in itertools.pairwise(done):
-        assert after["start_step"] == before["end_step"]
     for d in done:  # each file's budget: 1.5 epochs at 4 x 2 sequences a step (rule 1)
         assert d["end_step"] - d["start_step"] == math.ceil(1.5 * d["n_sequences"] / 8)
-    steps = [(d["file"], d["start_step"], d["end_step"]) for d in done]
-    assert steps == [
-        (d["file"], d["start_step"], d["end_step"]) for d in completions(reference[name])
-    ]
     same_weights_and_moments(tmp_path, reference[name])
 
 

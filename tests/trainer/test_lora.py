@@ -7,7 +7,6 @@ checkpoints hold only what trains and name the base by path and hash; merged and
 adapter-only exports load (transformers, PeftModel) and agree with traind's forward; and
 a changed LoRA config, a changed base or an altered optimizer state is a specific error."""
 
-import itertools
 import json
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ import torch
 from conftest import text_rows, write_jsonl
 
 from tests.corpus import make_drops, traind_env
-from tests.runcheck import completions, same_weights_and_moments
+from tests.runcheck import completions, same_files_and_steps, same_weights_and_moments
 from trainer.checkpoint import latest_checkpoint
 from trainer.config import LineageSpec, LoraConfig, RunPaths
 from trainer.lineage import LineageError
@@ -116,13 +115,7 @@ def test_a_third_file_in_a_new_process_continues_step_optimizer_and_lr(
 ):
     trained(tmp_path, drops[:2], name=name, llama=llama)
     trained(tmp_path, drops[2:], name=name, llama=llama)
-    done = completions(tmp_path)
-    assert [d["file"] for d in done] == [d.name for d in drops]
-    for before, after in itertools.pairwise(done):
-        assert after["start_step"] == before["end_step"]
-    assert [(d["start_step"], d["end_step"]) for d in done] == [
-        (d["start_step"], d["end_step"]) for d in completions(reference[name])
-    ]
+    same_files_and_steps(tmp_path, reference[name], drops)
     same_weights_and_moments(tmp_path, reference[name])
 
 

@@ -14,7 +14,7 @@ from conftest import write_jsonl
 
 from trainer.adaptation import Adaptation
 from trainer.checkpoint import latest_checkpoint, read_checkpoint
-from trainer.config import LineageSpec, LoraConfig, ModelConfig, TrainConfig
+from trainer.config import LineageSpec, LoraConfig, ModelConfig, RunPaths, TrainConfig
 from trainer.extension import extend_vocabulary
 from trainer.lineage import LineageError
 from trainer.model import GPT
@@ -189,7 +189,6 @@ def test_unfreeze_base_rows_at_step_releases_them(tmp_path, open_trainer):
 def test_extend_vocab_on_an_existing_lineage_keeps_step_moments_and_base_rows(
     tmp_path, open_trainer, run_paths
 ):
-    from trainer.config import ExportConfig
 
     first = write_jsonl(tmp_path / "a.jsonl", rows_with_new_tokens(24))
     second = write_jsonl(tmp_path / "b.jsonl", rows_with_new_tokens(24, offset=24))
@@ -202,13 +201,7 @@ def test_extend_vocab_on_an_existing_lineage_keeps_step_moments_and_base_rows(
     trainer.close()
 
     train = TrainConfig(**{**_test_train(), "weight_decay": 0.1})
-    fields = extend_vocabulary(
-        list(NEW),
-        spec=LineageSpec(preset="test"),
-        train=train,
-        paths=run_paths,
-        export=ExportConfig(),
-    )
+    fields = extend(run_paths, train=train)
     assert fields["tokens_added"] == 3 and fields["step"] == step
     after = latest_checkpoint(run_paths.checkpoints)
     assert after.step == step
@@ -230,16 +223,7 @@ def test_extend_vocab_on_an_existing_lineage_keeps_step_moments_and_base_rows(
         saved_moment = moments["state"][old]["exp_avg"][: len(carried_moment)]
         assert torch.equal(carried_moment, saved_moment), name
     # A second time: nothing new, nothing changed.
-    assert (
-        extend_vocabulary(
-            list(NEW),
-            spec=LineageSpec(preset="test"),
-            train=train,
-            paths=run_paths,
-            export=ExportConfig(),
-        )
-        is None
-    )
+    assert extend(run_paths, train=train) is None
 
     trainer = open_trainer()
     assert trainer.state.global_step == step
@@ -255,6 +239,21 @@ def test_extend_vocab_on_an_existing_lineage_keeps_step_moments_and_base_rows(
     assert len(exported.tokenizer.encode(NEW[1])) == 1
 
 
+def extend(
+    paths: RunPaths, *, spec: LineageSpec | None = None, train: TrainConfig | None = None
+) -> dict | None:
+    """``extend_vocabulary`` with the tokens of these tests, on the lineage under ``paths``."""
+    from trainer.config import ExportConfig
+
+    return extend_vocabulary(
+        list(NEW),
+        spec=spec or LineageSpec(preset="test"),
+        train=train or TrainConfig(**_test_train()),
+        paths=paths,
+        export=ExportConfig(),
+    )
+
+
 def _test_train() -> dict:
     from conftest import TEST_TRAIN
 
@@ -262,7 +261,6 @@ def _test_train() -> dict:
 
 
 def test_extend_vocab_refuses_a_half_trained_file(tmp_path, open_trainer, run_paths):
-    from trainer.config import ExportConfig
     from trainer.loop import FileOutcome
 
     path = write_jsonl(tmp_path / "a.jsonl", rows_with_new_tokens(64))
@@ -273,13 +271,7 @@ def test_extend_vocab_refuses_a_half_trained_file(tmp_path, open_trainer, run_pa
     assert outcome is not FileOutcome.COMPLETED
     trainer.close()
     with pytest.raises(LineageError, match=r"a.jsonl is trained partly.*between files"):
-        extend_vocabulary(
-            list(NEW),
-            spec=LineageSpec(preset="test"),
-            train=TrainConfig(**_test_train()),
-            paths=run_paths,
-            export=ExportConfig(),
-        )
+        extend(run_paths)
 
 
 def test_a_larger_vocab_size_keeps_every_learned_row(tmp_path, open_trainer):
@@ -302,28 +294,14 @@ def test_an_extended_head_cannot_also_be_saved_in_full(open_trainer, models):
 
 
 def test_extend_vocab_refuses_a_head_saved_in_full(open_trainer, models, run_paths):
-    from trainer.config import ExportConfig
 
     spec = spec_for("llama", models, lora=LoraConfig(r=4, alpha=8.0, modules_to_save=("lm_head",)))
     open_trainer(spec=spec).close()
     with pytest.raises(LineageError, match="modules_to_save names 'lm_head', and the vocabulary"):
-        extend_vocabulary(
-            list(NEW),
-            spec=spec,
-            train=TrainConfig(**_test_train()),
-            paths=run_paths,
-            export=ExportConfig(),
-        )
+        extend(run_paths, spec=spec)
 
 
 def test_extend_vocab_needs_a_lineage(run_paths):
-    from trainer.config import ExportConfig
 
     with pytest.raises(LineageError, match=r"for a new one, set model\.new_tokens"):
-        extend_vocabulary(
-            list(NEW),
-            spec=LineageSpec(preset="test"),
-            train=TrainConfig(**_test_train()),
-            paths=run_paths,
-            export=ExportConfig(),
-        )
+        extend(run_paths)
