@@ -318,9 +318,11 @@ class Trainer:
         # The file's own step size (rule 14), not the split in force: micro-batches of
         # state.micro_batch_size cover it, the last one shorter if it does not divide.
         count = current.sequences_per_step
-        release_base_rows(
-            self.model, step=state.global_step, unfreeze_at=self.lineage.unfreeze_base_rows_at
-        )
+        unfreeze_at = self.lineage.unfreeze_base_rows_at
+        if unfreeze_at is not None and state.global_step == unfreeze_at:
+            # Opening set the flags for the step it opened at; this is the one step after
+            # which they change (no walk over the modules at every step).
+            release_base_rows(self.model, step=state.global_step, unfreeze_at=unfreeze_at)
         indices = self._sampler.indices(current.cursor, count)
         n_targets = data.targets_of(indices)
         loss_sum = self.guard.accumulate(data, indices, n_targets=n_targets, current=current)
