@@ -230,7 +230,7 @@ def _write_plan(root: Path, plan: dict[str, Any]) -> None:
 
 def _files_undone(root: Path, gold_state: dict[str, Any]) -> tuple[dict[str, Any], ...]:
     """Files the newest readable checkpoint finished that gold has not: the rollback
-    undoes them on purpose (the ledger keeps them done)."""
+    undoes them on purpose (the ledger marks them ``rolled_back``, not lost)."""
     at_gold = {f.get("sha256") for f in gold_state.get("files_completed") or ()}
     newest = newest_training_state(root) or {}
     return tuple(

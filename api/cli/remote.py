@@ -150,7 +150,8 @@ def rollback(
 
     Training continues from gold's weights, optimizer state and step. Newer checkpoints
     are kept under checkpoints/rolled-back/; the file in training is cancelled (retry it
-    to train it again); files finished after gold stay done and are not trained again.
+    to train it again); files finished after gold become rolled_back, with the steps they
+    had (traind requeue --rolled-back trains them again).
     """
     with _session(url=url, token=token, config=config) as client:
         answer = client.rollback()

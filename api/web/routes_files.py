@@ -1,4 +1,5 @@
-"""The routes about drops: the queue, one file, uploads, retry and cancel (docs/api.md).
+"""The routes about drops: the queue, one file, uploads, retry, cancel, and re-queueing
+the files a rollback to gold undid (docs/api.md).
 
 A missing file is a 404 (looked up first); a transition its state forbids is a 409 with
 the ledger's reason; an upload over ``watcher.max_file_bytes`` is a 413.
@@ -133,8 +134,26 @@ async def upload(
 
 
 @files.post(
+    "/files/requeue-rolled-back",
+    summary="Queue again every file a rollback to gold undid",
+    description="Every rolled_back file goes back to queued, afresh (no steps, no attempts), "
+    "and trains again on new global steps. One whose content is queued, training or done "
+    "under another record (dropped again) stays rolled_back. Answers the files re-queued "
+    "(an empty list when there are none).",
+    response_model=list[FileOut],
+    dependencies=WRITE,
+    responses=errors(401),
+)
+def requeue_rolled_back(daemon: Running) -> list[FileOut]:
+    requeued = daemon.ledger.requeue_rolled_back()
+    for record in requeued:
+        _note_requeued(daemon, record, request="requeue")
+    return [file_out(record) for record in requeued]
+
+
+@files.post(
     "/files/{file_id}/retry",
-    summary="Queue a failed or cancelled file again; re-check a rejected one",
+    summary="Queue a failed, cancelled or rolled-back file again; re-check a rejected one",
     response_model=RetryOut,
     dependencies=WRITE,
     responses={
@@ -144,10 +163,20 @@ async def upload(
 )
 def retry(daemon: Running, record: KnownFile, response: Response) -> RetryOut:
     if record.state is not FileState.REJECTED:
-        return retry_out(daemon.ledger.retry(record.id))
+        retried = daemon.ledger.retry(record.id)
+        if record.state is FileState.ROLLED_BACK:
+            _note_requeued(daemon, retried, request="retry")
+        return retry_out(retried)
     placed = _return_rejected(daemon, record)
     response.status_code = status.HTTP_202_ACCEPTED
     return retry_out(record, requeued_as=placed.name)
+
+
+def _note_requeued(daemon: Daemon, record: FileRecord, *, request: str) -> None:
+    """A file a rollback to gold undid is queued again: the event log says so."""
+    daemon.events.emit(
+        "file_requeued", id=record.id, file=record.name, sha256=record.sha256, request=request
+    )
 
 
 def _return_rejected(daemon: Daemon, record: FileRecord) -> Path:

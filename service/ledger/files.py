@@ -1,5 +1,5 @@
 """Ledger queries about drops: recording them, finding them, listing the queue, and the
-operator's cancel and retry.
+operator's cancel and retry (the files a rollback to gold undid: ``rollbacks``).
 
 Part of ``Ledger``; see ``service.ledger.ledger``.
 """
@@ -45,7 +45,8 @@ class FileQueries(Store):
         priority: int = 0,
     ) -> FileRecord:
         """Record a valid drop: ``queued``, or ``duplicate`` if its content is already
-        queued, training or done (decided atomically with the insert)."""
+        queued, training or done (decided atomically with the insert; the content of a
+        failed, cancelled or rolled-back file is not trained, so it queues again)."""
         now = utcnow()
         row = new_row(
             now,
@@ -62,7 +63,7 @@ class FileQueries(Store):
         )
         with self._writing() as session:
             self._lock_content(session, sha256)
-            twin = _active_twin(session, sha256)
+            twin = active_twin(session, sha256)
             if twin is not None:
                 row.state = FileState.DUPLICATE.value
                 row.duplicate_of = twin.id
@@ -114,7 +115,7 @@ class FileQueries(Store):
             session.add(row)
             session.flush()
             record = row.record()
-        log.info("file #%d (%s) rejected: %s", record.id, name, reason)
+        log.debug("file #%d (%s) rejected: %s", record.id, name, reason)
         return record
 
     def set_path(self, file_id: int, path: str) -> None:
@@ -241,30 +242,25 @@ class FileQueries(Store):
         return record
 
     def retry(self, file_id: int) -> FileRecord:
-        """Queue a failed or cancelled file again; LedgerError saying why if it cannot be.
+        """Queue a failed, cancelled or rolled-back file again; LedgerError saying why if it
+        cannot be.
 
-        Its recorded steps are kept: if a checkpoint holds part of it, the worker resumes
-        there; otherwise it records fresh ones with ``set_steps`` when it starts the file.
+        A failed or cancelled file keeps its recorded steps: if a checkpoint holds part of
+        it, the worker resumes there; otherwise it records fresh ones with ``set_steps``
+        when it starts the file. A rolled-back file's steps are those the lineage no longer
+        holds: they are cleared.
         """
         with self._writing() as session:
             row = self._locked_file(session, file_id)
             _check_retryable(row)
             self._lock_content(session, row.sha256)
-            twin = _active_twin(session, row.sha256) if row.sha256 else None
+            twin = active_twin(session, row.sha256) if row.sha256 else None
             if twin is not None:
                 raise LedgerError(
                     f"file #{file_id} has the same content as file #{twin.id} ({twin.name}), "
                     f"which is {twin.state}; there is nothing to retry"
                 )
-            row.state = FileState.QUEUED.value
-            row.error = None
-            row.end_step = None
-            # The operator fixed the cause: the crashes before do not count any more.
-            row.attempts = 0
-            row.lease_owner = None
-            row.lease_expires_at = None
-            row.finished_at = None
-            row.updated_at = utcnow()
+            back_to_queue(row, forget_steps=FileState(row.state) is FileState.ROLLED_BACK)
             record = row.record()
         log.info("file #%d (%s) queued again on request", file_id, record.name)
         return record
@@ -287,9 +283,26 @@ class FileQueries(Store):
         return record
 
 
+def back_to_queue(row: FileRow, *, forget_steps: bool) -> None:
+    """The operator queues the file again (retry, requeue): afresh, without a claim."""
+    row.state = FileState.QUEUED.value
+    row.error = None
+    row.end_step = None
+    if forget_steps:
+        row.start_step = None
+        row.target_step = None
+        row.lineage_id = None
+    # The operator fixed the cause: the crashes before do not count any more.
+    row.attempts = 0
+    row.lease_owner = None
+    row.lease_expires_at = None
+    row.finished_at = None
+    row.updated_at = utcnow()
+
+
 def _check_retryable(row: FileRow) -> None:
     state = FileState(row.state)
-    if state in (FileState.FAILED, FileState.CANCELLED):
+    if state in (FileState.FAILED, FileState.CANCELLED, FileState.ROLLED_BACK):
         return
     if state is FileState.REJECTED:
         raise LedgerError(
@@ -304,7 +317,7 @@ def _check_retryable(row: FileRow) -> None:
     raise LedgerError(f"file #{row.id} is already {state}")
 
 
-def _active_twin(session: Session, sha256: str | None) -> FileRow | None:
+def active_twin(session: Session, sha256: str | None) -> FileRow | None:
     """The oldest queued, training or done file with this content."""
     if not sha256:
         return None

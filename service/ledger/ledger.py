@@ -3,8 +3,8 @@
 The watcher records drops, the worker claims and finishes them, the API reads and takes
 the operator's cancel, retry and pause. Each method is one short transaction and returns
 frozen records (``service.ledger.records``), never ORM objects. The methods live in
-``files.py``, ``claims.py``, ``status.py`` and ``restore.py``; this class puts them
-together and adds opening and migrating.
+``files.py``, ``rollbacks.py``, ``claims.py``, ``status.py`` and ``restore.py``; this class
+puts them together and adds opening and migrating.
 
 Try it::
 
@@ -22,12 +22,13 @@ from service.ledger.claims import ClaimQueries
 from service.ledger.files import FileQueries
 from service.ledger.migrate import head_revision, revision_of, upgrade_connection
 from service.ledger.restore import RestoreQueries
+from service.ledger.rollbacks import RollbackQueries
 from service.ledger.status import StatusQueries
 
 log = logging.getLogger(__name__)
 
 
-class Ledger(FileQueries, ClaimQueries, StatusQueries, RestoreQueries):
+class Ledger(FileQueries, RollbackQueries, ClaimQueries, StatusQueries, RestoreQueries):
     """The ledger database at ``url`` (a SQLAlchemy URL: SQLite or PostgreSQL).
 
     ``busy_timeout_ms`` is how long SQLite waits for another process's write lock.

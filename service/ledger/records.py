@@ -14,7 +14,8 @@ from datetime import datetime
 from trainer.records.lifecycle import FileState
 
 ACTIVE_STATES = (FileState.QUEUED, FileState.TRAINING, FileState.DONE)
-"""A drop whose content matches a file in one of these states is a duplicate."""
+"""A drop whose content matches a file in one of these states is a duplicate (not one of
+a ``rolled_back`` file: the lineage no longer holds it)."""
 
 
 class DesiredState(enum.StrEnum):
@@ -72,9 +73,11 @@ class FileRecord:
     priority: int
     """Higher trains first; ties by arrival."""
     error: str | None
-    """Why it was rejected, failed, cancelled or is a duplicate: a reason a person can act on."""
+    """Why it was rejected, failed, cancelled, rolled back or is a duplicate: a reason a
+    person can act on."""
     start_step: int | None
-    """Global step when its training started (fixed then, rule 1)."""
+    """Global step when its training started (fixed then, rule 1). For a rolled-back file,
+    the steps are the ones it had: the lineage no longer holds them."""
     target_step: int | None
     """``start_step + steps_for_file`` (fixed then, rule 1)."""
     end_step: int | None
@@ -117,6 +120,8 @@ class Control:
     """When a rollback of the lineage to its gold checkpoint was last asked for."""
     export_requested_at: datetime | None = None
     """When an export (half-precision copy for inference) was last asked for."""
+    eval_requested_at: datetime | None = None
+    """When an evaluation was last asked for (``POST /v1/eval``, ``traind eval``)."""
 
 
 @dataclass(frozen=True, kw_only=True)

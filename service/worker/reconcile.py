@@ -7,7 +7,10 @@ lost checkpoint, a restored backup, a rollback), the checkpoint wins, in both di
 * a file the lineage finished is marked done;
 * a file the ledger calls done but the lineage does not hold (its checkpoints were
   lost) is queued again, with a ``file_reopened`` event that says why; files of an
-  earlier lineage, and files a rollback to gold undid on purpose, are left done;
+  earlier lineage are left done;
+* a file the ledger calls done that a rollback to gold undid on purpose becomes
+  ``rolled_back`` (:func:`service.worker.requests.mark_rolled_back`), should a crash
+  have come between the rollback and the worker's marking it;
 * the file the lineage is in the middle of is resumed under its ledger record; if that
   record is done it is reopened; if it was failed or cancelled, or has no record, its
   progress is parked, so that a retry (or a new drop of it) continues it;
@@ -22,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from service.ledger import FileRecord, FileState, Ledger
-from service.worker.requests import cancel_for_rollback
+from service.worker.requests import cancel_for_rollback, mark_rolled_back
 from trainer.loop import Trainer
 from trainer.records.checkpoints import step_folders
 from trainer.records.state import CompletedFile
@@ -62,6 +65,7 @@ def reconcile(
                 end_step=done.end_step,
                 lineage_id=state.lineage_id,
             )
+    mark_rolled_back(trainer, ledger)
     reopen_lost(trainer, ledger)
     return resume_target(trainer, ledger, finish_cancel=finish_cancel)
 
@@ -88,7 +92,8 @@ def complete(trainer: Trainer, ledger: Ledger, record: FileRecord, done: Complet
 
 
 def reopen_lost(trainer: Trainer, ledger: Ledger) -> None:
-    """Queue again the done files of this lineage that its checkpoints no longer hold."""
+    """Queue again the done files of this lineage that its checkpoints no longer hold (a
+    file a rollback to gold undid is held: it is rolled back, not lost)."""
     state = trainer.state
     done = ledger.list_files(states=[FileState.DONE], limit=1_000_000)[0]
     for record in done:

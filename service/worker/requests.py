@@ -1,5 +1,5 @@
 """What serving the operator's requests does to the lineage and the ledger: a rollback to
-gold, the cancel of the file in training.
+gold (and the files it undid), the cancel of the file in training.
 
 The worker decides when (:mod:`service.worker.control`); these functions only do it, on
 the trainer and the ledger they are given. A rollback closes the lineage and opens it
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.ledger import FileRecord, Ledger
+from service.ledger import FileRecord, FileState, Ledger
 from trainer.checkpoint import CheckpointError
 from trainer.loop import Trainer
 
@@ -100,3 +100,39 @@ def cancel_for_rollback(trainer: Trainer, ledger: Ledger, record: FileRecord, *,
     trainer.events.emit(
         "file_cancelled", id=record.id, file=record.name, step=step, reason=cancelled.error
     )
+
+
+def mark_rolled_back(trainer: Trainer, ledger: Ledger) -> list[FileRecord]:
+    """The done files of this lineage that a rollback to gold undid (in the lineage's
+    ``files_rolled_back`` and not trained again since) become ``rolled_back``, with the
+    steps they had, each with a ``file_rolled_back`` event. Done right after a rollback,
+    and again at every start, where it repairs a crash between the two."""
+    state = trainer.state
+    undone = {f.get("sha256") for f in state.files_rolled_back}
+    if not undone:
+        return []
+    # Opened by a rollback (or finishing one), the trainer knows gold's step. Otherwise this
+    # is a start after a crash between the rollback's commit and the marking, and nothing
+    # has trained since: the lineage is at gold's step. (Files an older traind left done
+    # after a rollback get the step the lineage is at now.)
+    gold_step = trainer.rollback.gold_step if trainer.rollback else state.global_step
+    marked = []
+    for record in ledger.list_files(states=[FileState.DONE], limit=1_000_000)[0]:
+        if record.lineage_id != state.lineage_id or record.sha256 not in undone:
+            continue
+        if state.completed(record.sha256) is not None:
+            continue  # queued again after the rollback and trained again since
+        rolled = ledger.mark_rolled_back(record.id, gold_step=gold_step)
+        if rolled is None:
+            continue
+        trainer.events.emit(
+            "file_rolled_back",
+            id=rolled.id,
+            file=rolled.name,
+            sha256=rolled.sha256,
+            start_step=rolled.start_step,
+            end_step=rolled.end_step,
+            gold_step=gold_step,
+        )
+        marked.append(rolled)
+    return marked

@@ -20,3 +20,6 @@ class FileState(enum.StrEnum):
     REJECTED = "rejected"
     DUPLICATE = "duplicate"
     CANCELLED = "cancelled"
+    ROLLED_BACK = "rolled_back"
+    """Trained, then undone by a rollback to gold: the lineage no longer holds it (its
+    steps are the ones it had); ``traind requeue --rolled-back`` trains it again."""

@@ -162,7 +162,8 @@ class TrainingState:
     refused, so that a request is served once whatever restarts come between."""
     files_rolled_back: list[dict[str, Any]] = field(default_factory=list)
     """Files finished after gold that rollbacks to gold undid on purpose (``name``,
-    ``sha256``, ``start_step``, ``end_step``): the ledger keeps them done, not lost."""
+    ``sha256``, ``start_step``, ``end_step``): the ledger calls them ``rolled_back``, not
+    lost, until the operator queues them again."""
     adaptation: dict[str, Any] = field(default_factory=dict)
     """What the lineage adds to its base model (``trainer.adaptation``): LoRA settings and
     the base's reference, the vocabulary extension; empty for a plain lineage."""

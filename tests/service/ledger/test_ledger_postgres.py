@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
 
 from service.ledger import DesiredState, FileState, Ledger, LedgerError, WorkerState, migrate
 from service.ledger.models import Base
@@ -161,6 +162,34 @@ def test_migrations_reach_head_and_agree_with_the_models(url: str) -> None:
     assert migrate.current_revision(url) is None
     migrate.upgrade(url)
     assert migrate.current_revision(url) == migrate.head_revision()
+
+
+def test_0005_recreates_the_state_check_with_rolled_back(url: str) -> None:
+    migrate.upgrade(url, revision="0004_file_lineage")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(INSERT_0004), {"state": "done"})
+        migrate.upgrade(url)
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE files SET state = 'rolled_back'"))
+            with pytest.raises(IntegrityError), connection.begin_nested():
+                connection.execute(text("UPDATE files SET state = 'lost'"))
+        migrate.downgrade(url, revision="0004_file_lineage")
+        with engine.begin() as connection:
+            assert connection.execute(text("SELECT state FROM files")).scalar() == "done"
+            with pytest.raises(IntegrityError), connection.begin_nested():
+                connection.execute(text("UPDATE files SET state = 'rolled_back'"))
+    finally:
+        engine.dispose()
+
+
+INSERT_0004 = (
+    "INSERT INTO files (name, path, sha256, size, n_examples, n_invalid, invalid_lines, state, "
+    "priority, attempts, created_at, updated_at) VALUES ('a.jsonl', '/a', NULL, 1, 1, 0, '[]', "
+    ":state, 0, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+)
+"""A row of the 0004 schema, written as that schema knows it (the models move on)."""
 
 
 def test_ledgers_opened_together_migrate_once(url: str) -> None:

@@ -13,8 +13,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
-from service.ledger import DesiredState, Ledger, migrate
+from service.ledger import DesiredState, FileState, Ledger, migrate
 from service.ledger.models import Base
 
 TABLES = {"files", "control", "workers", "checkpoints"}
@@ -141,3 +142,49 @@ def test_a_ledger_from_a_newer_traind_is_refused_clearly(url: str) -> None:
         engine.dispose()
     with pytest.raises(migrate.MigrationError, match=r"'9999_future'.*a newer traind"):
         Ledger.open(url)
+
+
+def test_0005_lets_a_0004_ledger_hold_rolled_back_files(url: str) -> None:
+    # A 0004 ledger (rows written as that schema knows them: the models move on) with a
+    # duplicate's link to its twin across the copy SQLite makes of the table, and ids
+    # reserved above its rows.
+    migrate.upgrade(url, revision="0004_file_lineage")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(INSERT_0004), {"state": "done", "duplicate_of": None})
+            connection.execute(text(INSERT_0004), {"state": "duplicate", "duplicate_of": 1})
+            connection.execute(text("UPDATE sqlite_sequence SET seq = 40 WHERE name = 'files'"))
+            with pytest.raises(IntegrityError):
+                connection.execute(text("UPDATE files SET state = 'rolled_back'"))
+        migrate.upgrade(url)
+        with Ledger(url) as ledger:
+            with ledger.engine.begin() as connection:
+                connection.execute(text("UPDATE files SET state = 'rolled_back' WHERE id = 1"))
+                with pytest.raises(IntegrityError):
+                    connection.execute(text("UPDATE files SET state = 'lost' WHERE id = 1"))
+            assert ledger.get_file(1).state is FileState.ROLLED_BACK
+            assert ledger.get_file(2).duplicate_of == 1
+            new = ledger.record_file(
+                name="c.jsonl", path="/c", sha256="c" * 64, size=1, format="text", n_examples=1
+            )
+            assert new.id == 41  # the reserved ids stay reserved
+        with engine.connect() as connection:
+            schema = text("SELECT sql FROM sqlite_master WHERE name = 'files'")
+            assert "AUTOINCREMENT" in connection.execute(schema).scalar()
+        # Down again: a rolled-back file was done before the state existed.
+        migrate.downgrade(url, revision="0004_file_lineage")
+        with engine.begin() as connection:
+            states = connection.execute(text("SELECT state FROM files ORDER BY id")).scalars()
+            assert list(states) == ["done", "duplicate", "queued"]
+            with pytest.raises(IntegrityError):
+                connection.execute(text("UPDATE files SET state = 'rolled_back'"))
+    finally:
+        engine.dispose()
+
+
+INSERT_0004 = (
+    "INSERT INTO files (name, path, sha256, size, n_examples, n_invalid, invalid_lines, state, "
+    "priority, attempts, duplicate_of, created_at, updated_at) VALUES ('a.jsonl', '/a', NULL, "
+    "1, 1, 0, '[]', :state, 0, 0, :duplicate_of, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+)
