@@ -2,15 +2,17 @@
 
 Run: ``traind serve [--config traind.toml]``. SIGTERM or Ctrl-C stops it cleanly: the
 worker checkpoints at its next optimizer step (within ``worker.stop_grace_s``), then the
-process exits 0. Exit status 2 means "a person must act, restarting will not help": bad
-settings, a non-loopback ``server.host`` without a strong ``server.token``, another
-service on the same folders, or a worker that refuses its settings or its lineage. 1: the
-API did not start; 3: uvicorn could not bind the port.
+process exits 0. SIGHUP reads the settings file again (``service.daemon.reloader``;
+uvicorn handles SIGINT and SIGTERM, not SIGHUP). Exit status 2 means "a person must act,
+restarting will not help": bad settings, a non-loopback ``server.host`` without a strong
+``server.token``, another service on the same folders, or a worker that refuses its
+settings or its lineage. 1: the API did not start; 3: uvicorn could not bind the port.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 from types import FrameType
 
@@ -106,7 +108,12 @@ def _serve(settings: Settings) -> int:
         server.should_exit = True
 
     daemon.on_fatal = fatal
-    server.run()
+    previous = daemon.reloader.install()  # SIGHUP only sets a flag; the reloader's thread acts
+    try:
+        server.run()
+    finally:
+        if previous is not None:  # None: a handler not set from Python, left as it was
+            signal.signal(signal.SIGHUP, previous)
     if daemon.fatal:
         # The only fatal cause is a worker that refused its settings (exit 2): say the
         # same, so systemd's RestartPreventExitStatus=2 stops a pointless restart loop.

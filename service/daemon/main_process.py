@@ -5,6 +5,10 @@ The main process never imports torch: it runs the inbox watcher and the supervis
 lifespan calls :meth:`Daemon.start` and :meth:`Daemon.stop`. Under systemd the daemon
 also reports to the service manager (:mod:`service.daemon.readiness`: READY, STATUS, watchdog
 pings and STOPPING).
+
+The daemon owns the settings in force (:attr:`Daemon.in_force`): it writes them for the
+worker at start (:mod:`service.config.in_force`), and its reloader changes them on SIGHUP
+(:mod:`service.daemon.reloader`).
 """
 
 from __future__ import annotations
@@ -16,14 +20,16 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.config.in_force import InForce, in_force_path, next_revision, write_in_force
 from service.config.settings import Settings
 from service.daemon.readiness import Readiness
+from service.daemon.reloader import Reloader
 from service.daemon.status import SchemaCheck, read_status, worker_not_ready
 from service.daemon.supervisor import Supervisor
 from service.inbox.inventory import take_inventory
 from service.inbox.watcher import InboxWatcher
 from service.ledger import Ledger
-from trainer.records.events import EventLog
+from trainer.records.events import EventLog, utc_now
 from trainer.records.storage import DiskFullError
 
 log = logging.getLogger(__name__)
@@ -33,7 +39,11 @@ class Daemon:
     """Ledger, watcher and supervisor with one start and one stop."""
 
     def __init__(self, settings: Settings, *, start_worker: bool = True) -> None:
-        self.settings = settings
+        path = in_force_path(settings)
+        self.in_force = InForce(
+            settings=settings, revision=next_revision(path), loaded_at=utc_now()
+        )
+        """The settings in force: replaced whole by an accepted reload."""
         self.ledger = Ledger.open(
             settings.database_url(), busy_timeout_ms=settings.ledger.busy_timeout_ms
         )
@@ -47,13 +57,29 @@ class Daemon:
             else None
         )
         self.readiness = Readiness(settings, ledger=self.ledger, supervisor=self.supervisor)
+        # Those above read only sections a reload never changes (service.config.reload).
+        self.reloader = Reloader(
+            current=lambda: self.in_force, put=self._put_in_force, path=path, events=self.events
+        )
         self.schema = SchemaCheck(self.ledger)
         self.stopping = threading.Event()
         self.fatal: str | None = None
         self.on_fatal = None
 
+    @property
+    def settings(self) -> Settings:
+        """The settings in force."""
+        return self.in_force.settings
+
     def start(self) -> None:
         self.settings.paths.checkpoints.mkdir(parents=True, exist_ok=True)
+        # Before the worker starts: it loads its settings from this file.
+        write_in_force(self.reloader.path, self.in_force)
+        log.info(
+            "settings in force: revision %d, from %s",
+            self.in_force.revision,
+            self.settings.config_file or "the environment and defaults",
+        )
         self._forget_old_workers()
         # Before the watcher: a new drop must not take an id an old file carries.
         take_inventory(
@@ -67,6 +93,7 @@ class Daemon:
         self.readiness.start()  # before the worker: it must know the previous run's heartbeat
         if self.supervisor is not None:
             self.supervisor.start()
+        self.reloader.start()
         log.info(
             "traind is watching %s; checkpoints in %s; ledger %s",
             self.settings.paths.inbox,
@@ -80,6 +107,7 @@ class Daemon:
             return
         self.stopping.set()
         self.readiness.stopping()  # systemd: STOPPING=1, and time for the final checkpoint
+        self.reloader.stop()
         if self.supervisor is not None:
             code = self.supervisor.stop()
             log.info("worker stopped with status %s", code)
@@ -143,6 +171,10 @@ class Daemon:
         if self.fatal:
             return f"stopping after a fatal error: {self.fatal}"
         return "shutting down" if self.stopping.is_set() else None
+
+    def _put_in_force(self, in_force: InForce) -> None:
+        # One assignment: every reader sees the old settings or the new ones, whole.
+        self.in_force = in_force
 
     def _fatal(self, reason: str) -> None:
         self.fatal = reason

@@ -1,9 +1,12 @@
 """Keeps one training worker process alive, and knows when it died (ARCHITECTURE.md,
 section 2).
 
-The worker is a plain child process (``python -m service.worker.process``) that inherits the
-service's environment and config file, plus the id it reports under
-(``TRAIND_WORKER_ID``). If it dies it is restarted after a back-off that doubles up to a
+The worker is a plain child process (``python -m service.worker``) that inherits the
+service's environment, plus the id it reports under (``TRAIND_WORKER_ID``). It loads its
+settings from the settings in force that the main process wrote
+(``<paths.state>/settings-in-force.json``, :mod:`service.config.in_force`), never from
+``traind.toml``: a worker restarted after a crash gets the settings in force, not a file
+edited since. If it dies it is restarted after a back-off that doubles up to a
 limit (and resets once a worker has stayed up a while). On stop the worker gets SIGTERM,
 which makes it checkpoint at the next optimizer step and release its claim; after
 ``worker.stop_grace_s`` it is killed. A worker that exits with status 2 (bad settings,
@@ -32,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.config.in_force import in_force_path
 from service.config.settings import Settings
 from service.diskspace import space_problems
 from service.ledger import FileState, Ledger, WorkerState, WorkerStatus
@@ -83,10 +87,11 @@ class Supervisor:
         command: list[str] | None = None,
         on_fatal: Callable[[str], None] | None = None,
     ) -> None:
-        self.settings = settings
         self.ledger = ledger
         self.events = events
-        self.command = command or worker_command(settings.config_file)
+        # Reads only sections a reload never changes ([worker], [ledger], [paths]).
+        self.settings = settings
+        self.command = command or worker_command(in_force_path(settings))
         self.on_fatal = on_fatal
         self._proc: subprocess.Popen | None = None
         self._worker_id: str | None = None
@@ -285,11 +290,7 @@ def _exit_reason(code: int) -> str:
     return f"the worker exited with status {code}"
 
 
-def worker_command(config: Path | None) -> list[str]:
-    """The command line the supervisor runs (for documentation and tests)."""
-    return [
-        sys.executable,
-        "-m",
-        "service.worker.process",
-        *(["--config", str(config)] if config else []),
-    ]
+def worker_command(in_force: Path) -> list[str]:
+    """The command line the supervisor runs (for documentation and tests): the worker
+    with the settings-in-force file the main process writes."""
+    return [sys.executable, "-m", "service.worker", "--settings", str(in_force)]

@@ -32,6 +32,8 @@ class Reports:
         """Its problem, while a disk is full, is what every heartbeat reports."""
         self.started_at = datetime.now(UTC)
         self.step_times = StepTimes()
+        self.settings_revision: int | None = None
+        """The revision of the settings in force the worker runs with (``traind serve``)."""
 
     def checkpoint_saved(self, path: Path, step: int, removed: list[Path]) -> None:
         """Keep the ledger's list of checkpoints in step with the folder."""
@@ -82,9 +84,13 @@ class Reports:
         return True
 
     def extra(self, trainer: Trainer) -> dict:
-        """Counters for /metrics."""
+        """Counters for /metrics, and the settings revision applied (``/v1/settings``)."""
         state = trainer.state
+        revision = (
+            {} if self.settings_revision is None else {"settings_revision": self.settings_revision}
+        )
         return {
+            **revision,
             "tokens_processed": state.tokens_processed,
             "nan_skips_total": state.nan_skips_total,
             "rollbacks": state.rollbacks,  # rewinds after non-finite steps (the public name)

@@ -196,6 +196,12 @@ def test_stopping_lets_the_worker_checkpoint():
     assert directive(SERVICE, "SendSIGKILL") in (None, "yes")
 
 
+def test_reload_sends_sighup_to_the_main_process():
+    # systemctl reload traind: traind serve reads traind.toml again (service.daemon.reloader).
+    reload = shlex.split(directive(SERVICE, "ExecReload") or "")
+    assert reload == ["/bin/kill", "-HUP", "$MAINPID"]
+
+
 def test_restarts_on_failure_but_not_on_settings_errors():
     assert directive(SERVICE, "Restart") == "on-failure"
     assert systemd_seconds(directive(SERVICE, "RestartSec") or "0") >= 1
