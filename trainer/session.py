@@ -3,7 +3,8 @@
 ``training_start`` once the lineage is held; ``file_complete`` once per finished file,
 only after the checkpoint that holds the file's end is committed (and again at the next
 start if a crash cut it off after that commit, so it appears exactly once);
-``training_complete`` at a clean end, with what this session did.
+``training_complete`` at a clean end, with what this session did and the losses the
+lineage ends it with.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ class Session:
         steps = state.global_step - self._start_step
         tokens = state.tokens_processed - self._start_tokens
         vals = [e["val_loss"] for e in state.eval_history if e.get("val_loss") is not None]
+        last_eval = state.eval_history[-1] if state.eval_history else {}
+        val_loss = round_loss(last_eval.get("val_loss"))
         self.events.emit(
             "training_complete",
             global_step=state.global_step,
@@ -106,4 +109,18 @@ class Session:
             best_val_loss=round_loss(min(vals)) if vals else None,
             gold_step=state.gold["step"] if state.gold else None,
             gold_val_loss=state.gold["val_loss"] if state.gold else None,
+            train_loss=round_loss(final_train_loss(state)),
+            val_loss=val_loss,
+            val_step=last_eval.get("step") if val_loss is not None else None,
         )
+
+
+def final_train_loss(state: TrainingState) -> float | None:
+    """The mean training loss of the newest file with trained steps: the file in progress,
+    else the last finished one; None before any."""
+    current = state.current_file
+    if current is not None and current.loss_steps:
+        return current.loss_sum / current.loss_steps
+    if state.files_completed:
+        return state.files_completed[-1].mean_loss
+    return None

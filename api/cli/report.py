@@ -1,4 +1,4 @@
-"""``traind inspect``: a checkpoint's architecture, training state, lineage and gold.
+"""``traind inspect``: a checkpoint's architecture, state, hyper-parameters, lineage and gold.
 
 The reading is ``service.checkpoints.catalog`` (JSON files and the safetensors header, no torch);
 this module is the command and its rich rendering. ``service.checkpoints.catalog`` is imported
@@ -19,7 +19,7 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from api.cli.views import adaptation_rows, count, duration
+from api.cli.views import adaptation_rows, count, duration, hyperparameter_rows
 
 if TYPE_CHECKING:
     from service.checkpoints.catalog import CheckpointEntry, CheckpointView, Inspection
@@ -49,7 +49,8 @@ _ARCH_ORDER = (
 
 # Paragraphs on single lines: typer keeps a docstring's line breaks in --help.
 HELP = (
-    "Show a checkpoint's architecture, training state, lineage and gold history.\n\n"
+    "Show a checkpoint's architecture, training state and hyper-parameters, lineage and"
+    " gold history.\n\n"
     "The lineage is the files trained, in order, with the global steps each occupied. Only"
     " JSON files and the safetensors header are read: no torch, no weights loaded, so it is"
     " fast and works on any machine.\n\n"
@@ -141,6 +142,8 @@ def _folder_sections(view: CheckpointView) -> list[RenderableType]:
     if training is None:
         return parts
     parts += [_section("Training state"), _training(training)]
+    if training.train_config:
+        parts += [_section("Hyper-parameters"), _grid(hyperparameter_rows(training.train_config))]
     parts += [_section("Lineage"), _lineage(training)]
     parts += [_section("Gold"), *_gold(training)]
     return parts

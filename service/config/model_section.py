@@ -134,7 +134,11 @@ class ModelSection(Section):
         path = Path(value).expanduser().resolve()
         if path.is_dir():
             if not (path / "tokenizer.json").is_file():
-                raise ValueError(f"tokenizer folder {path} holds no tokenizer.json")
+                raise ValueError(
+                    f"tokenizer folder {path} holds no tokenizer.json; give a folder that "
+                    "save_pretrained wrote (a Hugging Face model folder has one), the path of "
+                    'a tokenizer.json, or "bytes"'
+                )
             return str(path)
         return str(
             existing_file(value, what='tokenizer (use "bytes", a tokenizer.json or its folder):')

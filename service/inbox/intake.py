@@ -266,6 +266,8 @@ class Intake:
             log.exception("could not write the event for file %d to the event log", record.id)
 
     def _emit(self, record: FileRecord) -> None:
+        # A queued or duplicate file has its one log line from the ledger as it is recorded
+        # (Ledger.record_file); a rejection is a warning here, as a person must act on it.
         if record.state is FileState.REJECTED:
             log.warning("rejected %s (id %d): %s", record.name, record.id, record.error)
             self.events.emit(
@@ -277,9 +279,6 @@ class Intake:
                 lines=[p.line for p in record.invalid_lines if p.line is not None],
             )
         elif record.state is FileState.DUPLICATE:
-            log.info(
-                "%s (id %d) is a duplicate of file %s", record.name, record.id, record.duplicate_of
-            )
             self.events.emit(
                 "file_duplicate",
                 id=record.id,
@@ -288,13 +287,6 @@ class Intake:
                 duplicate_of=record.duplicate_of,
             )
         else:
-            log.info(
-                "queued %s (id %d): %d %s examples",
-                record.name,
-                record.id,
-                record.n_examples,
-                record.format,
-            )
             self.events.emit(
                 "file_queued",
                 id=record.id,

@@ -12,19 +12,32 @@ from __future__ import annotations
 import importlib.resources
 import logging
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
+# Importing alembic announces its seven autogenerate plugins at INFO ("setup plugin
+# alembic.autogenerate.schemas", ...) in every process: quieted before the first import.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
-from service.ledger.engine import READ_OPTIONS, create_ledger_engine
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from alembic.runtime.migration import MigrationContext  # noqa: E402
+from alembic.script import ScriptDirectory  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+from sqlalchemy.engine import Connection  # noqa: E402
+
+from service.ledger.engine import READ_OPTIONS, create_ledger_engine  # noqa: E402
 
 log = logging.getLogger(__name__)
-# Alembic's INFO lines ("Context impl SQLiteImpl", "Will assume transactional DDL") repeat
-# on every start and every readiness check; traind logs the migrations it applies itself.
-logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+
+
+class MigrationLinesOnly(logging.Filter):
+    """Lets through alembic's "Running upgrade ..." lines (a migration is being applied)
+    and its warnings; drops "Context impl SQLiteImpl." and "Will assume transactional
+    DDL.", which repeat at every start and every readiness check."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or str(record.msg).startswith("Running ")
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(MigrationLinesOnly())
 
 MIGRATIONS_PACKAGE = "migrations"
 

@@ -16,6 +16,13 @@ from pathlib import Path
 
 from service.config.settings import Settings
 from service.signals import StopFlag
+from trainer.records.checkpoints import (
+    EXPORT_DIR,
+    EXPORT_INFO,
+    float_or_none,
+    int_or_none,
+    read_json_object,
+)
 from trainer.records.storage import file_sha256
 
 log = logging.getLogger(__name__)
@@ -104,12 +111,14 @@ def _train(
         log.error("%s", exc)
         return EXIT_USAGE
     try:
-        return _train_planned(trainer, planned, stop=stop)
+        return _train_planned(trainer, planned, settings=settings, stop=stop)
     finally:
         trainer.close()
 
 
-def _train_planned(trainer, planned: list[PlannedFile], *, stop: StopFlag) -> int:
+def _train_planned(
+    trainer, planned: list[PlannedFile], *, settings: Settings, stop: StopFlag
+) -> int:
     from trainer.loop import FileOutcome
 
     state = trainer.state
@@ -132,15 +141,42 @@ def _train_planned(trainer, planned: list[PlannedFile], *, stop: StopFlag) -> in
     if stop() and trainer.unsaved_steps:
         trainer.save_checkpoint(reason="stop")
     trainer.finish()
+    log.info("done: %s", run_summary(settings, state))
     if rejected:
         log.error("%d file(s) rejected: %s", len(rejected), ", ".join(str(p) for p in rejected))
         return EXIT_REJECTED
-    log.info(
-        "done: global step %d, %d files in the lineage",
-        state.global_step,
-        len(state.files_completed),
-    )
     return 128 + stop.signum if stop() else EXIT_OK
+
+
+def run_summary(settings: Settings, state) -> str:
+    """Where the lineage ends this run: its step and files, its gold and its export (the
+    two models a person takes away)."""
+    parts = [
+        f"global step {state.global_step}",
+        f"{len(state.files_completed)} files in the lineage",
+    ]
+    gold = state.gold or {}
+    gold_step, gold_loss = int_or_none(gold.get("step")), float_or_none(gold.get("val_loss"))
+    if gold_step is None:
+        parts.append("no gold yet")
+    elif gold_loss is None:
+        parts.append(f"gold at step {gold_step}")
+    else:
+        parts.append(f"gold at step {gold_step} (val loss {gold_loss:.4f})")
+    parts.append(_export_summary(settings))
+    return "; ".join(parts)
+
+
+def _export_summary(settings: Settings) -> str:
+    if not settings.export.enabled:
+        return "export off (export.enabled = false)"
+    folder = settings.run_paths().checkpoints / EXPORT_DIR
+    info = read_json_object(folder / EXPORT_INFO)
+    step = int_or_none((info or {}).get("step"))
+    if step is None:
+        # With export.from = "gold", there is none until the first gold.
+        return f"no export yet (export.from = {settings.export.source!r})"
+    return f"export {folder} at step {step}"
 
 
 def _not_yet_trained(state, planned: list[PlannedFile]) -> list[PlannedFile]:

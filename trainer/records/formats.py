@@ -143,6 +143,16 @@ def validate_file(
     return stream.report()
 
 
+def json_problem(error: json.JSONDecodeError) -> str:
+    """What is wrong and where, as "Expecting value at column 1".
+
+    Some of json's messages already end in "at" ("Invalid control character at",
+    "Unterminated string starting at"): those get only the column.
+    """
+    where = "" if error.msg.endswith(" at") else " at"
+    return f"{error.msg}{where} column {error.colno}"
+
+
 class _HashingReader(io.RawIOBase):
     """Hashes and counts the stored bytes as the decoder pulls them."""
 
@@ -297,7 +307,7 @@ class ExampleStream:
                     "the file may have been cut off; complete or remove the line",
                 )
             else:
-                self._record(number, f"is not valid JSON ({exc.msg} at column {exc.colno})")
+                self._record(number, f"is not valid JSON ({json_problem(exc)})")
             return None
         except RecursionError:
             self._record(number, "is JSON nested too deeply")

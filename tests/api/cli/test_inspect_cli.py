@@ -4,6 +4,7 @@ lineage that ``traind train`` wrote."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -64,6 +65,14 @@ def test_human_output_shows_every_section_and_the_lineage(root: Path) -> None:
     assert f"showing step-{state['global_step']:08d}" in out
     assert "rng" not in out
     assert result.stderr == ""
+    # The hyper-parameters in force, as the checkpoint recorded them, without --json.
+    config = state["train_config"]
+    assert "Hyper-parameters" in out
+    lr = f"{config['learning_rate']:g} · {config['lr_schedule']} after {config['warmup_steps']}"
+    assert lr in out
+    assert f"micro {config['micro_batch_size']} × accum {config['grad_accum_steps']}" in out
+    assert f"weight decay {config['weight_decay']:g}" in out
+    assert re.search(rf"^epochs per file +{config['epochs_per_file']:g} *$", out, re.M)
 
 
 def test_json_is_one_object_with_the_lineage(root: Path) -> None:

@@ -4,12 +4,13 @@ one first, keep going past a rejected file."""
 import json
 import logging
 import shutil
+from types import SimpleNamespace
 
 import pytest
 
 from service.config.settings import load_settings
 from service.signals import StopFlag
-from service.worker.runner import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, train_files
+from service.worker.runner import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, run_summary, train_files
 from trainer.checkpoint import latest_checkpoint
 
 
@@ -69,6 +70,13 @@ def test_completed_files_and_repeated_content_are_skipped(tmp_path, drops, setti
     assert "skipping" in caplog.text and "already trained" in caplog.text
     assert completed(settings) == [*first, ("c.jsonl", completed(settings)[2][1])]
     assert len(events(settings, "file_complete")) == 3
+    # The end-of-run summary names gold and the export (no eval set here: no gold).
+    step = latest_checkpoint(settings.run_paths().checkpoints).training_state["global_step"]
+    export = settings.run_paths().checkpoints / "export"
+    assert (
+        f"done: global step {step}; 3 files in the lineage; no gold yet; "
+        f"export {export} at step {step}"
+    ) in caplog.text
 
 
 def test_interrupted_file_is_finished_first(drops, settings, caplog):
@@ -112,3 +120,14 @@ def test_multi_process_launch_is_refused_clearly(drops, settings, caplog, monkey
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert train_files(settings, [drops[0]], stop=StopFlag()) == EXIT_USAGE
     assert "WORLD_SIZE=2" in caplog.text
+
+
+def test_the_summary_names_gold_and_says_when_the_export_is_off_or_not_yet(tmp_path, settings):
+    gold = {"step": 40, "val_loss": 2.34567, "train_loss": 2.2}
+    state = SimpleNamespace(global_step=52, files_completed=[{}, {}], gold=gold)
+    off = load_settings(None, paths={"checkpoints": tmp_path / "ck"}, export={"enabled": False})
+    assert run_summary(off, state) == (
+        "global step 52; 2 files in the lineage; gold at step 40 (val loss 2.3457); "
+        "export off (export.enabled = false)"
+    )
+    assert run_summary(settings, state).endswith("; no export yet (export.from = 'latest')")
