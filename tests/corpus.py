@@ -53,7 +53,7 @@ def traind_env(root: Path, **extra: str) -> dict[str, str]:
         # Evaluation on: every kill/resume test then also proves that evaluating, holding
         # data out, sampling and writing gold leave the training trajectory bit-exact.
         TRAIND_EVAL__INTERVAL="3",
-        TRAIND_EVAL__ITERS="2",
+        TRAIND_EVAL__SEQUENCES="16",
         TRAIND_EVAL__HOLDOUT_FRACTION="0.1",
         TRAIND_EVAL__PROMPTS='["1 + 1 ="]',
         TRAIND_EVAL__SAMPLE_TOKENS="4",

@@ -46,15 +46,23 @@ def take_up(
     epochs: float,
     world_size: int,
     events: EventLog,
+    holdout_wanted: float = 0.0,
 ) -> FileProgress:
     """Make ``data`` the file in progress: continued where it stopped or was parked
-    (``trainer.parking``), else begun with its budget."""
+    (``trainer.parking``), else begun with its budget. ``holdout_wanted``, the configured
+    ``eval.holdout_fraction``, lets the start line say when the file was too small for it."""
     current = state.current_file
     if current is None:
         current = unpark(state, data.sha256, name=name, events=events)
     if current is None:
         current = begin_file(
-            state, data, name=name, epochs=epochs, world_size=world_size, events=events
+            state,
+            data,
+            name=name,
+            epochs=epochs,
+            world_size=world_size,
+            events=events,
+            holdout_wanted=holdout_wanted,
         )
     else:
         log.info(
@@ -77,9 +85,10 @@ def begin_file(
     epochs: float,
     world_size: int,
     events: EventLog,
+    holdout_wanted: float = 0.0,
 ) -> FileProgress:
     """Make ``data`` the file in progress with its budget from this global step on, and
-    say so (``file_start``)."""
+    say so (``file_start``, and a start line that says what was held out)."""
     per_step = state.micro_batch_size * state.grad_accum_steps * world_size
     steps = steps_for_file(
         data.n_sequences,
@@ -113,15 +122,33 @@ def begin_file(
         n_holdout=current.n_holdout,
         sequences_per_step=per_step,
     )
+    held = describe_holdout(data, wanted=holdout_wanted)
     log.info(
-        "%s: %d sequences, %d steps (global %d -> %d)",
+        "%s: %d sequences, %d steps (global %d -> %d)%s",
         name,
         data.n_sequences,
         steps,
         current.start_step,
         current.target_step,
+        f"; {held}" if held else "",
     )
     return current
+
+
+def describe_holdout(data: TokenizedFile, *, wanted: float) -> str | None:
+    """What the start of a file says of its held-out part (``wanted``: the configured
+    ``eval.holdout_fraction``; a file too small for it holds out none); None when none
+    was wanted."""
+    held = data.holdout.n_examples if data.holdout else 0
+    total = data.n_examples + held
+    if wanted <= 0 and held == 0:
+        return None
+    if held == 0:
+        return (
+            f"held out: none of its {total} examples (too small for eval.holdout_fraction "
+            f"{wanted:g}: the recent set scores the other files only)"
+        )
+    return f"held out: {held} of its {total} examples, for the recent set"
 
 
 def advance(

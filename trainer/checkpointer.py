@@ -2,10 +2,10 @@
 
 A :class:`trainer.loop.Trainer` owns one. At an optimizer-step boundary it writes what
 the lineage holds (model, optimizer, tokenizer, and the training state with its RNG) as
-``step-NNNNNNNN``, as ``gold`` or as the half-precision ``export``, each atomically
+``step-NNNNNNNN`` or as ``gold``, each atomically
 (``trainer.checkpoint``, ARCHITECTURE.md rule 8), and knows how many steps the newest
 checkpoint is behind. A full disk is waited out through ``on_disk_full``; one lineage
-never overwrites another's gold or export (rule 15).
+never overwrites another's gold or export (rule 15). The export is ``trainer.exporter``'s.
 """
 
 from __future__ import annotations
@@ -17,25 +17,16 @@ from pathlib import Path
 from typing import TypeVar
 
 from trainer.adaptation import Adaptation, saved_names
-from trainer.adapter_export import write_adapter_export
 from trainer.checkpoint import (
     CheckpointContent,
     CheckpointError,
     rotate,
     write_checkpoint,
 )
-from trainer.config import ExportConfig, TrainConfig
-from trainer.export import plain_model, verify_export, write_export
+from trainer.config import TrainConfig
 from trainer.lineage import Lineage
 from trainer.optim import optimizer_layout
-from trainer.records.checkpoints import (
-    EXPORT_DIR,
-    EXPORT_INFO,
-    GOLD_DIR,
-    RETIRED_DIR,
-    read_json_object,
-    step_folder,
-)
+from trainer.records.checkpoints import GOLD_DIR, RETIRED_DIR, step_folder
 from trainer.records.events import EventLog
 from trainer.records.state import TrainingState
 from trainer.records.storage import DiskFullError
@@ -56,14 +47,12 @@ class Checkpointer:
         *,
         root: Path,
         train: TrainConfig,
-        export: ExportConfig,
         events: EventLog,
         on_disk_full: Callable[[DiskFullError], None] | None = None,
     ) -> None:
         self.lineage = lineage
         self.root = root
         self.train = train
-        self.export_config = export
         self.events = events
         self.on_checkpoint: Callable[[Path, int, list[Path]], None] | None = None
         """Called after each committed checkpoint with (folder, step, folders rotated out)."""
@@ -115,49 +104,12 @@ class Checkpointer:
     def save_gold(self) -> Path:
         """Write the state at this step as ``gold`` (atomic, like every checkpoint), then
         tell ``on_gold``."""
-        self._refuse_foreign(GOLD_DIR)
+        self.refuse_foreign(GOLD_DIR)
         content = self._content()
         path = self.with_space(lambda: write_checkpoint(self.root, GOLD_DIR, content))
         if self.on_gold is not None:
             self.on_gold(path, self.state.global_step)
         return path
-
-    def export(self, *, reason: str = "file_end") -> Path:
-        """Write the half-precision copy for inference to ``checkpoints/export``."""
-        started = time.monotonic()
-        self._refuse_foreign(EXPORT_DIR)
-        path = self.with_space(lambda: self._write_export(reason))
-        duration = time.monotonic() - started
-        log.info(
-            "export written to %s (%s, %s, step %d, %.2fs)",
-            path,
-            self.export_config.dtype,
-            reason,
-            self.state.global_step,
-            duration,
-        )
-        info = read_json_object(path / EXPORT_INFO) or {}
-        self.events.emit(
-            "export_saved",
-            step=self.state.global_step,
-            path=str(path),
-            dtype=self.export_config.dtype,
-            hf_layout=info.get("hf_layout"),
-            reason=reason,
-            duration_s=round(duration, 3),
-        )
-        return path
-
-    def restore_export(self) -> None:
-        """Write the export again if a crash (or a person) left none where the lineage has
-        finished files: it is not to wait for the next file."""
-        if not self.export_config.enabled or not self.state.files_completed:
-            return
-        problem = verify_export(self.root / EXPORT_DIR, deep=False)
-        if problem is None:
-            return
-        log.warning("checkpoints/%s is not usable (%s); writing it again", EXPORT_DIR, problem)
-        self.export(reason="restore")
 
     def with_space(self, write: Callable[[], T]) -> T:
         """``write()``; when the disk is full, ``on_disk_full`` (if set) waits for space
@@ -190,7 +142,7 @@ class Checkpointer:
             names=tuple(saved_names(lineage.model, adaptation)) if adaptation.lora else None,
         )
 
-    def _refuse_foreign(self, name: str) -> None:
+    def refuse_foreign(self, name: str) -> None:
         """One lineage never overwrites another's gold or export (ARCHITECTURE.md rule 15)."""
         folder = self.root / name
         other = owner(folder)
@@ -200,36 +152,3 @@ class Checkpointer:
                 f"({self.state.lineage_id[:8]}); traind never overwrites another lineage's "
                 f"{name}: move it aside (e.g. under {self.root / RETIRED_DIR}/)"
             )
-
-    def _write_export(self, reason: str) -> Path:
-        lineage, state = self.lineage, self.state
-        info = {
-            "step": state.global_step,
-            "lineage_id": state.lineage_id,
-            # Only a committed checkpoint is a source one can go back to.
-            "source_checkpoint": None if self.unsaved_steps else step_folder(state.global_step),
-            "reason": reason,
-        }
-        config = lineage.model_config.to_dict()
-        if self.export_config.adapter_only:
-            return write_adapter_export(
-                self.root,
-                model=lineage.model,
-                adaptation=Adaptation.from_dict(state.adaptation),
-                config=config,
-                tokenizer_json=lineage.tokenizer.to_json(),
-                tokenizer_config_json=lineage.tokenizer.config_json(),
-                info=info,
-                dtype=self.export_config.dtype,
-            )
-        model, config = plain_model(lineage.model, config, state.adaptation)
-        return write_export(
-            self.root,
-            model=model,
-            config=config,
-            tokenizer_json=lineage.tokenizer.to_json(),
-            tokenizer_config_json=lineage.tokenizer.config_json(),
-            shard_bytes=self.train.shard_bytes,
-            dtype=self.export_config.dtype,
-            info=info,
-        )

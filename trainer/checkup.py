@@ -1,7 +1,8 @@
 """The periodic checkup of a training run: evaluate, record, and maybe promote to gold.
 
-Every ``eval.interval`` global steps the trainer calls :meth:`Checkup.run`: the eval sets
-are scored, the ``eval`` event and the two-line console summary are written, and a new
+The trainer calls :meth:`Checkup.run` every ``eval.interval`` global steps, at the end
+of every file (``eval.at_file_end``), at a lineage's step 0 (the baseline a trained model
+must beat) and when an operator asks (``POST /v1/eval``): the eval sets are scored, the ``eval`` event and the two-line console summary are written, and a new
 best validation loss goes through the gold guards (``trainer.gold``). A promotion writes
 ``checkpoints/gold`` and a ``gold_checkpoint`` event; a blocked candidate writes
 ``gold_blocked`` with the reason. The history the guards need is kept in the training
@@ -21,13 +22,16 @@ from trainer.evaluate import EvalResult
 from trainer.gold import EvalPoint, decide_gold
 from trainer.optim import lr_at
 from trainer.progress import Scalars, format_duration, progress_pct
-from trainer.records.events import EVAL_SET_PREFIX, round_loss, utc_now
+from trainer.records.events import EVAL_SET_PREFIX, loss_pair, round_loss, utc_now
 from trainer.records.state import FileProgress
 
 log = logging.getLogger(__name__)
 
 HISTORY = 50
 """Evaluations kept in the training state (the guards look at the last few)."""
+
+TRIGGERS = ("interval", "file_end", "lineage_start", "request")
+"""Why an evaluation ran, as its ``eval`` event's ``trigger`` says."""
 
 
 class Checkup:
@@ -53,6 +57,8 @@ class Checkup:
         self.gold_config = gold
         self._train_loss_sum = 0.0
         self._train_loss_steps = 0
+        self.on_promote: Callable[[], None] | None = None
+        """Called after a new gold is committed (the trainer's export follows gold)."""
 
     def add_train_loss(self, loss: float | None) -> None:
         """Count a training step's loss towards the next evaluation's train loss."""
@@ -65,11 +71,21 @@ class Checkup:
         self._train_loss_sum, self._train_loss_steps = 0.0, 0
         return total / steps if steps else None
 
-    def run(self, current: FileProgress | None, *, eta_s: float | None = None) -> dict[str, Any]:
+    def run(
+        self,
+        current: FileProgress | None,
+        *,
+        trigger: str = "interval",
+        eta_s: float | None = None,
+    ) -> dict[str, Any]:
         """Evaluate now (at an optimizer-step boundary); returns the ``eval`` event.
 
-        ``eta_s``, the seconds left to the file's target, goes into the console summary.
+        ``current`` is the file in progress, or the one that just ended (at ``file_end``);
+        ``trigger`` says why (:data:`TRIGGERS`); ``eta_s``, the seconds left to the
+        file's target, goes into the console summary.
         """
+        if trigger not in TRIGGERS:
+            raise ValueError(f"unknown evaluation trigger {trigger!r}")
         state, events = self.checkpointer.state, self.checkpointer.events
         step = state.global_step
         result = self.evaluate()
@@ -85,6 +101,7 @@ class Checkup:
         event = events.emit(
             "eval",
             step=step,
+            trigger=trigger,
             elapsed_s=round(self._elapsed(current), 3),
             tokens_processed=state.tokens_processed,
             progress_pct=_progress(current, step),
@@ -97,14 +114,17 @@ class Checkup:
             eval_duration_s=round(result.duration_s, 3),
             samples=result.samples,
         )
-        self._print(point, current, deciding=deciding, eta_s=eta_s)
+        self._print(point, current, deciding=deciding, eta_s=eta_s, trigger=trigger)
         self.scalars.evaluation(step, sets)
         for sample in result.samples:
             log.info("sample %r -> %r", sample["prompt"], sample["completion"])
         history = [e.get("val_loss") for e in state.eval_history]
-        decision = decide_gold(point, history=history, gold=state.gold, config=self.gold_config)
         state.eval_history.append(point.to_record())
         del state.eval_history[:-HISTORY]
+        if trigger == "lineage_start":
+            # The baseline, not a candidate: nothing was trained yet to guard against.
+            return event
+        decision = decide_gold(point, history=history, gold=state.gold, config=self.gold_config)
         if decision.promote:
             self._promote(point)
         elif decision.candidate:
@@ -121,6 +141,14 @@ class Checkup:
             )
         return event
 
+    def baseline(self, current: FileProgress, *, has_work: bool) -> None:
+        """Evaluate the model before the lineage's first step (with ``eval.at_file_end``,
+        and when there is something to score): the baseline later losses compare with."""
+        state = self.checkpointer.state
+        due = state.global_step == 0 and not state.eval_history
+        if due and self.evaluation.at_file_end and has_work:
+            self.run(current, trigger="lineage_start")
+
     def _promote(self, point: EvalPoint) -> None:
         state = self.checkpointer.state
         prev = state.gold["val_loss"] if state.gold else None
@@ -130,11 +158,12 @@ class Checkup:
         state.gold_history.append(record)
         started = time.monotonic()
         path = self.checkpointer.save_gold()
+        new, was = loss_pair(point.val_loss, prev)
         log.info(
-            "new gold at step %d: val loss %.4f (was %s); saved in %.2fs",
+            "new gold at step %d: val loss %s (was %s); saved in %.2fs",
             point.step,
-            point.val_loss,
-            f"{prev:.4f}" if prev is not None else "none",
+            new,
+            was,
             time.monotonic() - started,
         )
         self.checkpointer.events.emit(
@@ -146,11 +175,16 @@ class Checkup:
             sets=point.sets,
             path=str(path),
         )
+        if self.on_promote is not None:
+            self.on_promote()
 
     def _elapsed(self, current: FileProgress | None) -> float:
-        """Training seconds of the lineage: finished files plus the one in progress."""
-        done = sum(f.duration_s for f in self.checkpointer.state.files_completed)
-        return done + (current.elapsed_s if current else 0.0)
+        """Training seconds of the lineage: finished files plus the one in progress (a
+        file that just ended is among the finished ones already)."""
+        state = self.checkpointer.state
+        done = sum(f.duration_s for f in state.files_completed)
+        in_progress = current is not None and state.current_file is current
+        return done + (current.elapsed_s if in_progress else 0.0)
 
     def _print(
         self,
@@ -159,6 +193,7 @@ class Checkup:
         *,
         deciding: str | None,
         eta_s: float | None,
+        trigger: str,
     ) -> None:
         """The two-line console summary: progress, then the losses."""
         state = self.checkpointer.state
@@ -166,9 +201,12 @@ class Checkup:
         where = (
             f"{current.name} {_progress(current, point.step):.1f}%" if current else "between files"
         )
+        why = "" if trigger == "interval" else f" ({trigger.replace('_', ' ')})"
+        # "lineage trained": all files so far, unlike the per-file time of progress lines.
         log.info(
-            "eval @ step %d | %s | elapsed %s ETA %s | %s tokens",
+            "eval @ step %d%s | %s | lineage trained %s, file ETA %s | %s tokens",
             point.step,
+            why,
             where,
             format_duration(self._elapsed(current)),
             eta,
@@ -181,7 +219,8 @@ class Checkup:
         if point.train_loss is not None:
             parts.append(f"train {point.train_loss:.4f}")
         if state.gold:
-            parts.append(f"gold {state.gold['val_loss']:.4f} @ {state.gold['step']}")
+            shown, _ = loss_pair(state.gold["val_loss"], point.val_loss)
+            parts.append(f"gold {shown} @ step {state.gold['step']}")
         log.info("       %s", " | ".join(parts))
 
 

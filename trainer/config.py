@@ -264,10 +264,16 @@ class EvalConfig:
 
     interval: int = 500
     """Evaluate every this many global steps."""
-    iters: int = 20
-    """Batches (of ``batch_size`` sequences) per eval set and evaluation."""
+    sequences: int = 160
+    """Sequences scored per eval set and evaluation: a fixed, seeded selection of each set
+    (``recent`` shares them among its files), the same whatever the batch sizes, so losses
+    stay comparable across evaluations, restarts and batch changes."""
     batch_size: int = 8
-    """Sequences per evaluation batch."""
+    """Sequences per forward pass: how the selection is cut up, for speed and memory only
+    (the losses agree to float error at any value)."""
+    at_file_end: bool = True
+    """Evaluate at the end of every file and before a lineage's first step (the baseline),
+    besides every ``interval`` steps."""
     sets: tuple[tuple[str, Any], ...] = ()
     """Named eval sets: (name, path of a JSONL file in any drop format), in order."""
     holdout_fraction: float = 0.0
@@ -285,8 +291,8 @@ class EvalConfig:
     """Write TensorBoard scalars to ``<state>/tensorboard`` (needs the tensorboard extra)."""
 
     def __post_init__(self) -> None:
-        if self.interval < 1 or self.iters < 1 or self.batch_size < 1:
-            raise ValueError("eval interval, iters and batch_size must be at least 1")
+        if self.interval < 1 or self.sequences < 1 or self.batch_size < 1:
+            raise ValueError("eval interval, sequences and batch_size must be at least 1")
         if not 0.0 <= self.holdout_fraction <= 0.5:
             raise ValueError("holdout_fraction must be in [0, 0.5]")
         names = [name for name, _ in self.sets]
@@ -332,11 +338,17 @@ class GoldConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ExportConfig:
-    """The half-precision copy for inference written after each file."""
+    """The half-precision copy for inference, rewritten whenever its source changes."""
 
     enabled: bool = True
-    """Write ``checkpoints/export`` after each file (a request, POST /v1/export, always
-    writes one)."""
+    """Keep ``checkpoints/export`` up to date (a request, POST /v1/export, always writes
+    one, from the model in memory)."""
+    source: Literal["latest", "gold"] = "latest"
+    """What the export holds (the TOML key is ``from``): ``latest``, the model at the end
+    of the newest file, rewritten after each file and after a rollback; or ``gold``, the guarded
+    best checkpoint, rewritten at each new gold and after a rollback (none until the
+    first gold). ``latest`` is the default because it needs no eval set and never lags;
+    serve ``gold`` where a worse day must not reach users."""
     dtype: Literal["fp16", "bf16"] = "bf16"
     """Half-precision type of the exported weights."""
     adapter_only: bool = False

@@ -115,6 +115,11 @@ class Evaluator:
     def recent_files(self) -> int:
         return len(self._recent)
 
+    @property
+    def has_work(self) -> bool:
+        """Whether an evaluation would score a set or sample a prompt."""
+        return bool(self.named or self._recent or self.config.prompts)
+
     # ------------------------------------------------------------- scoring
     def evaluate(
         self,
@@ -130,13 +135,11 @@ class Evaluator:
         try:
             with torch.no_grad():
                 for name, data in self.named.items():
-                    budget = self.config.iters * self.config.batch_size
+                    budget = self.config.sequences
                     losses[name] = self._score([(data, budget)], model, device, autocast)
                 if self._recent:
-                    share = max(
-                        self.config.batch_size,
-                        self.config.iters * self.config.batch_size // len(self._recent),
-                    )
+                    # Never the batch size: what is scored must not depend on how it is cut.
+                    share = max(1, self.config.sequences // len(self._recent))
                     parts = [(data, share) for _, data in self._recent]
                     losses[RECENT_SET] = self._score(parts, model, device, autocast)
             samples = [

@@ -243,7 +243,7 @@ def export_checkpoint(checkpoint: Path, root: Path, *, dtype: str) -> Path:
     checkpoint of a checkpoints root) to ``root/export``; returns the export's path."""
     export_dtype(dtype)  # refuse a bad dtype before reading hundreds of megabytes
     loaded = resolve_checkpoint(Path(checkpoint))
-    model = _model_from_checkpoint(loaded, device=torch.device("cpu"), dtype=torch.float32)
+    model = checkpoint_model(loaded, device=torch.device("cpu"), dtype=torch.float32)
     model, config = plain_model(model, loaded.config, loaded.training_state.get("adaptation"))
     return write_export(
         root,
@@ -283,7 +283,7 @@ def load_for_generation(
             f"checkpoint or {EXPORT_DIR} folder"
         )
     target = _resolve_dtype(dtype) or torch.float32
-    model = _model_from_checkpoint(loaded, device=torch.device(device), dtype=target)
+    model = checkpoint_model(loaded, device=torch.device(device), dtype=target)
     try:
         tokenizer = Tokenizer.from_files(loaded.tokenizer_json, loaded.tokenizer_config_json)
     except TokenizerError as exc:
@@ -304,9 +304,11 @@ def plain_model(
     return merged_model(model, config, record, block_size=block_size), merged_config(config, record)
 
 
-def _model_from_checkpoint(
+def checkpoint_model(
     loaded: LoadedCheckpoint, *, device: torch.device, dtype: torch.dtype
 ) -> torch.nn.Module:
+    """The model a training checkpoint holds, as trained (adapters and new rows included);
+    ExportError naming the folder if it cannot be rebuilt."""
     if loaded.training_state.get("adaptation"):
         try:
             model = model_for_checkpoint(loaded)

@@ -29,6 +29,7 @@ from trainer.adaptation import (
 )
 from trainer.checkpointer import Checkpointer
 from trainer.config import ExportConfig, LineageSpec, RunPaths, TrainConfig
+from trainer.exporter import Exporter
 from trainer.lineage import LineageError
 from trainer.opening import OpenRequest, hold_lineage
 from trainer.optim import build_optimizer, optimizer_layout
@@ -102,14 +103,13 @@ def extend_vocabulary(
         )
         lineage.tokenizer = tokenizer
         state.adaptation = adaptation.to_dict()
-        checkpointer = Checkpointer(
-            lineage, root=paths.checkpoints, train=train, export=export, events=events
-        )
+        checkpointer = Checkpointer(lineage, root=paths.checkpoints, train=train, events=events)
         checkpointer.save(reason="vocab_extended")
         fields = extension_event(adaptation, lineage.model)
         events.emit("vocab_extended", **fields)
-        if export.enabled and state.files_completed:
-            checkpointer.export(reason="vocab_extended")
+        if state.files_completed:
+            # Gold (and so a gold export) still has the old rows: only "latest" moves.
+            Exporter(checkpointer, config=export).after_file(reason="vocab_extended")
         return fields
     finally:
         held.lock.release()

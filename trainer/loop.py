@@ -25,6 +25,7 @@ from trainer.checkup import Checkup
 from trainer.config import EvalConfig, ExportConfig, GoldConfig, LineageSpec, RunPaths, TrainConfig
 from trainer.data import FileSampler, TokenizedFile
 from trainer.evaluate import Evaluator
+from trainer.exporter import Exporter
 from trainer.faults import fault_point
 from trainer.guard import Guard
 from trainer.opening import HeldLineage, OpenRequest, check_memory, hold_lineage
@@ -75,10 +76,10 @@ class Trainer:
             lineage,
             root=paths.checkpoints,
             train=train,
-            export=self.export_config,
             events=self.events,
             on_disk_full=on_disk_full,
         )
+        self.exporter = Exporter(self.checkpointer, config=self.export_config)
         self.session = Session(self.state, events=self.events)
         self.steps = StepRunner(self.model, self.optimizer, train=train, device=self.device)
         self.guard = Guard(self.checkpointer, steps=self.steps, train=train, device=self.device)
@@ -103,6 +104,7 @@ class Trainer:
             evaluation=self.evaluation,
             gold=self.gold_config,
         )
+        self.checkup.on_promote = self.exporter.after_gold
         self._sampler: FileSampler | None = None
         self._lock = held.lock
 
@@ -179,6 +181,7 @@ class Trainer:
             self.events.emit(event, **fields)
         if self.rollback is not None:
             commit_rollback(self.rollback, checkpointer=self.checkpointer)
+            self.exporter.after_rollback()
         memory = check_memory(
             lineage, train=self.train, device=self.device, half_precision=self.steps.half_precision
         )
@@ -192,7 +195,8 @@ class Trainer:
         )
         if lineage.resumed_from is None:
             self.checkpointer.save(reason="lineage_start")
-        self.checkpointer.restore_export()
+        if self.rollback is None:
+            self.exporter.restore()
         self.evaluator.restore_recent(
             [(f.name, f.sha256, f.holdout_fraction) for f in self.state.files_completed]
         )
@@ -234,6 +238,9 @@ class Trainer:
         """
         current = self._take_up(data, name=name)
         meter = ProgressMeter.of_file(current, name=name, step=self.state.global_step)
+        # The baseline every later evaluation compares with (the first file's held-out
+        # part is in the recent set by now).
+        self.checkup.baseline(current, has_work=self.evaluator.has_work)
         while self.state.global_step < current.target_step:
             if self._stop_asked(should_stop, current, meter):
                 return FileOutcome.STOPPED
@@ -254,6 +261,7 @@ class Trainer:
             epochs=self.train.epochs_per_file,
             world_size=self.world_size,
             events=self.events,
+            holdout_wanted=self.evaluation.holdout_fraction,
         )
 
     def _stop_asked(
@@ -289,7 +297,8 @@ class Trainer:
         self.scalars.step(step, loss=loss, lr=report.lr, tokens_per_s=report.tokens_per_s)
         if step % self.train.log_interval == 0 or step == current.target_step:
             log.info(meter.line(step=step, lr=lr_at(step - 1, self.train)))
-        if step % self.evaluation.interval == 0:
+        at_end = step == current.target_step and self.evaluation.at_file_end
+        if step % self.evaluation.interval == 0 and not at_end:
             current.elapsed_s = meter.elapsed()
             self.checkup.run(current, eta_s=report.eta_s)
         if (
@@ -304,11 +313,13 @@ class Trainer:
         """The file reached its target: commit its end, then say so (exactly once)."""
         current.elapsed_s = meter.elapsed()
         done = end_file(self.state)
+        if self.evaluation.at_file_end:
+            # After end_file, so a gold taken here holds the file as finished.
+            self.checkup.run(current, trigger="file_end", eta_s=0.0)
         self.checkpointer.save(reason="file_end")
         fault_point("loop:before_file_complete")
         self.session.file_complete(done)
-        if self.export_config.enabled:
-            self.checkpointer.export()
+        self.exporter.after_file()
 
     def _optimizer_step(
         self, data: TokenizedFile, current: FileProgress
@@ -356,9 +367,13 @@ class Trainer:
         """``Checkpointer.save``: commit this step boundary as ``step-NNNNNNNN``."""
         return self.checkpointer.save(reason=reason)
 
-    def export(self, *, reason: str = "file_end") -> Path:
-        """``Checkpointer.export``: write ``checkpoints/export``."""
-        return self.checkpointer.export(reason=reason)
+    def export(self, *, reason: str = "requested") -> Path | None:
+        """Write ``checkpoints/export`` now, from its source (``trainer.exporter``)."""
+        return self.exporter.write(reason=reason)
+
+    def evaluate(self, *, trigger: str = "request") -> dict:
+        """Evaluate now, at this step boundary (an operator asked); the ``eval`` event."""
+        return self.checkup.run(self.state.current_file, trigger=trigger)
 
     @property
     def unsaved_steps(self) -> int:

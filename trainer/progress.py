@@ -96,7 +96,7 @@ class ProgressMeter:
         self._mark, self._tokens, self._loss_sum, self._loss_steps = now, 0, 0.0, 0
         return (
             f"step {step}/{self.target_step} ({pct:5.1f}%) {self.file_name} | "
-            f"elapsed {format_duration(self.elapsed())} ETA {format_duration(eta)} | "
+            f"file elapsed {format_duration(self.elapsed())} ETA {format_duration(eta)} | "
             f"{format_rate(rate)} | loss {loss} | lr {lr:.2e}"
         )
 

@@ -164,6 +164,10 @@ class ApiClient:
         """``POST /v1/export``: write checkpoints/export at the next step boundary."""
         return self._request("POST", "/v1/export")
 
+    def evaluate(self) -> dict[str, Any]:
+        """``POST /v1/eval``: evaluate the model at the next step boundary."""
+        return self._request("POST", "/v1/eval")
+
     # -- plumbing ---------------------------------------------------------------------
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -194,6 +198,13 @@ class ApiClient:
         return ServerUnreachableError(
             f"cannot reach traind at {self.base_url}: is `traind serve` running? ({reason})"
         )
+
+    # -- actions (continued) ------------------------------------------------------------
+
+    def requeue_rolled_back(self) -> list[dict[str, Any]]:
+        """``POST /v1/files/requeue-rolled-back``: every file a rollback to gold undid is
+        queued again; the files re-queued (empty when there were none)."""
+        return self._request("POST", "/v1/files/requeue-rolled-back")
 
 
 def _transport_reason(exc: httpx.TransportError) -> str:

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from api.cli.evaluation import register as register_eval
 from api.cli.offline import register_generation_commands
 from api.cli.options import (
     ConfigOption,
@@ -27,6 +28,7 @@ from api.cli.options import (
 )
 from api.cli.remote import register as register_remote_commands
 from api.cli.report import register as register_inspect
+from api.cli.requeue import register as register_requeue
 from api.cli.vocabulary import register as register_vocabulary
 from service.config.settings import (
     DEFAULT_CONFIG_NAME,
@@ -236,8 +238,10 @@ def _version() -> str:
 
 
 register_remote_commands(app)
+register_requeue(app)
 
 register_generation_commands(app)
+register_eval(app)
 register_vocabulary(app)
 
 

@@ -34,6 +34,7 @@ STATE_STYLES = {
     "rejected": "red",
     "duplicate": "dim",
     "cancelled": "yellow",
+    "rolled_back": "magenta",
 }
 
 
@@ -54,6 +55,8 @@ def status_panel(current: dict[str, Any]) -> Panel:
     if eta:
         grid.add_row("ETA", eta)
     grid.add_row("gold", gold_line(current.get("gold")))
+    if "export" in current:
+        grid.add_row("export", export_line(current.get("export")))
     grid.add_row("queue", counts_line(current.get("queue")))
     worker = current.get("worker")
     if isinstance(worker, dict) and worker.get("heartbeat_age_s") is not None:
@@ -114,6 +117,17 @@ def gold_line(gold: Any) -> str:
     return text
 
 
+def export_line(export: Any) -> str:
+    if not isinstance(export, dict) or export.get("step") is None:
+        return "none yet"
+    text = f"step {count(export['step'])}"
+    if export.get("source_checkpoint"):
+        text += f" ({export['source_checkpoint']})"
+    if export.get("from"):
+        text += f", follows {export['from']}"
+    return text
+
+
 def counts_line(counts: Any) -> str:
     if not isinstance(counts, dict) or not any(counts.values()):
         return "empty"
@@ -157,6 +171,9 @@ def steps(item: dict[str, Any]) -> str:
     end = item.get("end_step") if item.get("end_step") is not None else item.get("target_step")
     if start is None and end is None:
         return ""
+    if item.get("state") == FileState.ROLLED_BACK:
+        # Steps the lineage no longer holds: never shown as if they were trained.
+        return f"(rolled back) {count(start)} → {count(end)}"
     return f"{count(start)} → {count(end)}"
 
 
@@ -228,3 +245,55 @@ def adaptation_rows(adaptation: dict[str, Any]) -> list[tuple[str, str]]:
             )
         )
     return rows
+
+
+def hyperparameter_rows(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """The training settings a checkpoint recorded (its ``train_config``), grouped as a person
+    asks about them; keys not named here follow as they are, so none is hidden."""
+    rest = dict(config)
+
+    def take(key: str) -> Any:
+        return rest.pop(key, None)
+
+    schedule, warmup = take("lr_schedule"), take("warmup_steps")
+    lr = (
+        f"{_number(take('learning_rate'))} · {_number(schedule)} after {count(warmup)} "
+        "warm-up steps"
+    )
+    ratio, decay = take("min_lr_ratio"), take("lr_decay_steps")
+    if schedule == "cosine":
+        lr += f" · down to {_number(ratio)} of it over {count(decay)} steps"
+    micro, accum = take("micro_batch_size"), take("grad_accum_steps")
+    rows = [
+        ("learning rate", lr),
+        ("batch", f"micro {count(micro)} × accum {count(accum)}"),
+        ("epochs per file", _number(take("epochs_per_file"))),
+        (
+            "optimizer",
+            f"AdamW · weight decay {_number(take('weight_decay'))} · betas "
+            f"{_number(take('beta1'))}, {_number(take('beta2'))} · grad clip "
+            f"{_number(take('grad_clip'))}",
+        ),
+        (
+            "checkpoints",
+            f"every {count(take('checkpoint_interval'))} steps · keep "
+            f"{count(take('keep_checkpoints'))}",
+        ),
+        (
+            "non-finite steps",
+            f"rewind after {count(take('nan_skip_limit'))} within "
+            f"{count(take('nan_window'))} steps",
+        ),
+    ]
+    if rest:
+        rows.append(("other", " · ".join(f"{k} {_number(v)}" for k, v in sorted(rest.items()))))
+    return rows
+
+
+def _number(value: Any) -> str:
+    """A setting as written in traind.toml: 0.0003, 1337, true; ``—`` when not recorded."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "—" if value is None else str(value)

@@ -2,9 +2,11 @@
 
 Its lifespan starts the daemon's parts (inbox watcher, supervisor and through it the
 worker) and stops them on shutdown, giving the worker its grace time to checkpoint.
-The routes are in ``api.web.routes``, ``api.web.routes_files``, ``api.web.event_stream`` and
-``api.web.metrics`` (docs/api.md), what they share in ``api.web.deps``; the bearer token is
+The routes are in ``api.web.routes``, ``api.web.routes_files``, ``api.web.routes_settings``,
+``api.web.event_stream`` and ``api.web.metrics`` (docs/api.md), what they share in ``api.web.deps``; the bearer token is
 resolved here, once, so a bad token file stops the start with its reason.
+``/docs`` is Swagger UI served from the package (``api/web/static/swagger-ui``), so it
+works on a host without internet; ``/redoc``, which would load its script from a CDN, is off.
 This module never imports torch: everything it shows comes from the ledger and disk.
 """
 
@@ -12,8 +14,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from api.web import uploads
@@ -24,8 +30,14 @@ from api.web.history import EventDigest
 from api.web.metrics import metrics_router
 from api.web.routes import probes, v1
 from api.web.routes_files import files
+from api.web.routes_settings import settings_router
 from service.config.settings import Settings
 from service.daemon.main_process import Daemon
+
+SWAGGER_UI = Path(__file__).parent / "static" / "swagger-ui"
+"""Swagger UI's files, vendored (its README says which version and from where)."""
+DOCS_STATIC = "/docs/static"
+"""Where ``SWAGGER_UI`` is served."""
 
 
 def create_app(settings: Settings, *, daemon: Daemon | None = None) -> FastAPI:
@@ -47,14 +59,46 @@ def create_app(settings: Settings, *, daemon: Daemon | None = None) -> FastAPI:
         summary="Control plane of a continuous-learning daemon for PyTorch language models",
         description="Mutating routes need `Authorization: Bearer <token>`; see docs/api.md.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.token = resolve_token(settings)
     uploads.clear_leftovers(uploads.staging_folder(settings), inbox=settings.paths.inbox)
     app.state.digest = EventDigest(settings.run_paths().events)
     install_error_handlers(app)
+    install_docs(app)
     app.include_router(probes)
     app.include_router(v1)
     app.include_router(files)
+    app.include_router(settings_router)
     app.include_router(events_router(events_path=settings.run_paths().events))
     app.include_router(metrics_router())
     return app
+
+
+def install_docs(app: FastAPI) -> None:
+    """``/docs`` and its OAuth2 redirect, with Swagger UI's files served by the app itself.
+
+    FastAPI's own ``/docs`` loads them from a CDN, which leaves the page blank offline.
+    """
+    app.mount(DOCS_STATIC, StaticFiles(directory=SWAGGER_UI), name="swagger-ui")
+    redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        # Behind a proxy that strips a prefix, every URL the page loads needs it back.
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - API",
+            oauth2_redirect_url=f"{root}{redirect_url}",
+            swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon-32x32.png",
+            # The online validator's badge would fetch from validator.swagger.io.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get(redirect_url, include_in_schema=False)
+    async def oauth2_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from trainer.records.checkpoints import (
+    EXPORT_DIR,
     EXPORT_INFO,
     GOLD_DIR,
     MANIFEST,
@@ -41,7 +42,9 @@ _COMMON = ("event", "timestamp", "step", "val_loss", "reason")
 
 
 class EventDigest:
-    """The newest ``eval`` event and the gold decisions of the event log, kept current."""
+    """The newest ``eval`` event, each eval set's newest loss, and the gold decisions of
+    the event log, kept current. Evaluations of a saved checkpoint (``traind eval
+    --checkpoint``, trigger ``checkpoint``) are not the lineage's, and are left out."""
 
     def __init__(self, path: Path, *, keep: int = HISTORY_KEPT) -> None:
         self.path = path
@@ -53,6 +56,7 @@ class EventDigest:
     def _clear(self) -> None:
         self._line = 0
         self._last_eval: dict[str, Any] | None = None
+        self._set_losses: dict[str, tuple[float, int | None]] = {}
         self._gold: deque[dict[str, Any]] = deque(maxlen=self._keep)
 
     def _new_file(self, file: FileKey, previous: FileKey | None) -> int:
@@ -65,6 +69,12 @@ class EventDigest:
         with self._lock:
             self._refresh()
             return self._last_eval
+
+    def set_losses(self) -> dict[str, tuple[float, int | None]]:
+        """Each eval set's newest loss and the step it was scored at, by set name."""
+        with self._lock:
+            self._refresh()
+            return dict(self._set_losses)
 
     def gold_history(self) -> list[dict[str, Any]]:
         """The ``gold_checkpoint`` / ``gold_blocked`` events, oldest first, each with ``id``
@@ -96,8 +106,13 @@ class EventDigest:
         if event is None:
             return
         kind = event.get("event")
-        if kind == "eval":
+        if kind == "eval" and event.get("trigger") != "checkpoint":
             self._last_eval = event
+            step = int_or_none(event.get("step"))
+            for name, loss in eval_set_losses(event).items():
+                value = float_or_none(loss)
+                if value is not None:
+                    self._set_losses[str(name)] = (value, step)
         elif kind in GOLD_EVENTS:
             self._gold.append({**event, "id": line})
 
@@ -111,6 +126,25 @@ def eval_summary(event: dict[str, Any] | None) -> dict[str, Any] | None:
         "val_loss": float_or_none(event.get("val_loss")),
         "timestamp": event.get("timestamp"),
         "sets": {str(k): float_or_none(v) for k, v in eval_set_losses(event).items()},
+    }
+
+
+def read_export(checkpoints: Path) -> dict[str, Any] | None:
+    """Where ``checkpoints/export`` came from (its ``export.json``), or None without one."""
+    folder = checkpoints / EXPORT_DIR
+    info = read_json_object(folder / EXPORT_INFO)
+    if info is None:
+        return None
+    return {
+        "path": str(folder),
+        "from": info.get("from"),
+        "source_checkpoint": info.get("source_checkpoint"),
+        "step": int_or_none(info.get("step")),
+        "lineage_id": info.get("lineage_id"),
+        "reason": info.get("reason"),
+        "dtype": info.get("dtype"),
+        "created_at": info.get("created_at"),
+        "complete": (folder / MANIFEST).is_file(),
     }
 
 

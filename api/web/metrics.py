@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from api.web.deps import READ
+from api.web.quality import collect_quality
 from api.web.schemas import ErrorOut, errors
 from service.daemon.main_process import Daemon
 from service.daemon.status import heartbeat_age, is_fresh
@@ -62,6 +63,11 @@ class LedgerCollector(Collector):
         paused = ledger.get_control().desired_state is DesiredState.PAUSED
         yield gauge("paused", "1 while the operator has paused training, else 0.", int(paused))
         yield from collect_health(daemon)
+        digest = getattr(self._app.state, "digest", None)
+        if digest is not None:
+            yield from collect_quality(
+                digest, checkpoints=daemon.settings.paths.checkpoints, now=now
+            )
 
 
 def collect_health(daemon: Daemon) -> Iterator[Metric]:
@@ -112,7 +118,8 @@ def metrics_router() -> APIRouter:
             "read from the ledger at scrape time: global step, tokens processed, train loss, "
             "learning rate, tokens per second, files by state, optimizer-step duration "
             "histogram, NaN skips, checkpoint age, paused, worker heartbeat age and up, "
-            "error, and free disk space per folder."
+            "error, free disk space per folder, and model quality: each eval set's newest "
+            "loss, the newest val loss, its step and age, gold's val loss and step."
         ),
         response_class=PlainTextResponse,
         responses={

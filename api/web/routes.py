@@ -18,7 +18,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.web.deps import READ, WRITE, CurrentSettings, Digest, LedgerDep, Running
-from api.web.history import eval_summary, gold_decision, list_checkpoints, read_gold
+from api.web.history import (
+    eval_summary,
+    gold_decision,
+    list_checkpoints,
+    read_export,
+    read_gold,
+)
 from api.web.schemas import (
     CheckpointsOut,
     ControlOut,
@@ -92,6 +98,7 @@ def get_status(daemon: Running, digest: Digest) -> dict[str, Any]:
     data["eta_queue_s"] = queue_eta(daemon.ledger, data, settings=daemon.settings)
     data["last_eval"] = eval_summary(digest.last_eval())
     data["gold"] = read_gold(daemon.settings.paths.checkpoints, history=digest.gold_history())
+    data["export"] = read_export(daemon.settings.paths.checkpoints)
     return data
 
 
@@ -146,12 +153,29 @@ def request_export(ledger: LedgerDep) -> ControlOut:
 
 
 @v1.post(
+    "/eval",
+    summary="Evaluate the model at the next optimizer-step boundary",
+    description="The worker scores the eval sets and samples the prompts at its next step "
+    "boundary (at once when idle or paused) and writes a normal eval event (trigger "
+    '"request"), which can promote gold like any other evaluation.',
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ControlOut,
+    dependencies=WRITE,
+    responses=errors(401),
+)
+def request_eval(ledger: LedgerDep) -> ControlOut:
+    return control_out(ledger.request_eval())
+
+
+@v1.post(
     "/gold/rollback",
     summary="Roll the lineage back to the gold checkpoint",
     description="The worker stops at the next optimizer-step boundary (or acts at once when "
     "idle or paused), continues the lineage from gold's weights, optimizer and step, and "
     "keeps the newer checkpoints under checkpoints/rolled-back/. The file being trained is "
-    "cancelled (retry it to train it again). 409 when there is no gold checkpoint.",
+    "cancelled (retry it to train it again); files finished after gold become rolled_back "
+    "(POST /v1/files/requeue-rolled-back trains them again). 409 when there is no gold "
+    "checkpoint.",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ControlOut,
     dependencies=WRITE,

@@ -66,9 +66,13 @@ class FileOut(_Out):
     state: FileState
     priority: int = Field(description="Higher trains first; ties by arrival.")
     error: str | None = Field(
-        description="Why it was rejected, failed, cancelled or is a duplicate (null otherwise)."
+        description="Why it was rejected, failed, cancelled, rolled back or is a duplicate "
+        "(null otherwise)."
     )
-    start_step: int | None = Field(description="Global step when its training started.")
+    start_step: int | None = Field(
+        description="Global step when its training started. For a rolled_back file, the "
+        "steps are those it had: the lineage no longer holds them."
+    )
     target_step: int | None = Field(description="start_step + its fixed step budget.")
     end_step: int | None = Field(description="Global step when it finished.")
     attempts: int = Field(
@@ -118,6 +122,27 @@ class GoldPointOut(_Out):
     val_loss: float | None = Field(description="Its validation loss, when known.")
 
 
+class ExportOut(_Out):
+    path: str = Field(description="The export folder.")
+    from_: str | None = Field(
+        alias="from",
+        description='What it follows (export.from): "latest" or "gold"; null for an export '
+        "written by traind export.",
+    )
+    source_checkpoint: str | None = Field(
+        description="The checkpoint it holds (step-NNNNNNNN or gold); null when written from "
+        "the model in memory between checkpoints."
+    )
+    step: int | None = Field(description="Global step of its weights.")
+    lineage_id: str | None
+    reason: str | None = Field(
+        description="Why it was written: file_end, gold, rollback, restore, requested, ..."
+    )
+    dtype: str | None
+    created_at: str | None
+    complete: bool = Field(description="Its manifest.json exists (written last).")
+
+
 class LastEvalOut(_Out):
     step: int | None
     val_loss: float | None
@@ -152,6 +177,9 @@ class StatusOut(_Out):
     )
     last_eval: LastEvalOut | None = Field(description="The newest eval event, if any.")
     gold: GoldPointOut | None
+    export: ExportOut | None = Field(
+        None, description="Where checkpoints/export came from (its export.json), if any."
+    )
     queue: dict[str, int] = Field(description="How many files are in each state.")
     worker: WorkerOut
     error: str | None = Field(description="The fatal error that stops the service, if any.")
@@ -169,6 +197,7 @@ class ControlOut(_Out):
     checkpoint_requested_at: datetime | None
     rollback_requested_at: datetime | None = None
     export_requested_at: datetime | None = None
+    eval_requested_at: datetime | None = None
 
 
 class CheckpointOut(_Out):
@@ -200,6 +229,24 @@ class GoldDecisionOut(_Out):
 class GoldOut(_Out):
     gold: GoldPointOut | None = Field(description="The current gold checkpoint, if any.")
     history: list[GoldDecisionOut] = Field(description="Decisions, oldest first.")
+
+
+class SettingsOut(_Out):
+    revision: int = Field(
+        description="One more at each start and each accepted reload (SIGHUP); the worker "
+        "takes a new revision up from the next file."
+    )
+    loaded_at: str = Field(description="When these settings were loaded (ISO 8601, UTC).")
+    worker_revision: int | None = Field(
+        None,
+        description="The revision the worker trains with, from its latest heartbeat (lower "
+        "than revision until it reaches the end of its file); null before it reports.",
+    )
+    config_file: str | None = Field(description="The settings file, or null when none is used.")
+    settings: dict[str, dict[str, Any]] = Field(
+        description="Every section and key in force, as traind.toml names them; server.token "
+        "and the password in ledger.url are redacted."
+    )
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -237,4 +284,5 @@ def control_out(control: Control) -> ControlOut:
         checkpoint_requested_at=control.checkpoint_requested_at,
         rollback_requested_at=control.rollback_requested_at,
         export_requested_at=control.export_requested_at,
+        eval_requested_at=control.eval_requested_at,
     )

@@ -27,11 +27,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
-def section_of(config: type, *, limits: dict[str, dict[str, Any]]) -> type[Section]:
+def section_of(
+    config: type, *, limits: dict[str, dict[str, Any]], keys: dict[str, str] | None = None
+) -> type[Section]:
     """The fields of a section that is one of the trainer's config dataclasses, taken from
     it: each field's name, order, type, default and description (its docstring), so they
     cannot drift apart. ``limits`` add the bounds validated here, by field name (the
-    dataclass's own checks and those the trainer assumes): ``Field`` keyword arguments."""
+    dataclass's own checks and those the trainer assumes): ``Field`` keyword arguments.
+    ``keys`` spell a field's TOML key differently where its name cannot be one (``from``
+    is a Python keyword): field name -> key."""
     unknown = set(limits) - {f.name for f in dataclasses.fields(config)}
     if unknown:
         raise ValueError(f"limits for fields {config.__name__} does not have: {sorted(unknown)}")
@@ -46,7 +50,9 @@ def section_of(config: type, *, limits: dict[str, dict[str, Any]]) -> type[Secti
         description = docs.get(spec.name)
         if not description:
             raise ValueError(f"{config.__name__}.{spec.name} has no docstring to describe it")
-        info = Field(**default, description=description, **limits.get(spec.name, {}))
+        key = (keys or {}).get(spec.name)
+        aliases = {"alias": key} if key else {}
+        info = Field(**default, description=description, **aliases, **limits.get(spec.name, {}))
         fields[spec.name] = (hints[spec.name], info)
     return create_model(f"{config.__name__}Fields", __base__=Section, **fields)
 

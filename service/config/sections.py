@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import re
 import typing
 from pathlib import Path
@@ -18,11 +19,14 @@ from pydantic import Field, field_validator, model_validator
 
 from service.config.fields import Section, section_of
 from trainer.config import (
+    EvalConfig,
     ExportConfig,
     GoldConfig,
     ModelConfig,
     TrainConfig,
 )
+
+log = logging.getLogger(__name__)
 
 BYTES_TOKENIZER = "bytes"
 
@@ -206,7 +210,25 @@ class EvalSection(Section):
     """Evaluation: validation loss, named eval sets and sample prompts."""
 
     interval: int = Field(500, ge=1, description="Evaluate every this many global steps.")
-    iters: int = Field(20, ge=1, description="Batches per evaluation.")
+    sequences: int | None = Field(
+        None,
+        ge=1,
+        description="Sequences scored per eval set and evaluation (default 160): a fixed, "
+        "seeded selection, the same at any batch size, so losses stay comparable.",
+        examples=[160],
+    )
+    iters: int | None = Field(
+        None,
+        ge=1,
+        description="Deprecated, use sequences: batches per evaluation (sequences = iters x "
+        "batch_size).",
+        json_schema_extra={"deprecated": True},  # traind init leaves it out
+    )
+    at_file_end: bool = Field(
+        True,
+        description="Evaluate at the end of every file and before a lineage's first step "
+        "(the baseline), besides every interval steps.",
+    )
     sets: dict[str, Path] = Field(
         default_factory=dict,
         description='Named eval sets, name = "path/to/set.jsonl"; each set\'s loss is tracked.',
@@ -226,11 +248,11 @@ class EvalSection(Section):
     recent_files: int = Field(
         5, ge=1, description='The "recent" set holds the held-out part of this many latest drops.'
     )
-    batch_size: int | None = Field(
-        None,
+    batch_size: int = Field(
+        8,
         ge=1,
-        description="Sequences per evaluation batch (default: train.micro_batch_size).",
-        examples=[16],
+        description="Sequences per evaluation forward pass: speed and memory only (what is "
+        "scored is eval.sequences); lower it when 8 sequences' logits do not fit.",
     )
     sample_tokens: int = Field(48, ge=1, le=4096, description="Tokens generated per prompt.")
     tensorboard: bool = Field(
@@ -250,7 +272,26 @@ class EvalSection(Section):
             )
         if self.gold_set == "recent" and self.holdout_fraction == 0:
             raise ValueError('gold_set "recent" needs holdout_fraction above 0')
+        if self.iters is not None and self.sequences is not None:
+            raise ValueError(
+                "set eval.sequences only (eval.iters is its deprecated form: iters x batch_size)"
+            )
+        if self.iters is not None:
+            log.warning(
+                "eval.iters is deprecated: it means eval.sequences = %d (iters x batch_size); "
+                "write that instead",
+                self.iters * self.batch_size,
+            )
         return self
+
+    @property
+    def sequence_count(self) -> int:
+        """Sequences scored per set: ``sequences``, or the deprecated ``iters`` x batch."""
+        if self.sequences is not None:
+            return self.sequences
+        if self.iters is not None:
+            return self.iters * self.batch_size
+        return EvalConfig.sequences
 
     @field_validator("sets")
     @classmethod
@@ -276,7 +317,7 @@ class GoldSection(
     """Guards on promoting the best checkpoint to gold."""
 
 
-class ExportSection(section_of(ExportConfig, limits={})):
+class ExportSection(section_of(ExportConfig, limits={}, keys={"source": "from"})):
     """The half-precision copy for inference in checkpoints/export."""
 
 

@@ -169,6 +169,20 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _gold_export_needs_a_val_loss(self) -> Settings:
+        if (
+            self.export.enabled
+            and self.export.source == "gold"
+            and not (self.eval.sets or self.eval.holdout_fraction > 0)
+        ):
+            raise ValueError(
+                'export.from = "gold" needs an evaluation to promote gold: name an eval set '
+                "(eval.sets) or hold some of each drop out (eval.holdout_fraction > 0), or set "
+                'export.from = "latest"'
+            )
+        return self
+
     def model_post_init(self, context: Any, /) -> None:
         loading = _LOADING.get()
         self._config_file = loading.file if loading else None
@@ -185,8 +199,9 @@ class Settings(BaseSettings):
         section = self.eval
         return EvalConfig(
             interval=section.interval,
-            iters=section.iters,
-            batch_size=section.batch_size or self.train.micro_batch_size,
+            sequences=section.sequence_count,
+            batch_size=section.batch_size,
+            at_file_end=section.at_file_end,
             sets=tuple((name, path) for name, path in section.sets.items()),
             holdout_fraction=section.holdout_fraction,
             recent_files=section.recent_files,

@@ -39,7 +39,12 @@ def render_default_config() -> str:
         model = field.annotation
         assert isinstance(model, type) and issubclass(model, BaseModel), section
         lines += ["", *_comment(model.__doc__ or ""), f"[{section}]"]
-        for key, info in model.model_fields.items():
+        for name, info in model.model_fields.items():
+            key = info.alias or name
+            if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get(
+                "deprecated"
+            ):
+                continue
             lines += _comment(info.description or "")
             default = info.get_default(call_default_factory=True)
             if default is None:

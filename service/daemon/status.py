@@ -99,6 +99,8 @@ def read_status(
         if problem:
             state = "error"
         error = problem or _worker_error(seen, hang_timeout_s=hang_timeout_s)
+    # A paused worker's last rate and ETA would promise progress that is not being made.
+    moving = bool(worker and alive and state != "paused")
     return {
         "state": state,
         "desired_state": control.desired_state.value,
@@ -106,8 +108,8 @@ def read_status(
         "current_file": _current_file(ledger, worker) if worker and seen.shown else None,
         "train_loss": worker.loss if worker and alive else None,
         "lr": worker.lr if worker and alive else None,
-        "tokens_per_s": worker.tokens_per_s if worker and alive else None,
-        "eta_s": worker.eta_s if worker and alive else None,
+        "tokens_per_s": worker.tokens_per_s if moving else None,
+        "eta_s": worker.eta_s if moving else None,
         "gold": None,
         "queue": {state.value: n for state, n in ledger.counts_by_state().items()},
         "worker": {

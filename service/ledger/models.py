@@ -177,6 +177,7 @@ class ControlRow(Base):
     checkpoint_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     rollback_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     export_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    eval_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     def record(self) -> Control:
         """This row as a frozen record."""
@@ -186,6 +187,7 @@ class ControlRow(Base):
             checkpoint_requested_at=self.checkpoint_requested_at,
             rollback_requested_at=self.rollback_requested_at,
             export_requested_at=self.export_requested_at,
+            eval_requested_at=self.eval_requested_at,
         )
 
 

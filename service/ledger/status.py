@@ -60,6 +60,10 @@ class StatusQueries(Store):
         """Ask the worker to write the export at its next optimizer-step boundary."""
         return self._request("export")
 
+    def request_eval(self) -> Control:
+        """Ask the worker to evaluate the model at its next optimizer-step boundary."""
+        return self._request("eval")
+
     def _request(self, what: str) -> Control:
         now = utcnow()
         with self._writing() as session:

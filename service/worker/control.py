@@ -1,11 +1,11 @@
 """What the operator wants of the worker now: one reading, one directive.
 
 The operator speaks through the ledger's control row (pause or run; the times of the
-latest save, export and rollback-to-gold requests) and a file's cancel flag; the
+latest save, export, evaluation and rollback-to-gold requests) and a file's cancel flag; the
 supervisor speaks through SIGTERM; another process may take the worker's claim on its
 file. :meth:`Steering.look` reads all of it once, as a :class:`Situation`, and
 :func:`decide` turns it into one :class:`Directive` (:meth:`Steering.steer` does both and
-serves save and export requests on the way). The worker's three loops use it: before
+serves save, export and evaluation requests on the way). The worker's three loops use it: before
 every optimizer step of a file (:mod:`service.worker.stephook`), while idle
 (``Worker.turn``) and while paused (``Worker.hold``, :mod:`service.worker.process`).
 
@@ -15,7 +15,7 @@ When several things are asked at once, the first row that holds wins:
 |---|-----------------|-----------------------------------|-----------------------------------|
 | 1 | `STOP`          | SIGTERM or Ctrl-C                 | checkpoints, releases, exits 0    |
 | 2 | `ROLL_BACK`     | a rollback to gold not served yet | checkpoints, goes back to gold    |
-| 3 | `SERVE_REQUEST` | a save or export not served yet   | saves / exports; next row decides |
+| 3 | `SERVE_REQUEST` | a save, export or eval not served | serves it; the next row decides   |
 | 4 | `CANCEL`        | the file in training is cancelled | checkpoints, parks, cancels it    |
 | 5 | `PAUSE`         | the control row says `paused`     | checkpoints, holds; serves 1-4    |
 | 6 | `LEASE_LOST`    | its claim on the file was taken   | claims it again, or parks it      |
@@ -24,7 +24,7 @@ When several things are asked at once, the first row that holds wins:
 Why this order: a stop ends the process, and its checkpoint covers a save asked for
 meanwhile; a rollback waits in the ledger for the next worker. A rollback replaces the
 weights every later row would act on, and it cancels the file in training itself (with a
-reason saying so). Save and export end nothing, so they are served at once and the rest
+reason saying so). Save, export and evaluation end nothing, so they are served at once and the rest
 of the same reading decides. Pausing comes after them because a paused worker still
 serves them at once, and a lost lease is only looked at while training.
 
@@ -45,7 +45,7 @@ from service.ledger import Control, DesiredState, FileRecord, Ledger
 from trainer.loop import Trainer
 from trainer.records.state import TrainingState
 
-KINDS = ("checkpoint", "export")
+KINDS = ("checkpoint", "export", "eval")
 """The requests served where they are decided, by ``<kind>_requested_at`` in the row."""
 
 
@@ -73,7 +73,7 @@ class Situation:
     rollback_wanted: bool = False
     """A rollback to gold was asked that this lineage has not served."""
     requests: tuple[str, ...] = ()
-    """The save and export requests (of :data:`KINDS`) not yet served."""
+    """The save, export and evaluation requests (of :data:`KINDS`) not yet served."""
     cancel_requested: bool = False
     """The file in training is to be cancelled."""
     paused: bool = False
@@ -175,6 +175,8 @@ class Steering:
             if kind == "checkpoint":
                 if trainer.unsaved_steps:
                     trainer.save_checkpoint(reason="requested")
+            elif kind == "eval":
+                trainer.evaluate(trigger="request")
             else:
                 trainer.export(reason="requested")
 

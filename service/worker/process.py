@@ -1,7 +1,10 @@
 """The training worker: a resident model that trains queued files, forever.
 
-Run by the supervisor of ``traind serve`` as ``python -m service.worker.process [--config F]``
-(settings also from ``TRAIND_*`` variables, like every traind command). It loads the
+Run by the supervisor of ``traind serve`` as ``python -m service.worker --settings F``
+(:mod:`service.worker.launch`), F the settings in force its main process wrote
+(:mod:`service.config.in_force`); between files it takes up a newer revision of them (a
+reload). Run by hand, ``--config F`` reads
+``traind.toml`` (and ``TRAIND_*`` variables) like every traind command. It loads the
 model once and keeps it in memory between files and while paused. It shares only the
 ledger, the checkpoints and the event log with the other processes: control (pause,
 resume, requests) arrives through the ledger, progress leaves through heartbeats. Its
@@ -16,19 +19,16 @@ against the file it was training by the supervisor, which saw it (ARCHITECTURE.m
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import ctypes
+import gc
 import logging
 import os
-import signal
 import socket
-import sys
 import time
 import uuid
-from pathlib import Path
 
-from service.config.settings import Settings, SettingsError, load_settings
+from service.config.in_force import InForce
+from service.config.settings import Settings
 from service.diskspace import SpaceWait, StopWaitingError
 from service.ledger import Control, FileRecord, Ledger, WorkerState
 from service.signals import EXIT_BAD_SETTINGS, WORKER_ID_ENV, StopFlag
@@ -38,6 +38,7 @@ from service.worker.control import Directive, Situation, Steering
 from service.worker.opening import expected_lineage, open_trainer
 from service.worker.reconcile import complete, reconcile, resettle, resume_target, sync_checkpoints
 from service.worker.reports import Reports
+from service.worker.revisions import SettingsRevisions
 from service.worker.stephook import StepHook
 from trainer.data import TokenizedFile
 from trainer.evaluate import EvalSetError
@@ -53,9 +54,17 @@ log = logging.getLogger(__name__)
 class Worker:
     """Owns the model and the lineage for the life of the process."""
 
-    def __init__(self, settings: Settings, *, stop: StopFlag) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        stop: StopFlag,
+        revisions: SettingsRevisions | None = None,
+    ) -> None:
         self.settings = settings
         self.stop = stop
+        self.revisions = revisions
+        """Under traind serve: the settings in force these are a revision of."""
         self.id = (
             os.environ.get(WORKER_ID_ENV)
             or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -76,6 +85,7 @@ class Worker:
             events=lambda event, fields: self.trainer.events.emit(event, **fields),
         )
         self.reports = Reports(self.ledger, worker_id=self.id, space=self.space)
+        self.reports.settings_revision = revisions.held if revisions else None
 
     # ----------------------------------------------------------------- reports
     def beat(self, state: WorkerState, *, file: FileRecord | None = None, message=None) -> bool:
@@ -122,10 +132,11 @@ class Worker:
             log.warning("stopping while waiting for disk space; unsaved steps are trained again")
         finally:
             self.beat(WorkerState.STOPPING)
-            try:
-                self.trainer.finish()
-            except DiskFullError:
-                self.trainer.close()
+            if self.trainer is not None:  # None if stopped while reopening (reopen_with)
+                try:
+                    self.trainer.finish()
+                except DiskFullError:
+                    self.trainer.close()
         return 0
 
     def open_lineage(self, **options) -> Trainer:
@@ -178,6 +189,8 @@ class Worker:
         if directive is Directive.PAUSE:
             self.hold(file=None)
             return pending
+        if pending is None:
+            self.follow_settings()
         pending = pending or resume_target(self.trainer, self.ledger, finish_cancel=self.cancel)
         if directive is Directive.ROLL_BACK and pending is None:
             # With a file in progress the rollback waits for its first step: it cancels it.
@@ -299,6 +312,38 @@ class Worker:
         self.trainer.park_current(reason=f"file #{record.id} was taken out of the queue")
         return False
 
+    # ----------------------------------------------------------------- settings
+    def follow_settings(self) -> None:
+        """Between files, take up a newer revision of the settings in force (a reload the
+        main process accepted): never in the middle of a file."""
+        if self.revisions is None or self.trainer.state.current_file is not None:
+            return
+        found = self.revisions.newer()
+        if found is not None:
+            self.reopen_with(found)
+
+    def reopen_with(self, found: InForce) -> None:
+        """Close the lineage and open it again with ``found``'s settings: the path a
+        restart takes (batch and settings changes handled as on a resume), from the
+        checkpoint of the file that just ended, so nothing is lost or trained twice."""
+        before, trainer = self.settings, self.trainer
+        if trainer.unsaved_steps:
+            trainer.save_checkpoint(reason="settings")
+        self.trainer = None
+        trainer.close()
+        del trainer
+        gc.collect()  # the old model goes before the new one is built (GPU memory)
+        self.settings = found.settings
+        try:
+            self.trainer = self.open_lineage(expected_lineage=expected_lineage(self.ledger))
+        except (EvalSetError, LineageError, TokenizerError) as exc:
+            self.revisions.unusable(found.revision, reason=str(exc))
+            self.settings = before
+            self.trainer = self.open_lineage(expected_lineage=expected_lineage(self.ledger))
+            return
+        self.revisions.applied(found, step=self.trainer.state.global_step)
+        self.reports.settings_revision = found.revision
+
     # ----------------------------------------------------------------- requests
     def hold(self, *, file: FileRecord | None) -> Directive:
         """Hold the model (checkpointed at a step boundary) while paused, serving what is
@@ -346,6 +391,7 @@ class Worker:
         if file is not None:
             requests.cancel_for_rollback(self.trainer, self.ledger, file, step=result.from_step)
         sync_checkpoints(self.ledger, checkpoints)
+        requests.mark_rolled_back(self.trainer, self.ledger)
         self.beat(WorkerState.IDLE)
         return True
 
@@ -353,43 +399,3 @@ class Worker:
         """Stop ``record`` on request; what it taught stays, and a retry continues it."""
         requests.cancel_training(self.trainer, self.ledger, record)
         self.beat(WorkerState.IDLE)
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGTERM us if the supervisor dies, so no worker outlives its service."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass  # not Linux: the lineage lock still keeps a second worker out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m service.worker.process", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--config", type=Path, default=None, help="traind.toml (or $TRAIND_CONFIG)")
-    parser.add_argument("--log-level", default=os.environ.get("TRAIND_LOG_LEVEL", "INFO"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s worker: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    parent = os.getppid()
-    die_with_parent()
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        return 1
-    stop = StopFlag()
-    stop.install()
-    try:
-        settings = load_settings(args.config)
-    except SettingsError as exc:
-        for problem in exc.problems:
-            log.error("%s", problem)
-        return EXIT_BAD_SETTINGS
-    return Worker(settings, stop=stop).run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

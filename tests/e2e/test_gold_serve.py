@@ -1,6 +1,7 @@
 """Gold through a real ``traind serve``: overfitting a tiny repeated file blocks gold with
 the overfit reason while the latest checkpoint moves on; ``traind rollback`` then takes
-the lineage back to gold, and the next drop continues from gold's step.
+the lineage back to gold, and the next drop continues from gold's step. The file the
+rollback undid is shown rolled back, and ``traind requeue --rolled-back`` trains it again.
 
 The 2-layer test model needs hundreds of steps to push its val/train ratio to the
 default limit of 5, so the limit is set to 1.25 here; the guard is the same code at any
@@ -13,7 +14,7 @@ import random
 from conftest import traind_cli as traind
 from conftest import wait_for
 
-from trainer.records.checkpoints import step_folders
+from trainer.records.checkpoints import read_json_object, step_folders
 
 REPEATED = ["7 + 5 = 12", "31 + 4 = 35", "60 + 22 = 82", "9 + 9 = 18"]
 GENERAL = [*REPEATED, "14 + 3 = 17", "50 + 41 = 91", "8 + 80 = 88", "23 + 23 = 46"]
@@ -35,7 +36,7 @@ def test_overfitting_blocks_gold_then_rollback_continues_from_gold(tmp_path, ser
         TRAIND_TRAIN__CHECKPOINT_INTERVAL="20",
         TRAIND_TRAIN__KEEP_CHECKPOINTS="2",
         TRAIND_EVAL__INTERVAL="10",
-        TRAIND_EVAL__ITERS="4",
+        TRAIND_EVAL__SEQUENCES="16",
         TRAIND_EVAL__HOLDOUT_FRACTION="0",
         TRAIND_EVAL__SETS=json.dumps({"general": str(general)}),
         TRAIND_EVAL__PROMPTS=json.dumps(["9 + 9 ="]),
@@ -46,7 +47,11 @@ def test_overfitting_blocks_gold_then_rollback_continues_from_gold(tmp_path, ser
     checkpoints = service.root / "checkpoints"
 
     evals = service.events("eval")
-    assert [e["step"] for e in evals] == list(range(10, done.end_step + 1, 10))
+    # The baseline at step 0, every 10 steps, and the file's end (once).
+    assert [e["step"] for e in evals] == [0, *range(10, done.end_step, 10), done.end_step]
+    assert [e["trigger"] for e in evals[:2]] == ["lineage_start", "interval"]
+    assert evals[-1]["trigger"] == "file_end" and evals[0]["train_loss"] is None
+    evals = evals[1:]
     for event in evals:
         assert event["val_set"] == "general" and event["val_loss"] == event["eval_general"]
         assert event["file"] == "tiny.jsonl" and 0 < event["progress_pct"] <= 100
@@ -87,9 +92,42 @@ def test_overfitting_blocks_gold_then_rollback_continues_from_gold(tmp_path, ser
         timeout=30,
         what="status at gold's step",
     )
+    # The export (export.from = "latest") follows the rollback at once, not at the next file.
+    wait_for(
+        lambda: (
+            (read_json_object(checkpoints / "export" / "export.json") or {}).get("step")
+            == gold_step
+        ),
+        timeout=30,
+        what="the export at gold's step",
+    )
     kept = list((checkpoints / "rolled-back").glob("*/step-*"))
     assert sorted(p.name for p in kept) == sorted(event["moved"])
     assert all(step <= gold_step for step, _ in step_folders(checkpoints))
+
+    # tiny.jsonl finished after gold, so the weights no longer hold it: rolled back, with
+    # the steps it had, and shown so (never as trained) by the ledger, the API and the CLI.
+    def tiny_record():
+        return next(f for f in service.files() if f.name == "tiny.jsonl")
+
+    wait_for(lambda: tiny_record().state.value == "rolled_back", timeout=30, what="rolled back")
+    undone = tiny_record()
+    assert (undone.start_step, undone.end_step) == (done.start_step, done.end_step)
+    assert undone.error.startswith(f"rolled back to gold at step {gold_step}; it had been")
+    (marked,) = service.events("file_rolled_back")
+    assert (marked["id"], marked["gold_step"], marked["end_step"]) == (
+        done.id,
+        gold_step,
+        done.end_step,
+    )
+    page = service.get("/v1/queue?state=rolled_back").json()
+    assert [(f["id"], f["start_step"], f["end_step"]) for f in page["items"]] == [
+        (done.id, done.start_step, done.end_step)
+    ]
+    assert service.status()["queue"]["rolled_back"] == 1
+    shown = traind(service, "queue", "--state", "rolled_back")
+    assert shown.returncode == 0, shown.stderr
+    assert f"(rolled back) {done.start_step:,} → {done.end_step:,}" in shown.stdout
 
     # A rollback asked for while a file trains: the file stops at a step boundary and is
     # cancelled with a reason; retried, it trains again from the (new) gold's step, and
@@ -118,7 +156,7 @@ def test_overfitting_blocks_gold_then_rollback_continues_from_gold(tmp_path, ser
     assert "rolled back to gold" in record.error and "Retry it" in record.error
     retried = traind(service, "retry", str(record.id))
     assert retried.returncode == 0, retried.stderr
-    service.wait_done(2, timeout=180)
+    service.wait_done(1, timeout=180)  # tiny.jsonl is rolled back, not done
     starts = [e for e in service.events("file_start") if e["file"] == "more.jsonl"]
     resumed = [e for e in service.events("file_resumed") if e["file"] == "more.jsonl"]
     if second["gold_step"] > gold_step:
@@ -132,6 +170,18 @@ def test_overfitting_blocks_gold_then_rollback_continues_from_gold(tmp_path, ser
         # Gold is older than more.jsonl: the retry trains it from its start, at gold's step.
         assert [e["start_step"] for e in starts] == [gold_step, second["gold_step"]]
         assert resumed == []
+
+    # One command queues tiny.jsonl again: it trains again on the global steps after
+    # more.jsonl's end, from gold's position in it (gold was taken while it trained).
+    requeued = traind(service, "requeue", "--rolled-back")
+    assert requeued.returncode == 0, requeued.stderr
+    assert f"queued again: file {done.id} (tiny.jsonl)" in requeued.stdout
+    assert [e["id"] for e in service.events("file_requeued")] == [done.id]
+    wait_for(lambda: tiny_record().state.value == "done", timeout=120, what="tiny.jsonl again")
+    (again,) = [e for e in service.events("file_resumed") if e["file"] == "tiny.jsonl"]
+    assert again["step"] == more_record().end_step > second["gold_step"]
+    assert tiny_record().end_step == again["target_step"] > again["step"]
+    assert service.get("/v1/queue?state=rolled_back").json()["items"] == []
     assert service.terminate() == 0
 
 

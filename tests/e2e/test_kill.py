@@ -123,9 +123,10 @@ def check(service, reference, done, drops_names=("a.jsonl", "b.jsonl", "c.jsonl"
         assert torch.equal(value, ref_weights[key]), f"{key} differs from the uninterrupted run"
 
 
-def test_sigkill_and_sigterm_the_service_over_20_rounds(tmp_path):
-    service, reference, done, kills, terms = kill_rounds(tmp_path, rounds=20, seed=7)
-    assert kills >= 8 and terms >= 3
+def test_sigkill_and_sigterm_the_service_over_12_rounds(tmp_path):
+    # 12 rounds keep CI inside its time; the slow soak below runs 80.
+    service, reference, done, kills, terms = kill_rounds(tmp_path, rounds=12, seed=7)
+    assert kills >= 4 and terms >= 3
     check(service, reference, done)
 
 

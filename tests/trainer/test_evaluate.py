@@ -3,6 +3,7 @@ training trajectory bit-identical, gold is written, kept through rotation and ca
 optimizer state, and a lineage can go back to it."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -73,10 +74,10 @@ def _train_one_file(tmp_path, open_trainer, paths, evaluation):
 
 def test_evaluating_does_not_change_the_training_trajectory(tmp_path, open_trainer, run_paths):
     general = write_jsonl(tmp_path / "general.jsonl", text_rows(20))
-    quiet = EvalConfig(interval=10_000, holdout_fraction=0.2)
+    quiet = EvalConfig(interval=10_000, at_file_end=False, holdout_fraction=0.2)
     busy = EvalConfig(
         interval=1,
-        iters=2,
+        sequences=8,
         batch_size=4,
         holdout_fraction=0.2,
         sets=(("general", general),),
@@ -101,7 +102,7 @@ def test_eval_events_gold_and_rotation(tmp_path, open_trainer, run_paths):
     general = write_jsonl(tmp_path / "general.jsonl", text_rows(12))
     evaluation = EvalConfig(
         interval=2,
-        iters=2,
+        sequences=8,
         batch_size=4,
         holdout_fraction=0.25,
         sets=(("general", general),),
@@ -114,7 +115,11 @@ def test_eval_events_gold_and_rotation(tmp_path, open_trainer, run_paths):
     path = write_jsonl(tmp_path / "drop.jsonl", qa_rows(120))
     trainer.train_file(trainer.prepare(path), name=path.name)
     evals = events(run_paths, "eval")
-    assert [e["step"] for e in evals] == list(range(2, trainer.state.global_step + 1, 2))
+    end = trainer.state.global_step
+    # The baseline before the first step, every interval, and the file's end (once).
+    expected = [(0, "lineage_start"), *((s, "interval") for s in range(2, end, 2))]
+    assert [(e["step"], e["trigger"]) for e in evals] == [*expected, (end, "file_end")]
+    assert evals[-1]["progress_pct"] == 100 and evals[-1]["file"] == path.name
     first = evals[0]
     assert first["val_set"] == "recent" and first["val_loss"] == first["eval_recent"]
     assert "eval_general" in first and first["samples"][0]["prompt"] == "If X=1"
@@ -138,7 +143,7 @@ def test_eval_events_gold_and_rotation(tmp_path, open_trainer, run_paths):
 
 
 def test_from_gold_rolls_the_lineage_back(tmp_path, open_trainer, run_paths):
-    evaluation = EvalConfig(interval=3, iters=2, batch_size=4, holdout_fraction=0.25)
+    evaluation = EvalConfig(interval=3, sequences=8, batch_size=4, holdout_fraction=0.25)
     trainer = open_trainer(evaluation=evaluation, checkpoint_interval=4)
     first = write_jsonl(tmp_path / "a.jsonl", qa_rows(48))
     trainer.train_file(trainer.prepare(first), name=first.name)
@@ -185,7 +190,7 @@ def test_tensorboard_scalars_continue_across_restarts(tmp_path, open_trainer, ru
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     evaluation = EvalConfig(
-        interval=2, iters=1, batch_size=4, holdout_fraction=0.25, tensorboard=True
+        interval=2, sequences=4, batch_size=4, holdout_fraction=0.25, tensorboard=True
     )
     trainer = open_trainer(evaluation=evaluation)
     first = write_jsonl(tmp_path / "a.jsonl", qa_rows(40))
@@ -207,3 +212,22 @@ def test_tensorboard_scalars_continue_across_restarts(tmp_path, open_trainer, ru
     assert {"train/loss", "lr", "tokens_per_sec", "val/recent"} <= set(steps)
     assert sorted(steps["train/loss"]) == list(range(1, end + 1))
     assert middle < end and max(steps["val/recent"]) == end - end % 2
+
+
+def test_the_start_line_says_what_was_held_out(tmp_path, open_trainer, caplog):
+    trainer = open_trainer(evaluation=EvalConfig(interval=1000, holdout_fraction=0.05))
+    small = write_jsonl(tmp_path / "small.jsonl", qa_rows(3))
+    large = write_jsonl(tmp_path / "large.jsonl", qa_rows(200, offset=100))
+    with caplog.at_level(logging.INFO, logger="trainer.budget"):
+        for path in (small, large):
+            trainer.train_file(trainer.prepare(path), name=path.name)
+    small_line, large_line = (
+        r.getMessage() for r in caplog.records if "sequences," in r.getMessage()
+    )
+    assert "small.jsonl: " in small_line
+    assert (
+        "held out: none of its 3 examples (too small for eval.holdout_fraction 0.05" in small_line
+    )
+    held = trainer.state.files_completed[-1].n_holdout
+    assert held > 0 and "large.jsonl: " in large_line
+    assert " of its 200 examples, for the recent set" in large_line

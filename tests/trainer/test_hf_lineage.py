@@ -190,7 +190,7 @@ def hf_spec(folder: Path, **options) -> LineageSpec:
 def test_gold_and_rollback(open_trainer, models, tmp_path, name):
     rows = [{"text": f"The owl number {i} eats mice at {i % 12} o'clock."} for i in range(40)]
     files = [write_jsonl(tmp_path / f"d{i}.jsonl", rows[i * 20 : (i + 1) * 20]) for i in range(2)]
-    evaluation = EvalConfig(interval=2, iters=1, batch_size=2, holdout_fraction=0.2)
+    evaluation = EvalConfig(interval=2, sequences=2, batch_size=2, holdout_fraction=0.2)
     trainer = open_trainer(spec=hf_spec(models[name]), evaluation=evaluation)
     for path in files:
         trainer.train_file(trainer.prepare(path), name=path.name)

@@ -221,3 +221,15 @@ def round_loss(value: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return round(float(value), LOSS_DIGITS)
+
+
+def loss_pair(new: float, old: float | None) -> tuple[str, str]:
+    """``new`` and ``old`` written with as few decimals (at least 4, at most
+    ``LOSS_DIGITS``) as tell them apart: never "2.3409 (was 2.3409)" for a real change."""
+    if old is None:
+        return f"{new:.4f}", "none"
+    for digits in range(4, LOSS_DIGITS + 1):
+        a, b = f"{new:.{digits}f}", f"{old:.{digits}f}"
+        if a != b:
+            return a, b
+    return a, b

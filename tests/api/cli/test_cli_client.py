@@ -106,6 +106,13 @@ def test_status_when_idle(fake: FakeTraind) -> None:
     assert "ETA" not in result.stdout
 
 
+def test_status_names_the_export_and_its_source(fake: FakeTraind) -> None:
+    fake.status.update(export={"step": 130, "source_checkpoint": "gold", "from": "gold"})
+    result = invoke(fake, "status")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"export\s+step 130 \(gold\), follows gold", result.stdout)
+
+
 def test_status_json_is_the_server_body(fake: FakeTraind) -> None:
     result = invoke(fake, "status", "--json")
     assert result.exit_code == 0, result.output

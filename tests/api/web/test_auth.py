@@ -26,6 +26,8 @@ POSTS = [
     "/v1/pause",
     "/v1/resume",
     "/v1/checkpoints",
+    "/v1/eval",
+    "/v1/files/requeue-rolled-back",
 ]
 READS = [
     "/v1/status",

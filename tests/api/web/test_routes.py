@@ -111,7 +111,7 @@ def test_status_of_an_idle_service(api: LiveApi) -> None:
     assert body["queue"] == dict.fromkeys([s.value for s in FileState], 0)
     assert body["eta_queue_s"] == 0.0
     assert body["last_eval"] is None
-    assert body["gold"] is None
+    assert body["gold"] is None and body["export"] is None
     assert body["worker"]["model_loaded"] is False
 
 
@@ -150,6 +150,15 @@ def test_status_shows_the_training_file_and_its_eta(api: LiveApi) -> None:
     }
     assert body["eta_queue_s"] == 12.0  # nothing else is queued
 
+    # Paused, the last rate and ETA would promise progress that is not being made.
+    api.post("/v1/pause")
+    api.heartbeat(
+        state=WorkerState.PAUSED, file_id=good, global_step=15, tokens_per_s=50.0, eta_s=12.0
+    )
+    body = api.get("/v1/status").json()
+    assert body["state"] == "paused"
+    assert (body["tokens_per_s"], body["eta_s"], body["eta_queue_s"]) == (None, None, None)
+
 
 def test_status_and_gold_read_the_event_log_and_the_gold_folder(api: LiveApi) -> None:
     emit(api, event="eval", step=8, val_loss=2.5, sets={"arith": 2.25})
@@ -161,6 +170,7 @@ def test_status_and_gold_read_the_event_log_and_the_gold_folder(api: LiveApi) ->
     gold.mkdir(parents=True)
     (gold / "training_state.json").write_text(json.dumps({"global_step": 8}))
 
+    emit(api, event="eval", step=20, val_loss=9.9, trigger="checkpoint")  # not the lineage's
     body = api.get("/v1/status").json()
     assert body["last_eval"] == {
         "step": 12,
@@ -333,6 +343,13 @@ def test_retry_of_a_rejected_file_whose_name_is_taken_gets_a_fresh_name(api: Liv
 
 
 # Control and checkpoints -----------------------------------------------------------
+
+
+def test_eval_request_is_a_time_in_the_control_row(api: LiveApi) -> None:
+    response = api.post("/v1/eval")
+    assert response.status_code == 202
+    asked = api.ledger.get_control().eval_requested_at
+    assert asked is not None and response.json()["eval_requested_at"] is not None
 
 
 def test_pause_and_resume_change_the_control_row(api: LiveApi) -> None:

@@ -31,14 +31,18 @@ def test_every_section_and_key_is_listed_with_a_comment() -> None:
         assert f"[{section}]" in lines
         model = field.annotation
         assert isinstance(model, type)
-        for key in model.model_fields:  # type: ignore[attr-defined]
+        for name, info in model.model_fields.items():  # type: ignore[attr-defined]
+            if (info.json_schema_extra or {}).get("deprecated"):
+                assert f"{name} = " not in text, f"deprecated {section}.{name} is offered"
+                continue
+            key = info.alias or name
             # Set keys parse; unset (None) ones are shown commented out.
             matches = [
                 i for i, line in enumerate(lines) if line.startswith((f"{key} = ", f"# {key} = "))
             ]
             assert matches, f"{section}.{key} missing"
             assert lines[matches[0] - 1].startswith("# "), f"{section}.{key} has no comment"
-            default = model.model_fields[key].default  # type: ignore[attr-defined]
+            default = info.default
             if default is None:
                 assert key not in parsed[section]
             else:

@@ -46,7 +46,9 @@ def test_defaults_without_a_file(clean_env: Path) -> None:
     assert settings.model.dropout == 0.0
     assert settings.model.overrides == {}
     assert settings.eval.interval == 500
-    assert settings.eval.iters == 20
+    assert settings.eval_config().sequences == 160 and settings.eval.batch_size == 8
+    assert settings.eval.at_file_end is True
+    assert settings.export.source == "latest"
     assert settings.eval.sets == {}
     assert settings.eval.holdout_fraction == 0.0
     assert settings.eval.prompts == []
@@ -178,12 +180,12 @@ def test_unknown_key_suggests_the_close_one(tmp_path: Path) -> None:
 def test_bad_value_names_file_section_key_and_reason(
     clean_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write(clean_env / "traind.toml", "[train]\nmicro_batch_size = 0\n[eval]\niters = 0\n")
+    write(clean_env / "traind.toml", "[train]\nmicro_batch_size = 0\n[eval]\nsequences = 0\n")
     with pytest.raises(SettingsError) as info:
         load_settings()
     assert info.value.problems == (
         "traind.toml: train.micro_batch_size: Input should be greater than or equal to 1",
-        "traind.toml: eval.iters: Input should be greater than or equal to 1",
+        "traind.toml: eval.sequences: Input should be greater than or equal to 1",
     )
     assert isinstance(info.value, ValueError)
 

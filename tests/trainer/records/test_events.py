@@ -3,7 +3,7 @@
 import json
 import math
 
-from trainer.records.events import EventLog, round_loss
+from trainer.records.events import EventLog, loss_pair, round_loss
 
 
 def test_events_are_json_lines_with_timestamp(tmp_path):
@@ -52,3 +52,10 @@ def test_an_event_after_a_torn_line_is_not_lost(tmp_path):
     log.emit("b", n=2)
     assert [r["event"] for r in log.read_backwards()] == ["b", "a"]
     assert path.read_text().splitlines()[1] == '{"event": "torn", "n"'
+
+
+def test_loss_pair_shows_enough_digits_to_tell_a_new_gold_from_the_old() -> None:
+    assert loss_pair(2.34091, 2.34089) == ("2.34091", "2.34089")
+    assert loss_pair(2.5, 2.75) == ("2.5000", "2.7500")
+    assert loss_pair(1.25, None) == ("1.2500", "none")
+    assert loss_pair(1.0, 1.0) == ("1.000000", "1.000000")
