@@ -45,6 +45,7 @@ from trainer.evaluate import EvalSetError
 from trainer.gold import GOLD
 from trainer.lineage import LineageError
 from trainer.loop import FileOutcome, Trainer
+from trainer.records.events import EventLog
 from trainer.records.storage import DiskFullError
 from trainer.tokenizer import TokenizerError
 
@@ -78,11 +79,14 @@ class Worker:
         self.current: FileRecord | None = None
         """The file being trained, for the heartbeat while waiting for disk space."""
         self._idle_beat_at = 0.0
+        log_before_open = EventLog(settings.run_paths().events)  # a full disk as it opens
         self.space = SpaceWait(
             retry_s=settings.worker.disk_retry_s,
             stop=stop,
             report=self._report_space,
-            events=lambda event, fields: self.trainer.events.emit(event, **fields),
+            events=lambda event, fields: (
+                self.trainer.events if self.trainer else log_before_open
+            ).emit(event, **fields),
         )
         self.reports = Reports(self.ledger, worker_id=self.id, space=self.space)
         self.reports.settings_revision = revisions.held if revisions else None
