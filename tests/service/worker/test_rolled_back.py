@@ -9,7 +9,6 @@ import json
 
 import pytest
 
-from service.config.settings import load_settings
 from service.ledger import FileRecord, FileState, Ledger
 from service.signals import StopFlag
 from service.worker import requests
@@ -17,28 +16,16 @@ from service.worker.control import Steering
 from service.worker.process import Worker
 from service.worker.reconcile import reconcile
 from tests.corpus import make_drops
+from tests.service.worker.tiny_settings import tiny_settings
 from trainer.records.storage import file_sha256
 
 
 @pytest.fixture
 def settings(tmp_path):
     # No evaluation (nothing held out, no sets): gold is written by the test, where it wants.
-    return load_settings(
-        None,
-        paths={
-            "checkpoints": tmp_path / "ck",
-            "state": tmp_path / "state",
-            "inbox": tmp_path / "inbox",
-        },
-        model={"preset": "test"},
-        train={
-            "micro_batch_size": 4,
-            "grad_accum_steps": 1,
-            "epochs_per_file": 0.5,
-            "checkpoint_interval": 1000,
-            "warmup_steps": 2,
-            "device": "cpu",
-        },
+    return tiny_settings(
+        tmp_path,
+        train={"epochs_per_file": 0.5, "checkpoint_interval": 1000, "warmup_steps": 2},
         eval={"interval": 100_000, "holdout_fraction": 0.0},
     )
 

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from service.config.settings import load_settings
 from service.signals import StopFlag
 from service.worker.runner import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, run_summary, train_files
+from tests.service.worker.tiny_settings import tiny_settings
 from trainer.checkpoint import latest_checkpoint
 
 
@@ -30,22 +30,8 @@ class StopAfter(StopFlag):
 
 @pytest.fixture
 def settings(tmp_path):
-    return load_settings(
-        None,
-        paths={
-            "checkpoints": tmp_path / "ck",
-            "state": tmp_path / "state",
-            "inbox": tmp_path / "inbox",
-        },
-        model={"preset": "test"},
-        train={
-            "micro_batch_size": 4,
-            "grad_accum_steps": 1,
-            "checkpoint_interval": 3,
-            "warmup_steps": 2,
-            "device": "cpu",
-            "log_interval": 5,
-        },
+    return tiny_settings(
+        tmp_path, train={"checkpoint_interval": 3, "warmup_steps": 2, "log_interval": 5}
     )
 
 
@@ -125,7 +111,7 @@ def test_multi_process_launch_is_refused_clearly(drops, settings, caplog, monkey
 def test_the_summary_names_gold_and_says_when_the_export_is_off_or_not_yet(tmp_path, settings):
     gold = {"step": 40, "val_loss": 2.34567, "train_loss": 2.2}
     state = SimpleNamespace(global_step=52, files_completed=[{}, {}], gold=gold)
-    off = load_settings(None, paths={"checkpoints": tmp_path / "ck"}, export={"enabled": False})
+    off = tiny_settings(tmp_path, export={"enabled": False})
     assert run_summary(off, state) == (
         "global step 52; 2 files in the lineage; gold at step 40 (val loss 2.3457); "
         "export off (export.enabled = false)"

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import json
 
-from service.config.settings import load_settings
 from service.signals import StopFlag
 from service.worker.process import Worker
+from tests.service.worker.tiny_settings import tiny_settings
 from trainer.records.storage import DiskFullError
 
 
 def test_a_full_disk_before_the_lineage_is_open_is_reported(tmp_path):
-    settings = load_settings(
-        None,
-        paths={"checkpoints": tmp_path / "ck", "state": tmp_path / "st", "inbox": tmp_path / "in"},
-        worker={"disk_retry_s": 0.01},
-    )
+    settings = tiny_settings(tmp_path, worker={"disk_retry_s": 0.01})
     worker = Worker(settings, stop=StopFlag())
     assert worker.trainer is None
     worker.space(DiskFullError("no space left for the checkpoint", path=tmp_path / "ck"))

@@ -11,23 +11,14 @@ import logging
 import torch
 
 from service.config.in_force import InForce, in_force_path, write_in_force
-from service.config.settings import load_settings
 from service.signals import StopFlag
 from service.worker.process import Worker
 from service.worker.revisions import SettingsRevisions
+from tests.service.worker.tiny_settings import tiny_settings
 
 
 def configured(tmp_path, **train):
-    return load_settings(
-        None,
-        paths={
-            "checkpoints": tmp_path / "ck",
-            "state": tmp_path / "state",
-            "inbox": tmp_path / "inbox",
-        },
-        model={"preset": "test"},
-        train={"micro_batch_size": 4, "grad_accum_steps": 1, "device": "cpu", **train},
-    )
+    return tiny_settings(tmp_path, train=train)
 
 
 def weights(worker: Worker) -> dict[str, torch.Tensor]:
