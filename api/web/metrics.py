@@ -7,6 +7,9 @@ own ``CollectorRegistry`` (never the global one), so tests can build many apps.
 
 Live gauges (loss, learning rate, throughput) are shown only while the worker's heartbeat
 is fresh, like ``/v1/status``; counters and the step-time histogram show the last report.
+Model quality (each eval set's newest loss, the val loss and its age, gold's) comes from
+the event log (``api.web.history.EventDigest``, read incrementally) and the gold folder, so
+an alert can fire when the model gets worse or stops being evaluated.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
@@ -33,12 +37,13 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from api.web.deps import READ
-from api.web.quality import collect_quality
+from api.web.history import EventDigest, read_gold
 from api.web.schemas import ErrorOut, errors
 from service.daemon.main_process import Daemon
 from service.daemon.status import heartbeat_age, is_fresh
 from service.diskspace import free_bytes
 from service.ledger import DesiredState, FileState, WorkerStatus
+from trainer.records.checkpoints import float_or_none, int_or_none
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +217,45 @@ def collect_progress(
         )
 
 
+def collect_quality(digest: EventDigest, *, checkpoints: Path, now: datetime) -> Iterator[Metric]:
+    """The eval and gold gauges; each only once there is a value to show."""
+    losses = digest.set_losses()
+    if losses:
+        family = GaugeMetricFamily(
+            PREFIX + "eval_loss",
+            "Newest loss of each eval set (recent: the held-out part of recent drops).",
+            labels=["set"],
+        )
+        for name, (loss, _) in sorted(losses.items()):
+            family.add_metric([name], loss)
+        yield family
+    last = digest.last_eval()
+    if last is not None:
+        val_loss = float_or_none(last.get("val_loss"))
+        if val_loss is not None:
+            yield gauge(
+                "val_loss", "Validation loss (the deciding set) of the newest evaluation.", val_loss
+            )
+        step = int_or_none(last.get("step"))
+        if step is not None:
+            yield gauge("eval_step", "Global step of the newest evaluation.", step)
+        stamp = _moment(last.get("timestamp"))
+        if stamp is not None:
+            yield gauge(
+                "eval_age_seconds",
+                "Seconds since the newest evaluation of the lineage.",
+                max(0.0, (now - stamp).total_seconds()),
+            )
+    gold = read_gold(checkpoints, history=digest.gold_history())
+    if gold is not None:
+        if gold["val_loss"] is not None:
+            yield gauge(
+                "gold_val_loss", "Validation loss of the gold checkpoint.", gold["val_loss"]
+            )
+        if gold["step"] is not None:
+            yield gauge("gold_step", "Global step of the gold checkpoint.", gold["step"])
+
+
 def collect_queue(counts: dict[FileState, int]) -> Iterator[Metric]:
     family = GaugeMetricFamily(
         PREFIX + "queue_files", "Files in the ledger by state.", labels=["state"]
@@ -298,3 +342,12 @@ def bound_of(value: Any) -> float | None:
 def aware(moment: datetime) -> datetime:
     """A UTC-aware datetime (the ledger returns aware ones; a naive one is UTC)."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _moment(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
