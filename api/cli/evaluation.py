@@ -24,7 +24,7 @@ from api.cli.options import (
     configure_logging,
     settings_or_exit,
 )
-from api.cli.remote import _session
+from api.cli.remote import api_session, report_answer
 from trainer.records.events import eval_set_losses
 
 EXIT_USAGE = 2
@@ -60,15 +60,14 @@ def evaluate(
     eval event (trigger "checkpoint") that decides nothing.
     """
     if checkpoint is None:
-        with _session(url=url, token=token, config=config) as client:
+        with api_session(url=url, token=token, config=config) as client:
             answer = client.evaluate()
-        if as_json:
-            views.print_json(answer)
-        else:
-            typer.echo(
-                "evaluation requested: the worker evaluates at its next step boundary "
-                "(an eval event with trigger 'request'; see traind status or /v1/events)"
-            )
+        report_answer(
+            answer,
+            as_json=as_json,
+            line="evaluation requested: the worker evaluates at its next step boundary "
+            "(an eval event with trigger 'request'; see traind status or /v1/events)",
+        )
         return
     from service.checkpoints.evaluation import EvaluationError, evaluate_checkpoint
 

@@ -78,7 +78,7 @@ def status(
 ) -> None:
     """Show what traind is doing: state, step, current file, loss, ETA, gold, queue counts."""
     console = Console(highlight=False)
-    with _session(url=url, token=token, config=config) as client:
+    with api_session(url=url, token=token, config=config) as client:
         if watch:
             # Ctrl-C is how a person leaves the view: not an error.
             with contextlib.suppress(KeyboardInterrupt):
@@ -116,7 +116,7 @@ def queue(
 ) -> None:
     """List the files the daemon knows, by arrival: id, name, state, steps, error."""
     states = [s.value for s in state or ()]
-    with _session(url=url, token=token, config=config) as client:
+    with api_session(url=url, token=token, config=config) as client:
         page = client.queue(states=states, limit=limit, offset=offset)
     if as_json:
         views.print_json(page)
@@ -132,9 +132,9 @@ def pause(
     config: ConfigOption = None,
 ) -> None:
     """Pause training: the worker finishes its optimizer step, checkpoints and holds the model."""
-    with _session(url=url, token=token, config=config) as client:
+    with api_session(url=url, token=token, config=config) as client:
         answer = client.pause()
-    _report(
+    report_answer(
         answer, as_json=as_json, line="paused: the worker checkpoints at its next step and holds"
     )
 
@@ -153,9 +153,9 @@ def rollback(
     to train it again); files finished after gold become rolled_back, with the steps they
     had (traind requeue --rolled-back trains them again).
     """
-    with _session(url=url, token=token, config=config) as client:
+    with api_session(url=url, token=token, config=config) as client:
         answer = client.rollback()
-    _report(
+    report_answer(
         answer,
         as_json=as_json,
         line="rollback requested: the worker rolls back to gold at its next step boundary",
@@ -170,9 +170,9 @@ def resume(
     config: ConfigOption = None,
 ) -> None:
     """Resume training at the same step, without reloading the model."""
-    with _session(url=url, token=token, config=config) as client:
+    with api_session(url=url, token=token, config=config) as client:
         answer = client.resume()
-    _report(answer, as_json=as_json, line="resumed: training continues at the same step")
+    report_answer(answer, as_json=as_json, line="resumed: training continues at the same step")
 
 
 @_command
@@ -201,7 +201,7 @@ def enqueue(
     from api.cli.client import ApiError, ServerUnreachableError
 
     refused = 0
-    with _session(url=url, token=token, config=config) as client:
+    with api_session(url=url, token=token, config=config) as client:
         for path in files:
             try:
                 answer = client.enqueue(path)
@@ -213,7 +213,9 @@ def enqueue(
                 continue
             name = answer.get("name") if isinstance(answer, dict) else None
             line = f"uploaded {path} as {name}" if name else f"uploaded {path}"
-            _report(answer, as_json=as_json, line=f"{line}: the watcher checks it, then queues it")
+            report_answer(
+                answer, as_json=as_json, line=f"{line}: the watcher checks it, then queues it"
+            )
     if refused:
         raise typer.Exit(EXIT_REFUSED)
 
@@ -227,7 +229,7 @@ def retry(
     config: ConfigOption = None,
 ) -> None:
     """Retry a file: a failed or cancelled one is queued again, a rejected one is checked again."""
-    with _session(url=url, token=token, config=config) as client:
+    with api_session(url=url, token=token, config=config) as client:
         answer = client.retry(file_id)
     label = _file_label(answer, file_id)
     match _answer_state(answer):
@@ -241,7 +243,7 @@ def retry(
             line = f"retry accepted: {label}"
         case other:
             line = f"retry accepted: {label} is {other}"
-    _report(answer, as_json=as_json, line=line)
+    report_answer(answer, as_json=as_json, line=line)
 
 
 @_command
@@ -257,7 +259,7 @@ def cancel(
     The file in training stops at its next optimizer step with a checkpoint and keeps
     what it learned so far.
     """
-    with _session(url=url, token=token, config=config) as client:
+    with api_session(url=url, token=token, config=config) as client:
         answer = client.cancel(file_id)
     label = _file_label(answer, file_id)
     match _answer_state(answer):
@@ -270,11 +272,11 @@ def cancel(
             line = f"cancelled: {label}"
         case _:
             line = f"cancel accepted: {label}"
-    _report(answer, as_json=as_json, line=line)
+    report_answer(answer, as_json=as_json, line=line)
 
 
 @contextlib.contextmanager
-def _session(*, url: str | None, token: str | None, config: Path | None) -> Iterator[ApiClient]:
+def api_session(*, url: str | None, token: str | None, config: Path | None) -> Iterator[ApiClient]:
     """A client for the server the options point at; API errors become exit statuses."""
     from api.cli.client import (
         URL_ENV,
@@ -307,7 +309,7 @@ def _session(*, url: str | None, token: str | None, config: Path | None) -> Iter
         raise typer.Exit(EXIT_REFUSED) from None
 
 
-def _report(answer: object, *, as_json: bool, line: str) -> None:
+def report_answer(answer: object, *, as_json: bool, line: str) -> None:
     if as_json:
         views.print_json(answer)
     else:

@@ -14,7 +14,7 @@ import typer
 
 from api.cli import views
 from api.cli.options import ConfigOption, JsonOption, TokenOption, UrlOption
-from api.cli.remote import EXIT_USAGE, _session
+from api.cli.remote import EXIT_USAGE, api_session
 
 
 def register(app: typer.Typer) -> None:
@@ -48,7 +48,7 @@ def requeue(
             err=True,
         )
         raise typer.Exit(EXIT_USAGE)
-    with _session(url=url, token=token, config=config) as client:
+    with api_session(url=url, token=token, config=config) as client:
         answer = client.requeue_rolled_back()
     if as_json:
         views.print_json(answer)
