@@ -40,7 +40,7 @@ from trainer.records.checkpoints import (
     step_folder,
 )
 from trainer.records.traces import owner
-from trainer.tokenizer import Tokenizer
+from trainer.tokenizer import Tokenizer, TokenizerError
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +128,17 @@ class Exporter:
             ),
         )
 
-    def _write_folder(self, *, reason: str) -> Path:
-        """Export the ``gold`` folder itself (the model in memory is not gold)."""
+    def _write_folder(self, *, reason: str) -> Path | None:
+        """Export the ``gold`` folder itself (the model in memory is not gold); None, with
+        the reason logged, when gold cannot be read: the export stays as it is, and
+        training goes on (a broken gold is no reason to stop learning)."""
         try:
             loaded = read_checkpoint(self.checkpointer.root / GOLD_DIR)
-        except CheckpointError as exc:
-            raise CheckpointError(f"cannot export gold: {exc}") from exc
-        model = checkpoint_model(loaded, device=torch.device("cpu"), dtype=torch.float32)
-        tokenizer = Tokenizer.from_files(loaded.tokenizer_json, loaded.tokenizer_config_json)
+            model = checkpoint_model(loaded, device=torch.device("cpu"), dtype=torch.float32)
+            tokenizer = Tokenizer.from_files(loaded.tokenizer_json, loaded.tokenizer_config_json)
+        except (CheckpointError, TokenizerError) as exc:
+            log.error("cannot export gold, checkpoints/%s stays as it is: %s", EXPORT_DIR, exc)
+            return None
         info = self._info(step=loaded.step, reason=reason, source_checkpoint=GOLD_DIR)
         return self._timed(
             reason,

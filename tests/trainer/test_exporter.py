@@ -103,3 +103,16 @@ def test_gold_writes_nothing_before_the_first_gold(tmp_path, open_trainer, run_p
     assert not (run_paths.checkpoints / "export").exists()
     assert trainer.export(reason="requested") is None
     assert not events(run_paths, "export_saved")
+
+
+def test_an_unreadable_gold_leaves_the_export_and_training_alone(
+    tmp_path, open_trainer, run_paths, caplog
+):
+    trainer, _, end = gold_behind_latest(tmp_path, open_trainer, export=GOLD)
+    trainer.close()
+    shutil.rmtree(run_paths.checkpoints / "export")
+    (run_paths.checkpoints / "gold" / "manifest.json").write_text("{}")
+    with caplog.at_level(logging.ERROR, logger="trainer.exporter"):
+        again = open_trainer(evaluation=EVAL, gold=LENIENT, export=GOLD)
+    assert "cannot export gold" in caplog.text
+    assert again.state.global_step == end and not (run_paths.checkpoints / "export").exists()
