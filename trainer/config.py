@@ -76,6 +76,10 @@ class ModelConfig:
         return data
 
 
+MAX_REPLAY_FRACTION = 0.9
+"""Above this, a file would take ten times its own steps: surely a mistake."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Hyper-parameters in force; stored in ``training_state.json`` with every checkpoint."""
@@ -132,6 +136,15 @@ class TrainConfig:
     on_lost_checkpoints: LostCheckpoints = "refuse"
     """When every ``step-*`` checkpoint of a lineage is gone or broken: ``refuse`` to start
     (saying what to do), or continue from ``gold``. Never a silent new lineage."""
+    replay_fraction: float = 0.0
+    """Share of each optimizer step's sequences replayed from drops the lineage finished
+    earlier, against forgetting: 0.05 for a weak shift between drops, 0.25 for a strong one
+    (even 0.01 helps). A file's budget counts its own sequences only, so replay adds steps:
+    ``1 / (1 - replay_fraction)`` times as many per file. Held-out examples never replay."""
+    replay_recent_weight: float = 0.0
+    """Tilt of the replay toward recent drops: 0 draws every earlier training sequence
+    equally likely; above 0, each drop weighs ``(1 - replay_recent_weight)`` times as much
+    as the next newer one (0.5 halves the weight per drop of age)."""
 
     def __post_init__(self) -> None:
         if self.micro_batch_size < 1 or self.grad_accum_steps < 1:
@@ -144,6 +157,10 @@ class TrainConfig:
             raise ValueError("checkpoint_interval must be at least 1")
         if self.shard_size_mb <= 0:
             raise ValueError("shard_size_mb must be positive")
+        if not 0.0 <= self.replay_fraction <= MAX_REPLAY_FRACTION:
+            raise ValueError(f"replay_fraction must be in [0, {MAX_REPLAY_FRACTION}]")
+        if not 0.0 <= self.replay_recent_weight < 1.0:
+            raise ValueError("replay_recent_weight must be in [0, 1)")
 
     @property
     def shard_bytes(self) -> int:
@@ -289,10 +306,20 @@ class EvalConfig:
     """Tokens generated per prompt."""
     tensorboard: bool = False
     """Write TensorBoard scalars to ``<state>/tensorboard`` (needs the tensorboard extra)."""
+    forgetting_drops: int = 8
+    """With a holdout: finished drops whose held-out part each evaluation scores on its own,
+    to report forgetting (the oldest and newest always among them, the rest spread evenly
+    between); 0 turns the report off."""
+    forgetting_sequences: int = 32
+    """Held-out sequences scored per drop of the forgetting report (a fixed selection)."""
 
     def __post_init__(self) -> None:
         if self.interval < 1 or self.sequences < 1 or self.batch_size < 1:
             raise ValueError("eval interval, sequences and batch_size must be at least 1")
+        if self.forgetting_drops == 1 or self.forgetting_drops < 0:
+            raise ValueError("forgetting_drops must be 0 (off) or at least 2")
+        if self.forgetting_sequences < 1:
+            raise ValueError("forgetting_sequences must be at least 1")
         if not 0.0 <= self.holdout_fraction <= 0.5:
             raise ValueError("holdout_fraction must be in [0, 0.5]")
         names = [name for name, _ in self.sets]
@@ -331,6 +358,9 @@ class GoldConfig:
     regression_threshold: float = 0.2
     """No gold when any eval set is worse than at the current gold by more than this
     fraction."""
+    forgetting_threshold: float | None = None
+    """If set, no gold when a drop of the forgetting report is worse than its own best by
+    more than this fraction (0.1: 10%); the reason names the drop. Off by default."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -14,15 +14,14 @@ from __future__ import annotations
 import logging
 import math
 
-import numpy as np
 import torch
 
 from trainer.checkpoint import latest_checkpoint
 from trainer.checkpointer import Checkpointer
 from trainer.config import TrainConfig
-from trainer.data import TokenizedFile
 from trainer.optim import optimizer_state_mismatch
 from trainer.records.state import FileProgress
+from trainer.rows import StepRows
 from trainer.step import StepRunner
 
 log = logging.getLogger(__name__)
@@ -51,6 +50,16 @@ def merge_line_ranges(ranges: list[tuple[int, int]]) -> str:
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in merged)
 
 
+def describe_lines(rows: StepRows) -> str:
+    """The source lines of a step's own rows, then those of each replayed drop."""
+    data, own = rows.own
+    text = merge_line_ranges(data.lines_of(own)) if len(own) else ""
+    for replayed, picked in rows.replayed:
+        text += f"; replayed from {replayed.path.name} lines "
+        text += merge_line_ranges(replayed.lines_of(picked))
+    return text
+
+
 class Guard:
     """Skips, rewinds and OOM recovery around one trainer's optimizer steps."""
 
@@ -68,30 +77,26 @@ class Guard:
         self.train = train
         self.device = device
 
-    def accumulate(
-        self, data: TokenizedFile, indices: np.ndarray, *, n_targets: int, current: FileProgress
-    ) -> torch.Tensor:
+    def accumulate(self, rows: StepRows, *, n_targets: int, current: FileProgress) -> torch.Tensor:
         """``StepRunner.accumulate`` over the step's micro-batches; on CUDA OOM the split
         is made smaller and the step tried again (rule 7)."""
         while True:
             try:
                 return self.steps.accumulate(
-                    data,
-                    indices,
+                    rows,
                     micro=self.checkpointer.state.micro_batch_size,
                     n_targets=n_targets,
                 )
             except torch.OutOfMemoryError:
                 self._recover_from_oom(current)
 
-    def record_skip(
-        self, data: TokenizedFile, indices: np.ndarray, *, loss: float, norm: float
-    ) -> None:
-        """Count and report a skipped step with the file and source lines it came from."""
+    def record_skip(self, rows: StepRows, *, loss: float, norm: float) -> None:
+        """Count and report a skipped step with the file and source lines it came from
+        (and the earlier drops it replayed, by name)."""
         state = self.checkpointer.state
         state.nan_skips_total += 1
         state.nan_skip_steps.append(state.global_step)
-        lines = merge_line_ranges(data.lines_of(indices))
+        lines = describe_lines(rows)
         log.warning(
             "step %d skipped: non-finite %s (loss %s, grad norm %s) in %s lines %s",
             state.global_step,
@@ -112,7 +117,7 @@ class Guard:
             skipped_total=state.nan_skips_total,
         )
 
-    def rewind_if_needed(self, data: TokenizedFile, indices: np.ndarray) -> None:
+    def rewind_if_needed(self, rows: StepRows) -> None:
         """After ``nan_skip_limit`` skips within ``nan_window`` steps, rewind to the newest
         checkpoint's weights and moments; the step count and data position go on (rule 6)."""
         checkpointer, train = self.checkpointer, self.train
@@ -150,7 +155,7 @@ class Guard:
             checkpoint_step=good.step,
             skipped_steps=skipped,
             file=state.current_file.name if state.current_file else None,
-            lines=merge_line_ranges(data.lines_of(indices)),
+            lines=describe_lines(rows),
         )
         # Make the rewind durable so a crash now cannot replay the bad stretch.
         checkpointer.save(reason="rollback")

@@ -23,10 +23,12 @@ from trainer.cache import tokenize_file
 from trainer.checkpointer import Checkpointer
 from trainer.checkup import Checkup
 from trainer.config import EvalConfig, ExportConfig, GoldConfig, LineageSpec, RunPaths, TrainConfig
-from trainer.data import FileSampler, TokenizedFile
+from trainer.data import TokenizedFile
 from trainer.evaluate import Evaluator
 from trainer.exporter import Exporter
 from trainer.faults import fault_point
+from trainer.feed import StepFeed
+from trainer.forgetting import scored_drops
 from trainer.guard import Guard
 from trainer.opening import HeldLineage, OpenRequest, check_memory, hold_lineage
 from trainer.optim import lr_at
@@ -35,6 +37,7 @@ from trainer.progress import ProgressMeter, Scalars, StepReport, next_report
 from trainer.records.events import EventLog
 from trainer.records.state import FileProgress
 from trainer.records.storage import DiskFullError
+from trainer.replay import ReplayPool, SourceFinder
 from trainer.rollback import Rollback, commit_rollback
 from trainer.session import Session
 from trainer.step import StepRunner
@@ -60,6 +63,7 @@ class Trainer:
         gold: GoldConfig | None = None,
         export: ExportConfig | None = None,
         on_disk_full: Callable[[DiskFullError], None] | None = None,
+        source_of: SourceFinder | None = None,
     ) -> None:
         lineage = self.lineage = held.lineage
         self.model, self.optimizer = lineage.model, lineage.optimizer
@@ -96,7 +100,12 @@ class Trainer:
         )
         self.checkup = Checkup(
             lambda: self.evaluator.evaluate(
-                self.model, device=self.device, autocast=self.steps.autocast
+                self.model,
+                device=self.device,
+                autocast=self.steps.autocast,
+                drops=scored_drops(
+                    self.state.files_completed, count=self.evaluation.forgetting_drops
+                ),
             ),
             checkpointer=self.checkpointer,
             scalars=self.scalars,
@@ -105,7 +114,18 @@ class Trainer:
             gold=self.gold_config,
         )
         self.checkup.on_promote = self.exporter.after_gold
-        self._sampler: FileSampler | None = None
+        self.feed = StepFeed(
+            ReplayPool(
+                tokenizer=self.tokenizer,
+                block_size=lineage.model_config.block_size,
+                cache_dir=paths.cache,
+                seed=self.state.seed,
+                recent_weight=train.replay_recent_weight,
+                events=self.events,
+                source_of=source_of,
+            ),
+            state=self.state,
+        )
         self._lock = held.lock
 
     # ------------------------------------------------------------- opening
@@ -128,6 +148,7 @@ class Trainer:
         new_lineage: bool = False,
         expected_lineage: str | None = None,
         on_disk_full: Callable[[DiskFullError], None] | None = None,
+        source_of: SourceFinder | None = None,
     ) -> Trainer:
         """Open (or start) the lineage under ``paths.checkpoints`` and hold it.
 
@@ -135,7 +156,8 @@ class Trainer:
         ``rolled-back/``) for the operator's request of ``rollback_request`` (ISO time),
         made while ``in_progress`` (``name``, ``sha256``) was trained; a rollback a crash
         interrupted is finished first, whatever is asked. ``new_lineage``,
-        ``expected_lineage``: :func:`trainer.lineage.open_lineage`."""
+        ``expected_lineage``: :func:`trainer.lineage.open_lineage`. ``source_of`` finds a
+        finished drop's source by sha256, for a replay whose cache entry is gone."""
         held = hold_lineage(
             OpenRequest(
                 spec=spec,
@@ -160,6 +182,7 @@ class Trainer:
                 gold=gold,
                 export=export,
                 on_disk_full=on_disk_full,
+                source_of=source_of,
             )
         except BaseException:
             held.lock.release()
@@ -253,7 +276,7 @@ class Trainer:
         held-out part among the recent eval set and its sampler ready."""
         refuse_another(self.state, data, name=name)
         self.evaluator.add_recent(data.sha256, data.holdout)
-        self._sampler = FileSampler(data, seed=self.state.seed)
+        replay = self.feed.start(data, configured=self.train.replay_fraction)
         return take_up(
             self.state,
             data,
@@ -262,6 +285,7 @@ class Trainer:
             world_size=self.world_size,
             events=self.events,
             holdout_wanted=self.evaluation.holdout_fraction,
+            replay=replay,
         )
 
     def _stop_asked(
@@ -317,6 +341,7 @@ class Trainer:
             # After end_file, so a gold taken here holds the file as finished.
             self.checkup.run(current, trigger="file_end", eta_s=0.0)
         self.checkpointer.save(reason="file_end")
+        self.feed.finished(done)
         fault_point("loop:before_file_complete")
         self.session.file_complete(done)
         self.exporter.after_file()
@@ -324,19 +349,19 @@ class Trainer:
     def _optimizer_step(
         self, data: TokenizedFile, current: FileProgress
     ) -> tuple[float | None, int]:
-        """One optimizer step over ``micro * accum`` sequences; returns (mean loss, tokens)."""
+        """One optimizer step over the file's ``sequences_per_step`` sequences, a share of
+        them replayed from earlier drops; returns (mean loss, tokens)."""
         state = self.state
         # The file's own step size (rule 14), not the split in force: micro-batches of
         # state.micro_batch_size cover it, the last one shorter if it does not divide.
-        count = current.sequences_per_step
+        rows = self.feed.rows(data, current)  # with the replayed share (trainer.feed)
         unfreeze_at = self.lineage.unfreeze_base_rows_at
         if unfreeze_at is not None and state.global_step == unfreeze_at:
             # Opening set the flags for the step it opened at; this is the one step after
             # which they change (no walk over the modules at every step).
             release_base_rows(self.model, step=state.global_step, unfreeze_at=unfreeze_at)
-        indices = self._sampler.indices(current.cursor, count)
-        n_targets = data.targets_of(indices)
-        loss_sum = self.guard.accumulate(data, indices, n_targets=n_targets, current=current)
+        n_targets = rows.n_targets
+        loss_sum = self.guard.accumulate(rows, n_targets=n_targets, current=current)
         fault_point("loop:mid_step")
         loss = None
         if n_targets == 0:
@@ -350,11 +375,19 @@ class Trainer:
             if result.applied:
                 loss = result.loss
             else:
-                self.guard.record_skip(data, indices, loss=result.loss, norm=result.grad_norm)
-        tokens = int(data.lengths[indices].sum()) - len(indices)
-        advance(state, current, sequences=count, tokens=tokens, loss=loss)
-        self.guard.rewind_if_needed(data, indices)
-        return loss, tokens
+                self.guard.record_skip(rows, loss=result.loss, norm=result.grad_norm)
+        tokens = rows.own_tokens
+        advance(
+            state,
+            current,
+            sequences=len(rows.own[1]),
+            tokens=tokens,
+            loss=loss,
+            replayed_sequences=rows.replayed_sequences,
+            replayed_tokens=rows.replayed_tokens,
+        )
+        self.guard.rewind_if_needed(rows)
+        return loss, tokens + rows.replayed_tokens
 
     # ------------------------------------------------------------- for the worker
     def park_current(self, *, reason: str) -> None:

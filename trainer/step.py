@@ -14,12 +14,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from trainer.config import TrainConfig
-from trainer.data import TokenizedFile
+from trainer.rows import StepRows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,14 +70,11 @@ class StepRunner:
         self.half_precision = resolve_precision(device, train.precision) == "bf16"
         self.autocast = autocast_for(device, train.precision)
 
-    def accumulate(
-        self, data: TokenizedFile, indices: np.ndarray, *, micro: int, n_targets: int
-    ) -> torch.Tensor:
+    def accumulate(self, rows: StepRows, *, micro: int, n_targets: int) -> torch.Tensor:
         """Backpropagate every micro-batch of the step; returns the summed loss (on device)."""
         denom = float(max(n_targets, 1))
         total = torch.zeros((), device=self.device)
-        for start in range(0, len(indices), micro):
-            x_np, y_np = data.batch(indices[start : start + micro])
+        for x_np, y_np in rows.micro_batches(micro):
             x = torch.from_numpy(x_np).to(self.device, non_blocking=True)
             y = torch.from_numpy(y_np).to(self.device, non_blocking=True)
             with self.autocast():

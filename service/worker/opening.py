@@ -23,12 +23,15 @@ def open_trainer(
     expected_lineage: str | None = None,
     rollback_request: str | None = None,
     in_progress: dict | None = None,
+    source_of: Callable[[str], Path | None] | None = None,
 ) -> Trainer:
     """Open (or start) the lineage the settings describe, and hold its lock.
 
     ``lock_wait_s``: how long to wait for another process's lineage lock; ``traind train``
     is refused at once beside a running daemon (0), while a worker waits for the one it
-    replaces to finish stopping. The other options are :meth:`trainer.loop.Trainer.open`'s.
+    replaces to finish stopping. ``source_of`` finds a finished drop's file by sha256, for
+    a replay whose cache entry is gone (:func:`ledger_sources` in the daemon). The other
+    options are :meth:`trainer.loop.Trainer.open`'s.
     """
     return Trainer.open(
         spec=settings.lineage_spec(),
@@ -45,7 +48,21 @@ def open_trainer(
         new_lineage=new_lineage,
         expected_lineage=expected_lineage,
         on_disk_full=on_disk_full,
+        source_of=source_of,
     )
+
+
+def ledger_sources(ledger: Ledger) -> Callable[[str], Path | None]:
+    """Finds a drop's file by content: the newest row of that sha256 whose file is still
+    there (``accepted/`` keeps every trained drop)."""
+
+    def source_of(sha256: str) -> Path | None:
+        for record in reversed(ledger.find_by_sha(sha256)):
+            if record.path and Path(record.path).is_file():
+                return Path(record.path)
+        return None
+
+    return source_of
 
 
 def expected_lineage(ledger: Ledger) -> str | None:

@@ -35,7 +35,7 @@ from service.signals import EXIT_BAD_SETTINGS, WORKER_ID_ENV, StopFlag
 from service.worker import requests
 from service.worker.admission import admit, settled, tokenize
 from service.worker.control import Directive, Situation, Steering
-from service.worker.opening import expected_lineage, open_trainer
+from service.worker.opening import expected_lineage, ledger_sources, open_trainer
 from service.worker.reconcile import complete, reconcile, resettle, resume_target, sync_checkpoints
 from service.worker.reports import Reports
 from service.worker.revisions import SettingsRevisions
@@ -151,6 +151,7 @@ class Worker:
                 # A replaced worker may still be shutting down: wait for its lineage lock.
                 lock_wait_s=self.settings.worker.stop_grace_s,
                 on_disk_full=self.space,
+                source_of=ledger_sources(self.ledger),
                 **options,
             )
         )

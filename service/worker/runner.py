@@ -104,8 +104,15 @@ def _train(
     planned = plan_files(files)
     try:
         # Not waiting for the lineage lock: beside a running daemon this is refused at once.
+        given = {planned_file.sha256: planned_file.path for planned_file in planned}
         trainer = open_trainer(
-            settings, init_from=init_from, from_gold=from_gold, new_lineage=new_lineage
+            settings,
+            init_from=init_from,
+            from_gold=from_gold,
+            new_lineage=new_lineage,
+            # A replayed drop whose cache is gone can be tokenized again only from a file
+            # on this command line: traind train keeps no record of earlier runs' files.
+            source_of=given.get,
         )
     except (LineageError, LineageLockedError, CheckpointError, TokenizerError, EvalSetError) as exc:
         log.error("%s", exc)

@@ -15,6 +15,7 @@ from trainer.config import LineageSpec
 from trainer.lineage import LineageError
 from trainer.loop import FileOutcome
 from trainer.records.checkpoints import step_folders
+from trainer.rows import StepRows
 
 
 def events(run_paths, kind=None):
@@ -161,7 +162,7 @@ def test_no_target_micro_batch_gives_zero_loss_and_no_nan(tmp_path, open_trainer
     trainer = open_trainer(micro_batch_size=4, grad_accum_steps=1, warmup_steps=0)
     data = trainer.prepare(path)
     assert data.targets_of(np.arange(4)) == 0
-    loss = trainer.steps.accumulate(data, np.arange(4), micro=4, n_targets=0)
+    loss = trainer.steps.accumulate(StepRows.of(data, np.arange(4)), micro=4, n_targets=0)
     assert loss.item() == 0.0
     for p in trainer.model.parameters():
         assert p.grad is not None and torch.count_nonzero(p.grad) == 0
@@ -177,10 +178,10 @@ def test_mixed_micro_batches_ignore_the_empty_one(tmp_path, open_trainer):
     trainer = open_trainer(micro_batch_size=2, grad_accum_steps=2)
     data = trainer.prepare(path)
     n = data.targets_of(np.arange(4))
-    trainer.steps.accumulate(data, np.array([0, 1, 2, 3]), micro=2, n_targets=n)
+    trainer.steps.accumulate(StepRows.of(data, np.array([0, 1, 2, 3])), micro=2, n_targets=n)
     both = [p.grad.clone() for p in trainer.model.parameters()]
     trainer.optimizer.zero_grad(set_to_none=True)
-    trainer.steps.accumulate(data, np.array([2, 3]), micro=2, n_targets=n)
+    trainer.steps.accumulate(StepRows.of(data, np.array([2, 3])), micro=2, n_targets=n)
     alone = [p.grad.clone() for p in trainer.model.parameters()]
     for a, b in zip(both, alone, strict=True):
         torch.testing.assert_close(a, b)

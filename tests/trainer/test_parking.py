@@ -20,9 +20,9 @@ def record_sequences(trainer) -> list[int]:
     seen: list[int] = []
     accumulate = trainer.steps.accumulate
 
-    def spy(data, indices, **kwargs):
-        seen.extend(int(i) for i in indices)
-        return accumulate(data, indices, **kwargs)
+    def spy(rows, **kwargs):
+        seen.extend(int(i) for i in rows.own[1])
+        return accumulate(rows, **kwargs)
 
     trainer.steps.accumulate = spy
     return seen

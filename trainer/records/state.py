@@ -18,11 +18,12 @@ from trainer.records.checkpoints import STATE, read_json_object, step_folders
 from trainer.records.events import utc_now
 from trainer.records.manifest import verify
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """Layout version written. 1: the first release. 2: adds evaluation history, gold records
 and each file's holdout. 3: adds each file's sequences per optimizer step (fixed when it
 starts), parked files, the rollback served and the files a rollback undid. 4: adds the
-adaptation (LoRA, vocabulary extension) and the optimizer's recorded groups. Older files
+adaptation (LoRA, vocabulary extension) and the optimizer's recorded groups. 5: adds each
+file's replay share and replayed counts, and each drop's best held-out loss. Older files
 are upgraded on read (``upgrade``); a LoRA checkpoint is refused by a traind older than
 version 4 rather than misread."""
 
@@ -64,6 +65,14 @@ class FileProgress:
     (ARCHITECTURE.md rule 14): the budget was computed from it, so a batch setting changed
     mid-file changes only how a step is split into micro-batches, never how much of the
     file a step consumes."""
+    replay_fraction: float = 0.0
+    """Share of each step's sequences replayed from earlier drops, fixed when the file
+    starts (0 when replay is off or there was no earlier drop): the budget counts the
+    file's own sequences only (ARCHITECTURE.md rule 1)."""
+    replayed_sequences: int = 0
+    """Sequences of earlier drops replayed in this file's steps."""
+    replayed_tokens: int = 0
+    """Input tokens of those replayed sequences (``tokens`` counts the file's own)."""
     parked_at: int | None = None
     """Global step at which the file was set aside unfinished (failed, cancelled, rolled
     back), or None while it is the file in progress. A parked file that trains again
@@ -89,7 +98,7 @@ class CompletedFile:
     n_sequences: int
     """Training sequences."""
     tokens: int
-    """Input tokens processed."""
+    """Input tokens of the file's own sequences processed."""
     mean_loss: float | None
     """Mean training loss over the file's steps."""
     duration_s: float
@@ -100,6 +109,12 @@ class CompletedFile:
     """Fraction of the file's examples held out from training."""
     n_holdout: int = 0
     """Held-out sequences."""
+    replay_fraction: float = 0.0
+    """Share of each of its steps replayed from earlier drops."""
+    replayed_sequences: int = 0
+    """Sequences of earlier drops replayed in its steps."""
+    replayed_tokens: int = 0
+    """Input tokens of those replayed sequences."""
 
 
 @dataclass(kw_only=True)
@@ -167,6 +182,9 @@ class TrainingState:
     adaptation: dict[str, Any] = field(default_factory=dict)
     """What the lineage adds to its base model (``trainer.adaptation``): LoRA settings and
     the base's reference, the vocabulary extension; empty for a plain lineage."""
+    drop_best: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per finished drop (by sha256) that the forgetting report scored: ``{loss, step}``,
+    its lowest held-out loss so far and when (``trainer.forgetting``)."""
     optimizer_layout: list[list[str]] = field(default_factory=list)
     """The parameter names of each optimizer group, in order, at the last save: what the
     saved moments belong to (``trainer.optim.check_layout``)."""
@@ -261,6 +279,10 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
         data.setdefault("adaptation", {})
         data.setdefault("optimizer_layout", [])
         version = 4
+    if version == 4:
+        # Version 4 never replayed (the fields' defaults say so) nor scored drops alone.
+        data.setdefault("drop_best", {})
+        version = 5
     data["format_version"] = version
     return data
 
