@@ -19,10 +19,11 @@ from typing import Any
 from trainer.checkpointer import Checkpointer
 from trainer.config import EvalConfig, GoldConfig, TrainConfig
 from trainer.evaluate import EvalResult
+from trainer.forgetting import report as forgetting_report
 from trainer.gold import EvalPoint, decide_gold
 from trainer.optim import lr_at
 from trainer.progress import Scalars, format_duration, progress_pct
-from trainer.records.events import EVAL_SET_PREFIX, loss_pair, round_loss, utc_now
+from trainer.records.events import EVAL_SET_PREFIX, FORGETTING, loss_pair, round_loss, utc_now
 from trainer.records.state import FileProgress
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,10 @@ class Checkup:
             train_loss=round_loss(self._take_train_loss()),
             sets=sets,
         )
+        forgetting = forgetting_report(
+            state, result.drop_losses, threshold=self.gold_config.forgetting_threshold
+        )
+        extra = {FORGETTING: forgetting} if forgetting else {}
         event = events.emit(
             "eval",
             step=step,
@@ -113,8 +118,21 @@ class Checkup:
             **{f"{EVAL_SET_PREFIX}{name}": loss for name, loss in sets.items()},
             eval_duration_s=round(result.duration_s, 3),
             samples=result.samples,
+            **extra,
         )
         self._print(point, current, deciding=deciding, eta_s=eta_s, trigger=trigger)
+        if forgetting:
+            worst = forgetting["worst"]
+            log.info(
+                "       forgetting: worst %s +%.1f%% (%.4f, best %.4f @ step %d), %d of %d drops",
+                worst["file"],
+                100 * worst["increase"],
+                worst["loss"],
+                worst["best"],
+                worst["best_step"],
+                forgetting["measured"],
+                forgetting["drops_total"],
+            )
         self.scalars.evaluation(step, sets)
         for sample in result.samples:
             log.info("sample %r -> %r", sample["prompt"], sample["completion"])
@@ -124,7 +142,9 @@ class Checkup:
         if trigger == "lineage_start":
             # The baseline, not a candidate: nothing was trained yet to guard against.
             return event
-        decision = decide_gold(point, history=history, gold=state.gold, config=self.gold_config)
+        decision = decide_gold(
+            point, history=history, gold=state.gold, config=self.gold_config, forgetting=forgetting
+        )
         if decision.promote:
             self._promote(point)
         elif decision.candidate:

@@ -1,7 +1,9 @@
 """Evaluation: the loss of each eval set, and greedy samples of the configured prompts.
 
 Sets are the named JSONL files of the settings (any drop format, tokenized through the
-same cache) and ``recent``: the held-out part of the latest drops. Each evaluation uses
+same cache) and ``recent``: the held-out part of the latest drops. Besides, the held-out
+part of each drop the forgetting report samples is scored on its own
+(``trainer.forgetting``). Each evaluation uses
 the same sequences of a set (a fixed, seeded selection), so its losses are comparable
 from one evaluation to the next. A set's loss is the mean over all its target tokens,
 like a training step's. Evaluating draws from no RNG (eval mode, greedy decoding), so a
@@ -13,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ from trainer.completion import complete
 from trainer.config import RECENT_SET, EvalConfig
 from trainer.data import TokenizedFile, sequence_order
 from trainer.records.formats import DataError
+from trainer.records.state import CompletedFile
 from trainer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,9 @@ class EvalResult:
     """``{"prompt", "completion"}`` for each configured prompt."""
     duration_s: float
     """Wall time of the evaluation."""
+    drop_losses: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """Per finished drop scored alone (by sha256): its held-out loss and the sequences
+    scored (drops whose cache entry is gone are left out)."""
 
 
 class Evaluator:
@@ -67,6 +74,8 @@ class Evaluator:
         self.named = {name: self._load_set(name, Path(path)) for name, path in config.sets}
         self._recent: list[tuple[str, TokenizedFile]] = []
         self._selections: dict[tuple[str, int, int], np.ndarray] = {}
+        self._holdouts: OrderedDict[str, TokenizedFile | None] = OrderedDict()
+        """Held-out parts of the drops the forgetting report scored lately (None: gone)."""
 
     def _load_set(self, name: str, path: Path) -> TokenizedFile:
         try:
@@ -127,8 +136,11 @@ class Evaluator:
         *,
         device: torch.device,
         autocast: Callable[[], contextlib.AbstractContextManager],
+        drops: list[CompletedFile] = (),
     ) -> EvalResult:
+        """Score every set, and the held-out part of each of ``drops`` alone."""
         started = time.monotonic()
+        drop_losses: dict[str, tuple[float, int]] = {}
         losses: dict[str, float] = {}
         was_training = model.training
         model.eval()
@@ -142,6 +154,14 @@ class Evaluator:
                     share = max(1, self.config.sequences // len(self._recent))
                     parts = [(data, share) for _, data in self._recent]
                     losses[RECENT_SET] = self._score(parts, model, device, autocast)
+                for done in drops:
+                    holdout = self._holdout_of(done)
+                    if holdout is None:
+                        continue
+                    budget = self.config.forgetting_sequences
+                    loss = self._score([(holdout, budget)], model, device, autocast)
+                    if loss is not None:
+                        drop_losses[done.sha256] = (loss, min(budget, holdout.n_sequences))
             samples = [
                 {
                     "prompt": prompt,
@@ -158,7 +178,36 @@ class Evaluator:
         finally:
             model.train(was_training)
         losses = {name: loss for name, loss in losses.items() if loss is not None}
-        return EvalResult(losses=losses, samples=samples, duration_s=time.monotonic() - started)
+        return EvalResult(
+            losses=losses,
+            samples=samples,
+            duration_s=time.monotonic() - started,
+            drop_losses=drop_losses,
+        )
+
+    def _holdout_of(self, done: CompletedFile) -> TokenizedFile | None:
+        """A finished drop's held-out part from its cache entry (kept open among the
+        recently scored), or None when the entry is gone."""
+        if done.sha256 in self._holdouts:
+            self._holdouts.move_to_end(done.sha256)
+            return self._holdouts[done.sha256]
+        cached = load_cached(
+            done.sha256,
+            name=done.name,
+            tokenizer=self.tokenizer,
+            block_size=self.block_size,
+            cache_dir=self.cache_dir,
+            holdout_fraction=done.holdout_fraction,
+        )
+        holdout = cached.holdout if cached is not None else None
+        if holdout is None:
+            log.info(
+                "held-out part of %s is not in the cache; the forgetting report skips it", done.name
+            )
+        self._holdouts[done.sha256] = holdout
+        while len(self._holdouts) > 2 * max(self.config.forgetting_drops, 1):
+            self._holdouts.popitem(last=False)
+        return holdout
 
     def _selection(self, data: TokenizedFile, budget: int) -> np.ndarray:
         """The fixed sequences of ``data`` an evaluation scores (computed once per set)."""

@@ -5,7 +5,9 @@ A new best validation loss (strictly below the current gold's) becomes gold only
 1. the val/train loss ratio is at most the overfit limit,
 2. validation did not rise at each of the ``consecutive_rises`` evaluations just before
    this dip (a dip after a climb is more likely noise than recovery), and
-3. no eval set is worse than at the current gold by more than the regression threshold.
+3. no eval set is worse than at the current gold by more than the regression threshold,
+4. and, with ``gold.forgetting_threshold``, no drop of the forgetting report is worse than
+   its own best by more than that (``trainer.forgetting``).
 
 "Best" is measured against the gold, not against blocked candidates: a blocked candidate
 is never kept, so the next eval below the gold is a candidate again. A tie is not better.
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer.config import GoldConfig
+from trainer.forgetting import forgotten
 from trainer.records.checkpoints import GOLD_DIR, ROLLED_BACK_DIR
 
 log = logging.getLogger(__name__)
@@ -66,7 +69,8 @@ class GoldDecision:
     promote: bool
     """Every guard passed: the state at this step becomes gold."""
     guards: tuple[str, ...] = ()
-    """Names of the guards that blocked it (``overfit``, ``rising``, ``regression``)."""
+    """Names of the guards that blocked it (``overfit``, ``rising``, ``regression``,
+    ``forgetting``)."""
     reason: str | None = None
     """Why it was blocked, naming each guard and its numbers."""
 
@@ -77,11 +81,13 @@ def decide_gold(
     history: Sequence[float | None],
     gold: dict[str, Any] | None,
     config: GoldConfig,
+    forgetting: dict[str, Any] | None = None,
 ) -> GoldDecision:
     """Decide whether ``point`` becomes gold.
 
     ``history`` holds the val losses of the evaluations before this one, oldest first;
-    ``gold`` is the current gold record (``step``, ``val_loss``, ``sets``) or None.
+    ``gold`` is the current gold record (``step``, ``val_loss``, ``sets``) or None;
+    ``forgetting`` is this evaluation's forgetting report, if any.
     """
     val = point.val_loss
     if val is None or not math.isfinite(val):
@@ -98,6 +104,8 @@ def decide_gold(
         blocked.append(("rising", rising))
     for problem in _regressions(point.sets, gold, threshold=config.regression_threshold):
         blocked.append(("regression", problem))
+    for problem in forgotten(forgetting, threshold=config.forgetting_threshold):
+        blocked.append(("forgetting", problem))
     if not blocked:
         return GoldDecision(candidate=True, promote=True)
     guards = tuple(dict.fromkeys(name for name, _ in blocked))

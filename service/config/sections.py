@@ -19,6 +19,7 @@ from pydantic import Field, field_validator, model_validator
 
 from service.config.fields import Section, section_of
 from trainer.config import (
+    MAX_REPLAY_FRACTION,
     EvalConfig,
     ExportConfig,
     GoldConfig,
@@ -193,6 +194,8 @@ class TrainSection(
             "nan_window": {"ge": 1},
             "shard_size_mb": {"gt": 0},
             "cuda_memory_fraction": {"gt": 0, "le": 1, "examples": [0.9]},
+            "replay_fraction": {"ge": 0, "le": MAX_REPLAY_FRACTION},
+            "replay_recent_weight": {"ge": 0, "lt": 1},
         },
     )
 ):
@@ -255,6 +258,16 @@ class EvalSection(Section):
         "scored is eval.sequences); lower it when 8 sequences' logits do not fit.",
     )
     sample_tokens: int = Field(48, ge=1, le=4096, description="Tokens generated per prompt.")
+    forgetting_drops: int = Field(
+        8,
+        ge=0,
+        description="With a holdout: finished drops whose held-out part each evaluation "
+        "scores on its own to report forgetting (the oldest and newest always among them, the "
+        "rest spread evenly); 0 turns the report off, 1 is not allowed.",
+    )
+    forgetting_sequences: int = Field(
+        32, ge=1, description="Held-out sequences scored per drop of the forgetting report."
+    )
     tensorboard: bool = Field(
         False,
         description="Write TensorBoard scalars (train/loss, val/<set>, lr, tokens_per_sec) to "
@@ -272,6 +285,11 @@ class EvalSection(Section):
             )
         if self.gold_set == "recent" and self.holdout_fraction == 0:
             raise ValueError('gold_set "recent" needs holdout_fraction above 0')
+        if self.forgetting_drops == 1:
+            raise ValueError(
+                "eval.forgetting_drops = 1 cannot hold both the oldest and the newest drop: "
+                "use 0 (off) or 2 and more"
+            )
         if self.iters is not None and self.sequences is not None:
             raise ValueError(
                 "set eval.sequences only (eval.iters is its deprecated form: iters x batch_size)"
@@ -311,6 +329,7 @@ class GoldSection(
             "overfit_ratio": {"gt": 0},
             "consecutive_rises": {"ge": 1},
             "regression_threshold": {"ge": 0},
+            "forgetting_threshold": {"gt": 0, "examples": [0.1]},
         },
     )
 ):

@@ -209,6 +209,8 @@ class Settings(BaseSettings):
             prompts=tuple(section.prompts),
             sample_tokens=section.sample_tokens,
             tensorboard=section.tensorboard,
+            forgetting_drops=section.forgetting_drops,
+            forgetting_sequences=section.forgetting_sequences,
         )
 
     def gold_config(self) -> GoldConfig:

@@ -203,6 +203,9 @@ class EventTail:
         self.file, self.offset = None, 0
 
 
+FORGETTING = "forgetting"
+"""An ``eval`` event's forgetting report (``trainer.forgetting``): ``{drops, worst, measured,
+drops_total, threshold}``, present when at least one finished drop was scored."""
 EVAL_SET_PREFIX = "eval_"
 """An ``eval`` event carries each named set's loss as ``eval_<name>``."""
 _NOT_A_SET = frozenset({"eval_duration_s"})
