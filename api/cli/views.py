@@ -57,6 +57,9 @@ def status_panel(current: dict[str, Any]) -> Panel:
     grid.add_row("gold", gold_line(current.get("gold")))
     if "export" in current:
         grid.add_row("export", export_line(current.get("export")))
+    forgetting = forgetting_line(current.get("forgetting"))
+    if forgetting:
+        grid.add_row("forgetting", forgetting)
     grid.add_row("queue", counts_line(current.get("queue")))
     worker = current.get("worker")
     if isinstance(worker, dict) and worker.get("heartbeat_age_s") is not None:
@@ -125,6 +128,32 @@ def export_line(export: Any) -> str:
         text += f" ({export['source_checkpoint']})"
     if export.get("from"):
         text += f", follows {export['from']}"
+    return text
+
+
+def forgetting_line(report: Any) -> str:
+    """The newest forgetting report's worst drop; empty without one."""
+    worst = report.get("worst") if isinstance(report, dict) else None
+    if not isinstance(worst, dict):
+        return ""
+    text = f"worst {worst.get('file') or '?'}"
+    if worst.get("increase") is not None:
+        text += f" +{float(worst['increase']) * 100:.1f}%"
+    numbers = []
+    if worst.get("loss") is not None:
+        numbers.append(f"loss {float(worst['loss']):.4f}")
+    if worst.get("best") is not None:
+        best = f"best {float(worst['best']):.4f}"
+        if worst.get("best_step") is not None:
+            best += f" @ step {count(worst['best_step'])}"
+        numbers.append(best)
+    if numbers:
+        text += f" ({', '.join(numbers)})"
+    measured, total = report.get("measured"), report.get("drops_total")
+    if measured is not None:
+        text += f", {count(measured)} of {count(total)} drops measured"
+    if report.get("threshold") is not None:
+        text += f"; gold blocks above {float(report['threshold']) * 100:g}%"
     return text
 
 

@@ -1,5 +1,6 @@
 """What the API reads from disk rather than the ledger: the eval and gold decisions in
-``<paths.state>/events.jsonl``, the gold checkpoint, and the checkpoint folders.
+``<paths.state>/events.jsonl`` (with the newest forgetting report), the gold checkpoint,
+and the checkpoint folders.
 
 The event log only grows, and may grow large over months of training, so
 :class:`EventDigest` reads it incrementally: each refresh reads only the lines appended
@@ -28,7 +29,13 @@ from trainer.records.checkpoints import (
     read_json_object,
     step_of,
 )
-from trainer.records.events import EventTail, FileKey, eval_set_losses, parse_record
+from trainer.records.events import (
+    FORGETTING,
+    EventTail,
+    FileKey,
+    eval_set_losses,
+    parse_record,
+)
 from trainer.records.state import read_training_state
 
 log = logging.getLogger(__name__)
@@ -42,9 +49,10 @@ _COMMON = ("event", "timestamp", "step", "val_loss", "reason")
 
 
 class EventDigest:
-    """The newest ``eval`` event, each eval set's newest loss, and the gold decisions of
-    the event log, kept current. Evaluations of a saved checkpoint (``traind eval
-    --checkpoint``, trigger ``checkpoint``) are not the lineage's, and are left out."""
+    """The newest ``eval`` event, each eval set's newest loss, the newest ``eval`` event
+    with a forgetting report, and the gold decisions of the event log, kept current.
+    Evaluations of a saved checkpoint (``traind eval --checkpoint``, trigger
+    ``checkpoint``) are not the lineage's, and are left out."""
 
     def __init__(self, path: Path, *, keep: int = HISTORY_KEPT) -> None:
         self.path = path
@@ -56,6 +64,7 @@ class EventDigest:
     def _clear(self) -> None:
         self._line = 0
         self._last_eval: dict[str, Any] | None = None
+        self._last_forgetting: dict[str, Any] | None = None
         self._set_losses: dict[str, tuple[float, int | None]] = {}
         self._gold: deque[dict[str, Any]] = deque(maxlen=self._keep)
 
@@ -69,6 +78,13 @@ class EventDigest:
         with self._lock:
             self._refresh()
             return self._last_eval
+
+    def last_forgetting(self) -> dict[str, Any] | None:
+        """The newest ``eval`` event with a forgetting report (one that names its worst
+        drop), or None: evaluations that measured no past drop carry none."""
+        with self._lock:
+            self._refresh()
+            return self._last_forgetting
 
     def set_losses(self) -> dict[str, tuple[float, int | None]]:
         """Each eval set's newest loss and the step it was scored at, by set name."""
@@ -108,6 +124,8 @@ class EventDigest:
         kind = event.get("event")
         if kind == "eval" and event.get("trigger") != "checkpoint":
             self._last_eval = event
+            if forgetting_summary(event) is not None:
+                self._last_forgetting = event
             step = int_or_none(event.get("step"))
             for name, loss in eval_set_losses(event).items():
                 value = float_or_none(loss)
@@ -126,6 +144,45 @@ def eval_summary(event: dict[str, Any] | None) -> dict[str, Any] | None:
         "val_loss": float_or_none(event.get("val_loss")),
         "timestamp": event.get("timestamp"),
         "sets": {str(k): float_or_none(v) for k, v in eval_set_losses(event).items()},
+    }
+
+
+def forgetting_summary(event: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ``forgetting`` of /v1/status from an eval event: its step, the worst drop, how
+    many drops were measured of how many, and the threshold; None without a report."""
+    if event is None or not isinstance(event.get(FORGETTING), dict):
+        return None
+    report = event[FORGETTING]
+    worst = _worst_drop(report)
+    if worst is None:
+        return None
+    return {
+        "step": int_or_none(event.get("step")),
+        "worst": worst,
+        "measured": int_or_none(report.get("measured")),
+        "drops_total": int_or_none(report.get("drops_total")),
+        "threshold": float_or_none(report.get("threshold")),
+    }
+
+
+def _worst_drop(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The report's ``worst`` drop, or else the listed drop that rose the most."""
+    worst = report.get("worst")
+    if not isinstance(worst, dict):
+        drops = [d for d in report.get("drops") or () if isinstance(d, dict)]
+        rose = [d for d in drops if float_or_none(d.get("increase")) is not None]
+        if not rose:
+            return None
+        worst = max(rose, key=lambda d: float(d["increase"]))
+    return {
+        "file": worst.get("file") if isinstance(worst.get("file"), str) else None,
+        "sha256": worst.get("sha256") if isinstance(worst.get("sha256"), str) else None,
+        "end_step": int_or_none(worst.get("end_step")),
+        "loss": float_or_none(worst.get("loss")),
+        "best": float_or_none(worst.get("best")),
+        "best_step": int_or_none(worst.get("best_step")),
+        "increase": float_or_none(worst.get("increase")),
+        "sequences": int_or_none(worst.get("sequences")),
     }
 
 

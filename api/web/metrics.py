@@ -7,8 +7,8 @@ own ``CollectorRegistry`` (never the global one), so tests can build many apps.
 
 Live gauges (loss, learning rate, throughput) are shown only while the worker's heartbeat
 is fresh, like ``/v1/status``; counters and the step-time histogram show the last report.
-Model quality (each eval set's newest loss, the val loss and its age, gold's) comes from
-the event log (``api.web.history.EventDigest``, read incrementally) and the gold folder, so
+Model quality (each eval set's newest loss, the val loss and its age, gold's, the newest
+forgetting report's worst drop) comes from the event log (``api.web.history.EventDigest``, read incrementally) and the gold folder, so
 an alert can fire when the model gets worse or stops being evaluated.
 """
 
@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from api.web.deps import READ
-from api.web.history import EventDigest, read_gold
+from api.web.history import EventDigest, forgetting_summary, read_gold
 from api.web.schemas import ErrorOut, errors
 from service.daemon.main_process import Daemon
 from service.daemon.status import heartbeat_age, is_fresh
@@ -124,7 +124,9 @@ def metrics_router() -> APIRouter:
             "learning rate, tokens per second, files by state, optimizer-step duration "
             "histogram, NaN skips, checkpoint age, paused, worker heartbeat age and up, "
             "error, free disk space per folder, and model quality: each eval set's newest "
-            "loss, the newest val loss, its step and age, gold's val loss and step."
+            "loss, the newest val loss, its step and age, gold's val loss and step, and "
+            "forgetting: the worst earlier drop's held-out loss increase over its best and "
+            "how many drops were measured."
         ),
         response_class=PlainTextResponse,
         responses={
@@ -246,6 +248,7 @@ def collect_quality(digest: EventDigest, *, checkpoints: Path, now: datetime) ->
                 "Seconds since the newest evaluation of the lineage.",
                 max(0.0, (now - stamp).total_seconds()),
             )
+    yield from collect_forgetting(digest)
     gold = read_gold(checkpoints, history=digest.gold_history())
     if gold is not None:
         if gold["val_loss"] is not None:
@@ -254,6 +257,28 @@ def collect_quality(digest: EventDigest, *, checkpoints: Path, now: datetime) ->
             )
         if gold["step"] is not None:
             yield gauge("gold_step", "Global step of the gold checkpoint.", gold["step"])
+
+
+def collect_forgetting(digest: EventDigest) -> Iterator[Metric]:
+    """The newest forgetting report's gauges; none before an evaluation measured one."""
+    report = forgetting_summary(digest.last_forgetting())
+    if report is None:
+        return
+    increase = report["worst"]["increase"]
+    if increase is not None:
+        yield gauge(
+            "forgetting_worst_increase",
+            "How much worse the held-out loss of the earlier drop that rose the most is than "
+            "its best (loss / best - 1; 0.1 is 10% worse), at the newest evaluation that "
+            "measured one.",
+            increase,
+        )
+    if report["measured"] is not None:
+        yield gauge(
+            "forgetting_drops_measured",
+            "Earlier drops whose held-out part that evaluation scored.",
+            report["measured"],
+        )
 
 
 def collect_queue(counts: dict[FileState, int]) -> Iterator[Metric]:

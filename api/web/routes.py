@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api.web.deps import READ, WRITE, CurrentSettings, Digest, LedgerDep, Running
 from api.web.history import (
     eval_summary,
+    forgetting_summary,
     gold_decision,
     list_checkpoints,
     read_export,
@@ -88,7 +89,7 @@ def _failure(exc: Exception) -> str:
 
 @v1.get(
     "/status",
-    summary="State, global step, current file, loss, ETA, gold and queue counts",
+    summary="State, global step, current file, loss, ETA, gold, forgetting and queue counts",
     response_model=StatusOut,
     dependencies=READ,
     responses=errors(401),
@@ -99,6 +100,7 @@ def get_status(daemon: Running, digest: Digest) -> dict[str, Any]:
     data["last_eval"] = eval_summary(digest.last_eval())
     data["gold"] = read_gold(daemon.settings.paths.checkpoints, history=digest.gold_history())
     data["export"] = read_export(daemon.settings.paths.checkpoints)
+    data["forgetting"] = forgetting_summary(digest.last_forgetting())
     return data
 
 

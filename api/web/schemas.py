@@ -152,6 +152,39 @@ class LastEvalOut(_Out):
     )
 
 
+class ForgettingDropOut(_Out):
+    """One earlier drop's held-out loss now against its best."""
+
+    file: str | None = Field(description="The drop's name in accepted/ (<id:06d>-<name>).")
+    sha256: str | None = Field(description="Its content hash.")
+    end_step: int | None = Field(description="Global step at which its training ended.")
+    loss: float | None = Field(description="Loss of its held-out part at this evaluation.")
+    best: float | None = Field(description="The lowest loss of its held-out part ever measured.")
+    best_step: int | None = Field(description="Global step at which best was measured.")
+    increase: float | None = Field(
+        description="loss / best - 1, a fraction (0.1: 10% worse than its best; never negative)."
+    )
+    sequences: int | None = Field(description="Held-out sequences scored.")
+
+
+class ForgettingOut(_Out):
+    """The newest forgetting report: how much worse earlier drops' held-out parts have got."""
+
+    step: int | None = Field(description="Global step of the evaluation that measured it.")
+    worst: ForgettingDropOut = Field(description="The measured drop with the largest increase.")
+    measured: int | None = Field(
+        description="Drops scored at that evaluation (a bounded sample; oldest and newest "
+        "always included)."
+    )
+    drops_total: int | None = Field(
+        description="Drops the lineage has completed that have a held-out part."
+    )
+    threshold: float | None = Field(
+        description="gold.forgetting_threshold (a fraction): gold is blocked when the worst "
+        "increase is above it; null when that guard is off."
+    )
+
+
 class WorkerOut(_Out):
     id: str | None
     pid: int | None
@@ -179,6 +212,11 @@ class StatusOut(_Out):
     gold: GoldPointOut | None
     export: ExportOut | None = Field(
         None, description="Where checkpoints/export came from (its export.json), if any."
+    )
+    forgetting: ForgettingOut | None = Field(
+        None,
+        description="The newest evaluation's forgetting report (the held-out part of earlier "
+        "drops scored again): its worst drop; null before any evaluation measured one.",
     )
     queue: dict[str, int] = Field(description="How many files are in each state.")
     worker: WorkerOut

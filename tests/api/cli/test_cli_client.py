@@ -113,6 +113,48 @@ def test_status_names_the_export_and_its_source(fake: FakeTraind) -> None:
     assert re.search(r"export\s+step 130 \(gold\), follows gold", result.stdout)
 
 
+FORGETTING = {
+    "step": 60,
+    "worst": {
+        "file": "000001-a.jsonl",
+        "sha256": "a" * 64,
+        "end_step": 40,
+        "loss": 2.31,
+        "best": 2.1,
+        "best_step": 40,
+        "increase": 0.123,
+        "sequences": 16,
+    },
+    "measured": 1,
+    "drops_total": 3,
+    "threshold": 0.1,
+}
+
+
+def test_status_shows_the_worst_forgotten_drop(fake: FakeTraind) -> None:
+    fake.status.update(forgetting=FORGETTING)
+    result = invoke(fake, "status")
+    assert result.exit_code == 0, result.output
+    line = (
+        r"forgetting\s+worst 000001-a\.jsonl \+12\.3% \(loss 2\.3100, best 2\.1000 @ step 40\), "
+        r"1 of 3 drops measured; gold blocks above 10%"
+    )
+    assert re.search(line, result.stdout), result.stdout
+
+    fake.status.update(forgetting={**FORGETTING, "threshold": None})
+    result = invoke(fake, "status")
+    assert re.search(r"1 of 3 drops measured\W*$", result.stdout, re.MULTILINE), result.stdout
+    assert "gold blocks" not in result.stdout
+
+
+def test_status_without_a_forgetting_report_shows_no_line(fake: FakeTraind) -> None:
+    fake.status.update(forgetting=None)
+    result = invoke(fake, "status")
+    assert result.exit_code == 0, result.output
+    assert "forgetting" not in result.stdout
+    assert views.forgetting_line(None) == views.forgetting_line({"worst": None}) == ""
+
+
 def test_status_json_is_the_server_body(fake: FakeTraind) -> None:
     result = invoke(fake, "status", "--json")
     assert result.exit_code == 0, result.output
