@@ -257,6 +257,7 @@ def _lineage(state: TrainingSummary) -> RenderableType:
         return Text("no files trained yet", style="dim")
     # A column of zeros says nothing: shown only once some file held examples out.
     holdout = any(f.n_holdout for f in files) or bool(current and current.n_holdout)
+    replay = any(f.replayed_tokens for f in files) or bool(current and current.replayed_tokens)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for name, justify in [
         ("#", "right"),
@@ -268,6 +269,7 @@ def _lineage(state: TrainingSummary) -> RenderableType:
         ("mean loss", "right"),
         ("duration", "right"),
         *([("held out", "right")] if holdout else []),
+        *([("replayed tokens", "right")] if replay else []),
     ]:
         if name == "file":
             table.add_column(name, min_width=12, overflow="fold")
@@ -284,6 +286,7 @@ def _lineage(state: TrainingSummary) -> RenderableType:
             _loss(f.mean_loss),
             _seconds(f.duration_s),
             *([count(f.n_holdout)] if holdout else []),
+            *([count(f.replayed_tokens)] if replay else []),
         )
     if current is not None:
         table.add_row(
@@ -296,6 +299,7 @@ def _lineage(state: TrainingSummary) -> RenderableType:
             "",
             _seconds(current.elapsed_s),
             *([count(current.n_holdout)] if holdout else []),
+            *([count(current.replayed_tokens)] if replay else []),
         )
     first = files[0].start_step if files else current.start_step  # type: ignore[union-attr]
     table.caption = (

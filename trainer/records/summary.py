@@ -2,9 +2,10 @@
 script reads: the lineage's files and their step ranges, the file in progress, counters,
 evaluations and gold records, without the RNG states.
 
-Reads ``format_version`` 1 to 3 (2 adds ``eval_history``, ``gold``, ``gold_history`` and
+Reads ``format_version`` 1 to 5 (2 adds ``eval_history``, ``gold``, ``gold_history`` and
 per-file holdout counts; 3 adds each file's step size, parked files and the files
-rollbacks undid; an older file simply has none). Plain JSON in, frozen
+rollbacks undid; 4 the adaptation and the optimizer's groups; 5 each file's replayed
+tokens; an older file simply has none). Plain JSON in, frozen
 dataclasses out: no torch, so ``traind inspect`` can use it anywhere. Unlike
 ``TrainingState.from_dict``, a field that is missing or odd (hand edits happen) is shown
 as unknown, not refused.
@@ -17,7 +18,7 @@ from typing import Any
 
 from trainer.records.checkpoints import float_or_none, int_or_none
 
-KNOWN_FORMAT = 4
+KNOWN_FORMAT = 5
 """Newest ``training_state.json`` format_version whose fields this module knows (kept
 apart from ``state.FORMAT_VERSION``: a new version's fields must be added here too)."""
 
@@ -68,6 +69,8 @@ class LineageFile:
     """Share of its sequences held out for validation (format 2; None before)."""
     n_holdout: int | None = None
     """Sequences held out (format 2; None before)."""
+    replayed_tokens: int | None = None
+    """Input tokens of earlier drops replayed in its steps (format 5; None before)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,6 +103,8 @@ class CurrentFile:
     """Share held out for validation (format 2)."""
     n_holdout: int | None = None
     """Sequences held out (format 2)."""
+    replayed_tokens: int | None = None
+    """Input tokens of earlier drops replayed in its steps so far (format 5)."""
     sequences_per_step: int | None = None
     """Sequences each of its optimizer steps takes, fixed when it started (format 3)."""
     parked_at: int | None = None
@@ -231,6 +236,7 @@ def _lineage_file(raw: dict[str, Any]) -> LineageFile:
         completed_at=raw.get("completed_at"),
         holdout_fraction=float_or_none(raw.get("holdout_fraction")),
         n_holdout=int_or_none(raw.get("n_holdout")),
+        replayed_tokens=int_or_none(raw.get("replayed_tokens")),
     )
 
 
@@ -256,6 +262,7 @@ def _current_file(raw: dict[str, Any], step: int) -> CurrentFile:
         n_holdout=int_or_none(raw.get("n_holdout")),
         sequences_per_step=int_or_none(raw.get("sequences_per_step")),
         parked_at=int_or_none(raw.get("parked_at")),
+        replayed_tokens=int_or_none(raw.get("replayed_tokens")),
     )
 
 

@@ -31,10 +31,12 @@ def traind(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: fl
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The checkpoints root of three drops trained by ``traind train``."""
+    """The checkpoints root of three drops trained by ``traind train``, the second and
+    third with a quarter of each step replayed from the earlier ones."""
     base = tmp_path_factory.mktemp("lineage")
     drops = [str(p) for p in make_drops(base / "drops")]
-    result = traind("-m", "api.cli.main", "train", *drops, cwd=base, timeout=240)
+    env = {**traind_env(base), "TRAIND_TRAIN__REPLAY_FRACTION": "0.25"}
+    result = traind("-m", "api.cli.main", "train", *drops, cwd=base, env=env, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     return base / "checkpoints"
 
@@ -62,6 +64,9 @@ def test_human_output_shows_every_section_and_the_lineage(root: Path) -> None:
         assert row.split()[0] == str(index)
         assert f"{f['start_step']} → {f['end_step']}" in row
         assert f["sha256"][:12] in row
+        assert row.split()[-1] == f"{f['replayed_tokens']:,}"
+    assert [f["replayed_tokens"] > 0 for f in files] == [False, True, True]
+    assert "replayed tokens" in out and "newer than this traind knows" not in out
     assert f"showing step-{state['global_step']:08d}" in out
     assert "rng" not in out
     assert result.stderr == ""
