@@ -212,3 +212,21 @@ def test_sigkill_at_random_moments_of_the_small_preset_then_resume_matches(
     )
     assert kills >= 2
     assert_same_as_reference(root, small_reference, small_drops)
+
+
+REPLAY = {"TRAIND_TRAIN__REPLAY_FRACTION": "0.25", "TRAIND_EVAL__HOLDOUT_FRACTION": "0.2"}
+"""Replay on, and a holdout so the forgetting report's bests are in the state too."""
+
+
+def test_sigkill_mid_step_with_replay_then_resume_is_bit_identical(tmp_path, drops):
+    straight = tmp_path / "straight"
+    result = run_traind(
+        ["train", *map(str, drops)], env=traind_env(straight, **REPLAY), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    reference = final_state(straight)
+    assert reference[3]["files_completed"][-1]["replayed_tokens"] > 0
+    root = tmp_path / "killed"
+    assert _kill_at_a_point_until_done(root, drops, "loop:mid_step@10", **REPLAY) >= 1
+    assert_same_as_reference(root, reference, drops)
+    assert final_state(root)[3]["drop_best"] == reference[3]["drop_best"]
