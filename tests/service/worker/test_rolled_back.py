@@ -9,15 +9,14 @@ import json
 
 import pytest
 
-from service.ledger import FileRecord, FileState, Ledger
+from service.ledger import FileState
 from service.signals import StopFlag
 from service.worker import requests
 from service.worker.control import Steering
 from service.worker.process import Worker
 from service.worker.reconcile import reconcile
 from tests.corpus import make_drops
-from tests.service.worker.tiny_settings import tiny_settings
-from trainer.records.storage import file_sha256
+from tests.service.worker.tiny_settings import record_drop, tiny_settings
 
 
 @pytest.fixture
@@ -49,17 +48,6 @@ def stop(worker: Worker) -> None:
     worker.ledger.close()
 
 
-def drop(ledger: Ledger, path) -> FileRecord:
-    return ledger.record_file(
-        name=path.name,
-        path=str(path),
-        sha256=file_sha256(path),
-        size=path.stat().st_size,
-        format="text",
-        n_examples=40,
-    )
-
-
 def events(settings, kind: str) -> list[dict]:
     lines = settings.run_paths().events.read_text().splitlines()
     return [e for e in map(json.loads, lines) if e["event"] == kind]
@@ -69,11 +57,11 @@ def test_files_a_rollback_undid_are_rolled_back_once_per_rollback(settings, tmp_
     a, b, c = make_drops(tmp_path / "drops")
     worker = start(settings)
     ledger = worker.ledger
-    first = drop(ledger, a)
+    first = record_drop(ledger, a)
     worker.turn(None)
     worker.trainer.checkpointer.save_gold()
     gold_step = worker.trainer.state.global_step
-    later = [drop(ledger, b), drop(ledger, c)]
+    later = [record_drop(ledger, b), record_drop(ledger, c)]
     worker.turn(None)
     worker.turn(None)
     trained = {

@@ -7,25 +7,14 @@ from __future__ import annotations
 import json
 import shutil
 
-from service.ledger import FileState, Ledger
+from service.ledger import FileState
 from service.signals import StopFlag
 from service.worker.control import Steering
 from service.worker.opening import ledger_sources
 from service.worker.process import Worker
 from tests.corpus import make_drops
-from tests.service.worker.tiny_settings import tiny_settings
+from tests.service.worker.tiny_settings import record_drop, tiny_settings
 from trainer.records.storage import file_sha256
-
-
-def record(ledger: Ledger, path):
-    return ledger.record_file(
-        name=path.name,
-        path=str(path),
-        sha256=file_sha256(path),
-        size=path.stat().st_size,
-        format="text",
-        n_examples=40,
-    )
 
 
 def start(settings) -> Worker:
@@ -49,7 +38,7 @@ def test_a_deleted_cache_entry_is_rebuilt_from_the_ledgers_file(tmp_path) -> Non
     a, b, c = make_drops(tmp_path / "drops")
     worker = start(settings)
     for path in (a, b):
-        record(worker.ledger, path)
+        record_drop(worker.ledger, path)
         worker.turn(None)
     assert worker.ledger.counts_by_state()[FileState.DONE] == 2
     assert ledger_sources(worker.ledger)(file_sha256(a)) == a
@@ -59,7 +48,7 @@ def test_a_deleted_cache_entry_is_rebuilt_from_the_ledgers_file(tmp_path) -> Non
     shutil.rmtree(settings.run_paths().cache)
 
     worker = start(settings)
-    record(worker.ledger, c)
+    record_drop(worker.ledger, c)
     worker.turn(None)
     try:
         assert worker.ledger.counts_by_state()[FileState.DONE] == 3

@@ -1,4 +1,5 @@
-"""Settings of an in-process worker on the test model, for the tests of this folder."""
+"""Settings of an in-process worker on the test model, and drops recorded in its ledger,
+for the tests of this folder."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from service.config.settings import Settings, load_settings
+from service.ledger import FileRecord, Ledger
+from trainer.records.storage import file_sha256
 
 
 def tiny_settings(root: Path, *, train: dict[str, Any] | None = None, **sections: Any) -> Settings:
@@ -17,4 +20,16 @@ def tiny_settings(root: Path, *, train: dict[str, Any] | None = None, **sections
         model={"preset": "test"},
         train={"micro_batch_size": 4, "grad_accum_steps": 1, "device": "cpu", **(train or {})},
         **sections,
+    )
+
+
+def record_drop(ledger: Ledger, path: Path) -> FileRecord:
+    """``path`` queued in ``ledger`` as the watcher records a text drop (it stays where it is)."""
+    return ledger.record_file(
+        name=path.name,
+        path=str(path),
+        sha256=file_sha256(path),
+        size=path.stat().st_size,
+        format="text",
+        n_examples=40,
     )
