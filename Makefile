@@ -52,3 +52,4 @@ bench: setup
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/checkpoint_memory.py
+	$(BIN)/python bench/forgetting.py
