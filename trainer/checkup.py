@@ -20,11 +20,12 @@ from trainer.checkpointer import Checkpointer
 from trainer.config import EvalConfig, GoldConfig, TrainConfig
 from trainer.evaluate import EvalResult
 from trainer.forgetting import report as forgetting_report
+from trainer.forgetting import scored_drops
 from trainer.gold import EvalPoint, decide_gold
 from trainer.optim import lr_at
 from trainer.progress import Scalars, format_duration, progress_pct
 from trainer.records.events import EVAL_SET_PREFIX, FORGETTING, loss_pair, round_loss, utc_now
-from trainer.records.state import FileProgress
+from trainer.records.state import CompletedFile, FileProgress
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class Checkup:
 
     def __init__(
         self,
-        evaluate: Callable[[], EvalResult],
+        evaluate: Callable[[list[CompletedFile]], EvalResult],
         *,
         checkpointer: Checkpointer,
         scalars: Scalars,
@@ -49,7 +50,8 @@ class Checkup:
         gold: GoldConfig,
     ) -> None:
         self.evaluate = evaluate
-        """Scores the model on the eval sets (``Evaluator.evaluate`` bound to it)."""
+        """Scores the model on the eval sets, and the held-out part of each finished drop
+        it is given alone (``Evaluator.evaluate`` bound to the model)."""
         self.checkpointer = checkpointer
         """Holds the training state and event log, and writes gold."""
         self.scalars = scalars
@@ -89,7 +91,9 @@ class Checkup:
             raise ValueError(f"unknown evaluation trigger {trigger!r}")
         state, events = self.checkpointer.state, self.checkpointer.events
         step = state.global_step
-        result = self.evaluate()
+        result = self.evaluate(
+            scored_drops(state.files_completed, count=self.evaluation.forgetting_drops)
+        )
         deciding = self.evaluation.deciding_set
         rounded = {name: round_loss(loss) for name, loss in result.losses.items()}
         sets = {name: loss for name, loss in rounded.items() if loss is not None}

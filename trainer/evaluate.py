@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,7 +136,7 @@ class Evaluator:
         *,
         device: torch.device,
         autocast: Callable[[], contextlib.AbstractContextManager],
-        drops: list[CompletedFile] = (),
+        drops: Sequence[CompletedFile] = (),
     ) -> EvalResult:
         """Score every set, and the held-out part of each of ``drops`` alone."""
         started = time.monotonic()

@@ -28,7 +28,6 @@ from trainer.evaluate import Evaluator
 from trainer.exporter import Exporter
 from trainer.faults import fault_point
 from trainer.feed import StepFeed
-from trainer.forgetting import scored_drops
 from trainer.guard import Guard
 from trainer.opening import HeldLineage, OpenRequest, check_memory, hold_lineage
 from trainer.optim import lr_at
@@ -99,13 +98,8 @@ class Trainer:
             step=self.state.global_step,
         )
         self.checkup = Checkup(
-            lambda: self.evaluator.evaluate(
-                self.model,
-                device=self.device,
-                autocast=self.steps.autocast,
-                drops=scored_drops(
-                    self.state.files_completed, count=self.evaluation.forgetting_drops
-                ),
+            lambda drops: self.evaluator.evaluate(
+                self.model, device=self.device, autocast=self.steps.autocast, drops=drops
             ),
             checkpointer=self.checkpointer,
             scalars=self.scalars,
