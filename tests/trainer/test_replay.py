@@ -287,3 +287,28 @@ def test_replay_on_a_hugging_face_model(tmp_path, open_trainer, run_paths):
     assert [d["replay_fraction"] for d in done] == [0.0, 0.25]
     assert done[-1]["replayed_sequences"] > 0
     assert events(run_paths, "eval")[-1]["forgetting"]["measured"] == 2
+
+
+def test_a_file_keeps_the_replay_share_it_started_with_across_a_settings_change(
+    tmp_path, open_trainer, run_paths
+):
+    files = drops(tmp_path)
+    trainer = open_trainer(evaluation=HOLDOUT, replay_fraction=0.5)
+    train_all(trainer, files[:2])
+    data = trainer.prepare(files[2])
+    assert trainer.train_file(data, name=files[2].name, should_stop=stop_after(1)) is (
+        FileOutcome.STOPPED
+    )
+    target = trainer.state.current_file.target_step
+    # Restarted with replay off: the file in progress keeps its half, and its target.
+    trainer = open_trainer(evaluation=HOLDOUT, replay_fraction=0.0)
+    seen = spy_steps(trainer)
+    trainer.train_file(trainer.prepare(files[2]), name=files[2].name)
+    assert trainer.state.global_step == target
+    assert seen and all(r.replayed_sequences == 4 for r in seen)
+    # The next file starts with the setting in force: no replay.
+    fourth = write_jsonl(tmp_path / "drop3.jsonl", text_rows(40, offset=3000))
+    seen.clear()
+    trainer.train_file(trainer.prepare(fourth), name=fourth.name)
+    assert seen and not any(r.replayed_sequences for r in seen)
+    assert [e["replay_fraction"] for e in events(run_paths, "file_complete")] == [0, 0.5, 0.5, 0]
