@@ -186,8 +186,12 @@ class Evaluator:
         )
 
     def _holdout_of(self, done: CompletedFile) -> TokenizedFile | None:
-        """A finished drop's held-out part from its cache entry (kept open among the
-        recently scored), or None when the entry is gone."""
+        """A finished drop's held-out part: the ``recent`` set's own when it is among the
+        latest files, else from its cache entry (kept open among the recently scored), or
+        None when the entry is gone."""
+        recent = dict(self._recent).get(done.sha256)
+        if recent is not None:
+            return recent
         if done.sha256 in self._holdouts:
             self._holdouts.move_to_end(done.sha256)
             return self._holdouts[done.sha256]

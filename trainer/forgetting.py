@@ -24,7 +24,7 @@ INCREASE_DIGITS = 6
 def scored_drops(files: list[CompletedFile], *, count: int) -> list[CompletedFile]:
     """The finished drops with a held-out part that an evaluation scores: all of them up to
     ``count``, else ``count`` spread evenly from the oldest to the newest (both always in)."""
-    held = [f for f in files if f.n_holdout > 0 and f.holdout_fraction > 0]
+    held = held_out_drops(files)
     if count <= 0 or len(held) <= count:
         return held if count > 0 else []
     last = len(held) - 1
@@ -32,9 +32,9 @@ def scored_drops(files: list[CompletedFile], *, count: int) -> list[CompletedFil
     return [held[i] for i in picks]
 
 
-def holdout_drops(files: list[CompletedFile]) -> int:
-    """Finished drops that have a held-out part (what the report samples from)."""
-    return sum(1 for f in files if f.n_holdout > 0 and f.holdout_fraction > 0)
+def held_out_drops(files: list[CompletedFile]) -> list[CompletedFile]:
+    """The finished drops that have a held-out part (what the report samples from)."""
+    return [f for f in files if f.n_holdout > 0 and f.holdout_fraction > 0]
 
 
 def report(
@@ -75,7 +75,7 @@ def report(
         "drops": drops,
         "worst": dict(worst),
         "measured": len(drops),
-        "drops_total": holdout_drops(state.files_completed),
+        "drops_total": len(held_out_drops(state.files_completed)),
         "threshold": threshold,
     }
 
@@ -100,4 +100,4 @@ def forgotten(forgetting: dict[str, Any] | None, *, threshold: float | None) -> 
     ]
 
 
-__all__ = ["forgotten", "holdout_drops", "report", "scored_drops"]
+__all__ = ["forgotten", "held_out_drops", "report", "scored_drops"]
