@@ -52,4 +52,6 @@ bench: setup
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/checkpoint_memory.py
+	$(BIN)/python bench/checkpoint.py
+	$(BIN)/python bench/group_checkpoint.py
 	$(BIN)/python bench/forgetting.py

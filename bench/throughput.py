@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from trainer.cache import tokenize_file
 from trainer.config import LineageSpec, RunPaths, TrainConfig
-from trainer.data import tokenize_file
 from trainer.loop import Trainer
 from trainer.model import GPT
 from trainer.optim import build_optimizer

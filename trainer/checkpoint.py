@@ -43,6 +43,7 @@ from trainer.records.checkpoints import (
 from trainer.records.manifest import verify, write_json, write_manifest
 from trainer.records.staging import STAGING_PREFIX, TRASH_PREFIX, staged_folder
 from trainer.records.storage import as_disk_full, ensure_space, fsync_path
+from trainer.sharded import is_sharded, read_sharded
 from trainer.weights import (
     DEFAULT_SHARD_BYTES,
     WeightsError,
@@ -106,8 +107,9 @@ def load_model_weights(
 class CheckpointContent:
     """Everything a checkpoint holds, ready to be written."""
 
-    model: torch.nn.Module
-    """The bare model (not a DDP or compile wrapper): every trainable module is in it."""
+    model: torch.nn.Module | None
+    """The bare model (not a DDP or compile wrapper): every trainable module is in it. None
+    in a host snapshot (``trainer.background``), which holds ``tensors`` instead."""
     optimizer_state: dict[str, Any]
     """``optimizer.state_dict()``."""
     config: dict[str, Any]
@@ -123,13 +125,26 @@ class CheckpointContent:
     """Weights above this many bytes are written as shards with an index."""
     names: tuple[str, ...] | None = None
     """The model's tensors to save (a LoRA lineage's trainable ones), or None for all."""
+    tensors: dict[str, torch.Tensor] | None = None
+    """A host copy of the tensors to save, by name, written instead of reading ``model``
+    (a snapshot taken at a step boundary, written while training goes on)."""
+
+
+def saved_tensors(content: CheckpointContent) -> dict[str, torch.Tensor]:
+    """The tensors ``content`` writes, by name, in order: its host copy, or the model's own
+    as they are now (a tied one once; only ``names`` where given), not copied."""
+    if content.tensors is not None:
+        return content.tensors
+    if content.model is None:
+        raise ValueError("checkpoint content holds neither a model nor a copy of its tensors")
+    state = content.model.state_dict()
+    names = content.names if content.names is not None else model_tensors_names(content.model)
+    return {name: state[name] for name in names}
 
 
 def content_bytes(content: CheckpointContent) -> int:
     """About how many bytes ``content`` takes on disk (weights and optimizer moments)."""
-    state = content.model.state_dict()
-    names = content.names if content.names is not None else model_tensors_names(content.model)
-    tensors = [state[name] for name in names]
+    tensors = list(saved_tensors(content).values())
     for moments in content.optimizer_state.get("state", {}).values():
         tensors += [v for v in moments.values() if isinstance(v, torch.Tensor)]
     return sum(t.numel() * t.element_size() for t in tensors) + SLACK_BYTES
@@ -146,10 +161,11 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
     try:
         with staged_folder(root / name, fault=fault_at("checkpoint")) as stage:
             write_json(stage.path / CONFIG, content.config)
+            tensors = saved_tensors(content)
             files = [
                 CONFIG,
-                *write_model_weights(
-                    stage.path, content.model, content.shard_bytes, names=content.names
+                *save_weights(
+                    stage.path, list(tensors), tensors.__getitem__, shard_bytes=content.shard_bytes
                 ),
             ]
             fault_point("checkpoint:after_weights")
@@ -173,20 +189,6 @@ def write_checkpoint(root: Path, name: str, content: CheckpointContent) -> Path:
         raise_disk_full(exc, path=root, what=f"checkpoint {name}")
         raise
     return root / name
-
-
-def write_model_weights(
-    folder: Path,
-    model: torch.nn.Module,
-    shard_bytes: int,
-    *,
-    names: tuple[str, ...] | None = None,
-) -> list[str]:
-    """The model's tensors (a tied one once; only ``names`` if given) as safetensors in
-    ``folder``, sharded above ``shard_bytes``; returns the files written."""
-    state = model.state_dict()
-    chosen = list(names) if names is not None else model_tensors_names(model)
-    return save_weights(folder, chosen, lambda name: state[name], shard_bytes=shard_bytes)
 
 
 def fault_at(writer: str) -> Callable[[str], None]:
@@ -249,6 +251,8 @@ class LoadedCheckpoint:
 
     def weights(self) -> dict[str, torch.Tensor]:
         """Every tensor at once (small models, partial loads); see ``load_into``."""
+        if is_sharded(self.path):
+            return read_sharded(self.path)[0]
         try:
             return read_tensors(self.path)
         except WeightsError as exc:
@@ -259,6 +263,13 @@ class LoadedCheckpoint:
 
         ``partial`` (a LoRA lineage's checkpoint): the file holds the tensors that train,
         and every one of ``model``'s trainable parameters must be among them."""
+        if is_sharded(self.path):
+            tensors = self.weights()
+            load_model_weights(model, tensors, strict=not partial)
+            missing = trainable_tensor_names(model) - set(tensors) if partial else set()
+            if missing:
+                raise CheckpointError(f"{self.path}: no saved tensor for {sorted(missing)}")
+            return
         try:
             if partial:
                 load_weights_into(model, self.path, required=trainable_tensor_names(model))
@@ -268,6 +279,8 @@ class LoadedCheckpoint:
             raise CheckpointError(str(exc)) from exc
 
     def optimizer_state(self, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        if is_sharded(self.path):
+            return read_sharded(self.path)[1]  # on the CPU; load_state_dict moves it
         return torch.load(self.path / OPTIMIZER, map_location=map_location, weights_only=True)
 
 

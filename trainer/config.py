@@ -114,6 +114,11 @@ class TrainConfig:
     """Save every this many global steps (and always at the end of a file)."""
     keep_checkpoints: int = 3
     """Newest ``step-*`` checkpoints kept; gold and export are never rotated."""
+    async_checkpoints: bool = True
+    """Write interval checkpoints in the background: training waits only while the state
+    is copied to host memory (a copy of the weights and optimizer state, held while it
+    is written), and goes on while it is written and committed, one at a time; every
+    other checkpoint, such as a file's end, is written before training goes on."""
     device: str = "auto"
     """``auto`` (CUDA if present), ``cpu``, ``cuda`` or ``cuda:N``."""
     precision: Precision = "auto"

@@ -29,6 +29,7 @@ from trainer.adapter_export import write_adapter_export
 from trainer.checkpoint import CheckpointError, read_checkpoint
 from trainer.checkpointer import Checkpointer
 from trainer.config import ExportConfig
+from trainer.distributed import SOLO, Group
 from trainer.export import checkpoint_model, plain_model, verify_export, write_export
 from trainer.records.checkpoints import (
     EXPORT_DIR,
@@ -48,10 +49,15 @@ log = logging.getLogger(__name__)
 class Exporter:
     """Writes the lineage's export from the source ``export.from`` names."""
 
-    def __init__(self, checkpointer: Checkpointer, *, config: ExportConfig) -> None:
+    def __init__(
+        self, checkpointer: Checkpointer, *, config: ExportConfig, group: Group = SOLO
+    ) -> None:
         self.checkpointer = checkpointer
         """Holds the lineage, its root and events, and waits out a full disk."""
         self.config = config
+        self.group = group
+        """In a torchrun group rank 0 alone writes the export; under FSDP from the
+        committed folder of the step (no rank holds the whole model in memory)."""
         self._said_no_gold = False
 
     @property
@@ -69,7 +75,7 @@ class Exporter:
     def after_gold(self) -> Path | None:
         """A new gold was committed: with ``gold``, the export follows it (the model in
         memory is gold at this moment)."""
-        if self.config.enabled and self.follows_gold:
+        if self.config.enabled and self.follows_gold and self.group.leader:
             return self._write_live(reason="gold", source_checkpoint=GOLD_DIR)
         return None
 
@@ -82,7 +88,7 @@ class Exporter:
     def restore(self) -> Path | None:
         """At start: write the export again if it is not what its source holds now (a
         crash between two writes, a person, a rollback, a changed ``export.from``)."""
-        if not self.config.enabled:
+        if not self.config.enabled or not self.group.leader:
             return None
         problem = self._off_source()
         if problem is None:
@@ -93,6 +99,8 @@ class Exporter:
     # ------------------------------------------------------------- writing
     def write(self, *, reason: str) -> Path | None:
         """Write the export from its source now; None with ``gold`` before any gold."""
+        if not self.group.leader:
+            return None
         if not self.follows_gold:
             return self._write_live(reason=reason, source_checkpoint=None)
         gold_step = self._gold_step()
@@ -113,6 +121,10 @@ class Exporter:
         if source_checkpoint is None and not checkpointer.unsaved_steps:
             # Only a committed checkpoint is a source one can go back to.
             source_checkpoint = step_folder(state.global_step)
+        if self.group.sharded:
+            if source_checkpoint is None:
+                raise RuntimeError("an FSDP group exports a committed checkpoint only")
+            return self._write_folder(reason=reason, folder=source_checkpoint)
         info = self._info(
             step=state.global_step, reason=reason, source_checkpoint=source_checkpoint
         )
@@ -128,18 +140,20 @@ class Exporter:
             ),
         )
 
-    def _write_folder(self, *, reason: str) -> Path | None:
+    def _write_folder(self, *, reason: str, folder: str = GOLD_DIR) -> Path | None:
         """Export the ``gold`` folder itself (the model in memory is not gold); None, with
         the reason logged, when gold cannot be read: the export stays as it is, and
         training goes on (a broken gold is no reason to stop learning)."""
         try:
-            loaded = read_checkpoint(self.checkpointer.root / GOLD_DIR)
+            loaded = read_checkpoint(self.checkpointer.root / folder)
             model = checkpoint_model(loaded, device=torch.device("cpu"), dtype=torch.float32)
             tokenizer = Tokenizer.from_files(loaded.tokenizer_json, loaded.tokenizer_config_json)
         except (CheckpointError, TokenizerError) as exc:
-            log.error("cannot export gold, checkpoints/%s stays as it is: %s", EXPORT_DIR, exc)
+            log.error(
+                "cannot export %s, checkpoints/%s stays as it is: %s", folder, EXPORT_DIR, exc
+            )
             return None
-        info = self._info(step=loaded.step, reason=reason, source_checkpoint=GOLD_DIR)
+        info = self._info(step=loaded.step, reason=reason, source_checkpoint=folder)
         return self._timed(
             reason,
             info,

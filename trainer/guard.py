@@ -20,6 +20,7 @@ from trainer.checkpoint import latest_checkpoint
 from trainer.checkpointer import Checkpointer
 from trainer.config import TrainConfig
 from trainer.optim import optimizer_state_mismatch
+from trainer.parallel import load_moments_sharded, load_weights_sharded
 from trainer.records.state import FileProgress
 from trainer.rows import StepRows
 from trainer.step import StepRunner
@@ -87,7 +88,13 @@ class Guard:
                     micro=self.checkpointer.state.micro_batch_size,
                     n_targets=n_targets,
                 )
-            except torch.OutOfMemoryError:
+            except torch.OutOfMemoryError as exc:
+                if self.checkpointer.group.distributed:
+                    # One rank alone cannot change the split: the others are mid-step.
+                    raise RuntimeError(
+                        "out of memory in a torchrun group: lower train.micro_batch_size "
+                        "(and raise train.grad_accum_steps), or use worker.strategy = fsdp"
+                    ) from exc
                 self._recover_from_oom(current)
 
     def record_skip(self, rows: StepRows, *, loss: float, norm: float) -> None:
@@ -126,6 +133,11 @@ class Guard:
         state.nan_skip_steps = [s for s in state.nan_skip_steps if s >= window_start]
         if len(state.nan_skip_steps) < train.nan_skip_limit:
             return
+        # The newest checkpoint is the one a synchronous save would have committed by now,
+        # so a background save still being written is waited for: the rewind must not
+        # depend on how fast the disk is (rule 9).
+        checkpointer.poll(wait=True)
+        checkpointer.group.barrier()  # rank 0 commits a group's checkpoint after its shards
         good = latest_checkpoint(checkpointer.root)
         skipped = list(state.nan_skip_steps)
         state.nan_skip_steps = []
@@ -133,11 +145,16 @@ class Guard:
             log.error("%d non-finite steps but no checkpoint to roll back to", len(skipped))
             return
         model, optimizer = checkpointer.lineage.model, checkpointer.lineage.optimizer
-        # A LoRA lineage's checkpoints hold what trains; the frozen base is unchanged.
-        good.load_into(model, partial=bool(state.adaptation.get("lora")))
-        saved = good.optimizer_state(map_location=self.device)
-        if optimizer_state_mismatch(optimizer, saved) is None:
-            optimizer.load_state_dict(saved)
+        if checkpointer.group.sharded:
+            # Every rank reads the checkpoint whole and keeps its shard (trainer.parallel).
+            load_weights_sharded(model, good.weights())
+            load_moments_sharded(optimizer, good.optimizer_state())
+        else:
+            # A LoRA lineage's checkpoints hold what trains; the frozen base is unchanged.
+            good.load_into(model, partial=bool(state.adaptation.get("lora")))
+            saved = good.optimizer_state(map_location=self.device)
+            if optimizer_state_mismatch(optimizer, saved) is None:
+                optimizer.load_state_dict(saved)
         state.rollbacks += 1  # the training state's public name for rewinds
         log.error(
             "ROLLBACK: %d non-finite steps within %d steps; weights and optimizer restored "

@@ -24,6 +24,7 @@ from trainer.adapted_model import adapt_new_model
 from trainer.checkpoint import (
     LoadedCheckpoint,
     latest_checkpoint,
+    read_checkpoint,
     resolve_checkpoint,
 )
 from trainer.config import LineageSpec, ModelConfig, TrainConfig
@@ -109,8 +110,12 @@ def open_lineage(
     init_from: Path | None = None,
     new_lineage: bool = False,
     expected: str | None = None,
+    resume: Path | None = None,
 ) -> Lineage:
     """Resume the lineage under ``checkpoints``, or start one where none exists.
+
+    ``resume`` names the checkpoint to resume (a torchrun rank opens the one rank 0 did);
+    otherwise the newest that verifies.
 
     Never a silent new lineage (ARCHITECTURE.md rule 15): where the folder holds traces of one
     (gold, export, rolled-back or broken checkpoints) or ``expected`` says one must exist
@@ -123,7 +128,9 @@ def open_lineage(
         retired = retire(checkpoints, lineage_traces(checkpoints))
     broken: dict[str, str] = {}
     found = None
-    if init_from is None:
+    if resume is not None:
+        found = read_checkpoint(resume)
+    elif init_from is None:
         found = latest_checkpoint(checkpoints, on_skip=lambda p, why: broken.update({p.name: why}))
     if found is None:
         traces = lineage_traces(checkpoints, broken=broken)

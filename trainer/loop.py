@@ -22,24 +22,28 @@ from trainer.budget import advance, end_file, refuse_another, take_up
 from trainer.cache import tokenize_file
 from trainer.checkpointer import Checkpointer
 from trainer.checkup import Checkup
-from trainer.config import EvalConfig, ExportConfig, GoldConfig, LineageSpec, RunPaths, TrainConfig
+from trainer.config import EvalConfig, ExportConfig, GoldConfig, RunPaths, TrainConfig
 from trainer.data import TokenizedFile
+from trainer.distributed import DistConfig, reported_timeout
 from trainer.evaluate import Evaluator
 from trainer.exporter import Exporter
 from trainer.faults import fault_point
 from trainer.feed import StepFeed
 from trainer.guard import Guard
-from trainer.opening import HeldLineage, OpenRequest, check_memory, hold_lineage
+from trainer.opening import (
+    HeldLineage,
+)
 from trainer.optim import lr_at
+from trainer.parallel import parallelize
 from trainer.parking import holdout_for, park_current
 from trainer.progress import ProgressMeter, Scalars, StepReport, next_report
-from trainer.records.events import EventLog
 from trainer.records.state import FileProgress
 from trainer.records.storage import DiskFullError
 from trainer.replay import ReplayPool, SourceFinder
-from trainer.rollback import Rollback, commit_rollback
+from trainer.rollback import Rollback
 from trainer.session import Session
-from trainer.step import StepRunner
+from trainer.startup import open_trainer
+from trainer.step import StepRunner, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +67,22 @@ class Trainer:
         export: ExportConfig | None = None,
         on_disk_full: Callable[[DiskFullError], None] | None = None,
         source_of: SourceFinder | None = None,
+        distributed: DistConfig | None = None,
     ) -> None:
         lineage = self.lineage = held.lineage
+        self.group = group = held.group
+        self.train, self.paths, self.events, self.device = train, paths, held.events, held.device
+        self.parallel = parallelize(
+            lineage,
+            group=group,
+            config=distributed or DistConfig(),
+            train=train,
+            device=self.device,
+            half_precision=resolve_precision(self.device, train.precision) == "bf16",
+        )
         self.model, self.optimizer = lineage.model, lineage.optimizer
         self.tokenizer, self.state = lineage.tokenizer, lineage.state
-        self.train, self.paths, self.events, self.device = train, paths, held.events, held.device
-        self.world_size = 1
+        self.world_size = group.world_size
         self.rollback: Rollback | None = held.rollback
         """The rollback to gold done as this trainer opened, if any."""
         self.last_report: StepReport | None = None
@@ -81,10 +95,19 @@ class Trainer:
             train=train,
             events=self.events,
             on_disk_full=on_disk_full,
+            group=group,
         )
-        self.exporter = Exporter(self.checkpointer, config=self.export_config)
+        self.checkpointer.names = self.parallel.names
+        self.exporter = Exporter(self.checkpointer, config=self.export_config, group=group)
         self.session = Session(self.state, events=self.events)
-        self.steps = StepRunner(self.model, self.optimizer, train=train, device=self.device)
+        self.steps = StepRunner(
+            self.model,
+            self.optimizer,
+            train=train,
+            device=self.device,
+            group=group,
+            forward=self.parallel.forward,
+        )
         self.guard = Guard(self.checkpointer, steps=self.steps, train=train, device=self.device)
         self.evaluator = Evaluator(
             self.evaluation,
@@ -94,7 +117,7 @@ class Trainer:
             seed=self.state.seed,
         )
         self.scalars = Scalars(
-            paths.state / "tensorboard" if self.evaluation.tensorboard else None,
+            paths.state / "tensorboard" if self.evaluation.tensorboard and group.leader else None,
             step=self.state.global_step,
         )
         self.checkup = Checkup(
@@ -123,100 +146,8 @@ class Trainer:
         self._lock = held.lock
 
     # ------------------------------------------------------------- opening
-    @classmethod
-    def open(
-        cls,
-        *,
-        spec: LineageSpec,
-        train: TrainConfig,
-        paths: RunPaths,
-        init_from: Path | None = None,
-        events: EventLog | None = None,
-        lock_wait_s: float = 0.0,
-        evaluation: EvalConfig | None = None,
-        gold: GoldConfig | None = None,
-        export: ExportConfig | None = None,
-        from_gold: bool = False,
-        rollback_request: str | None = None,
-        in_progress: dict | None = None,
-        new_lineage: bool = False,
-        expected_lineage: str | None = None,
-        on_disk_full: Callable[[DiskFullError], None] | None = None,
-        source_of: SourceFinder | None = None,
-    ) -> Trainer:
-        """Open (or start) the lineage under ``paths.checkpoints`` and hold it.
-
-        ``from_gold`` first rolls it back to gold (newer checkpoints are kept under
-        ``rolled-back/``) for the operator's request of ``rollback_request`` (ISO time),
-        made while ``in_progress`` (``name``, ``sha256``) was trained; a rollback a crash
-        interrupted is finished first, whatever is asked. ``new_lineage``,
-        ``expected_lineage``: :func:`trainer.lineage.open_lineage`. ``source_of`` finds a
-        finished drop's source by sha256, for a replay whose cache entry is gone."""
-        held = hold_lineage(
-            OpenRequest(
-                spec=spec,
-                train=train,
-                paths=paths,
-                events=events,
-                lock_wait_s=lock_wait_s,
-                init_from=init_from,
-                from_gold=from_gold,
-                rollback_request=rollback_request,
-                in_progress=in_progress,
-                new_lineage=new_lineage,
-                expected_lineage=expected_lineage,
-            )
-        )
-        try:
-            trainer = cls(
-                held,
-                train=train,
-                paths=paths,
-                evaluation=evaluation,
-                gold=gold,
-                export=export,
-                on_disk_full=on_disk_full,
-                source_of=source_of,
-            )
-        except BaseException:
-            held.lock.release()
-            raise
-        try:
-            trainer._start()
-        except BaseException:
-            trainer.close()
-            raise
-        return trainer
-
-    def _start(self) -> None:
-        """What opening does once the lineage is held: record a retired lineage or a
-        rollback, say that training starts, and write what a crash may have cut off."""
-        lineage = self.lineage
-        if lineage.retired is not None:
-            self.events.emit("lineage_retired", kept_in=str(lineage.retired))
-        for event, fields in lineage.announcements:
-            self.events.emit(event, **fields)
-        if self.rollback is not None:
-            commit_rollback(self.rollback, checkpointer=self.checkpointer)
-            self.exporter.after_rollback()
-        memory = check_memory(
-            lineage, train=self.train, device=self.device, half_precision=self.steps.half_precision
-        )
-        self.session.start(
-            lineage,
-            device=self.device,
-            memory=memory,
-            train=self.train,
-            evaluation=self.evaluation,
-            gold=self.gold_config,
-        )
-        if lineage.resumed_from is None:
-            self.checkpointer.save(reason="lineage_start")
-        if self.rollback is None:
-            self.exporter.restore()
-        self.evaluator.restore_recent(
-            [(f.name, f.sha256, f.holdout_fraction) for f in self.state.files_completed]
-        )
+    open = classmethod(open_trainer)
+    """``Trainer.open(spec=..., train=..., paths=..., ...)``: :func:`trainer.startup.open_trainer`."""
 
     # ------------------------------------------------------------- data
     def prepare(
@@ -253,16 +184,28 @@ class Trainer:
         stop is the caller's to keep: a stop is checkpointed with reason ``stop``, unless
         ``should_stop`` itself committed a checkpoint (with its own reason) while asked.
         """
+        if self.group.distributed and self.group.leader:
+            # Rank 0 rebuilds lost replay cache entries before the others look for them,
+            # and tells them which drops it left out, so every rank replays the same pool.
+            self.feed.drops()
+        self.group.announce(
+            "train_file",
+            path=str(data.path),
+            sha256=data.sha256,
+            name=name,
+            left_out=sorted(self.feed.pool.left_out),
+        )
         current = self._take_up(data, name=name)
         meter = ProgressMeter.of_file(current, name=name, step=self.state.global_step)
         # The baseline every later evaluation compares with (the first file's held-out
         # part is in the recent set by now).
         self.checkup.baseline(current, has_work=self.evaluator.has_work)
-        while self.state.global_step < current.target_step:
-            if self._stop_asked(should_stop, current, meter):
-                return FileOutcome.STOPPED
-            self._train_step(data, current, meter)
-        self._complete_file(current, meter)
+        with reported_timeout(self.group, events=self.events, step=lambda: self.state.global_step):
+            while self.state.global_step < current.target_step:
+                if self._stop_asked(should_stop, current, meter):
+                    return FileOutcome.STOPPED
+                self._train_step(data, current, meter)
+            self._complete_file(current, meter)
         return FileOutcome.COMPLETED
 
     def _take_up(self, data: TokenizedFile, *, name: str) -> FileProgress:
@@ -289,7 +232,9 @@ class Trainer:
         # Recorded first, so a checkpoint the caller takes while asked has it too.
         current.elapsed_s = meter.elapsed()
         saves = self.checkpointer.saves
-        if not should_stop():
+        stop = should_stop()
+        self.group.announce("decision", stop=stop)  # after what should_stop itself did
+        if not stop:
             return False
         if self.checkpointer.saves == saves:
             self.checkpointer.save(reason="stop")
@@ -298,6 +243,7 @@ class Trainer:
     def _train_step(self, data: TokenizedFile, current: FileProgress, meter: ProgressMeter):
         """One optimizer step, then what is due at its boundary: the progress line, an
         evaluation, an interval checkpoint."""
+        self.checkpointer.poll()
         started = time.monotonic()
         loss, tokens = self._optimizer_step(data, current)
         meter.add(tokens=tokens, loss=loss)
@@ -387,19 +333,30 @@ class Trainer:
     def park_current(self, *, reason: str) -> None:
         """Set the file in progress aside unfinished and commit that (what it taught stays
         in the weights; training the same content again continues it): ``trainer.parking``."""
+        self.group.announce("park_current", reason=reason)
         if park_current(self.state, events=self.events, reason=reason) is not None:
             self.checkpointer.save(reason="park")
 
     def save_checkpoint(self, *, reason: str) -> Path:
         """``Checkpointer.save``: commit this step boundary as ``step-NNNNNNNN``."""
+        self.group.announce("save_checkpoint", reason=reason)
         return self.checkpointer.save(reason=reason)
 
     def export(self, *, reason: str = "requested") -> Path | None:
         """Write ``checkpoints/export`` now, from its source (``trainer.exporter``)."""
+        self.group.announce("export", reason=reason)
+        if self.group.sharded:
+            # No rank holds the whole model: the export is written from the committed
+            # checkpoint of this step (every rank takes part in writing it).
+            self.checkpointer.poll(wait=True)
+            self.group.barrier()
+            if self.unsaved_steps:
+                self.checkpointer.save(reason="export")
         return self.exporter.write(reason=reason)
 
     def evaluate(self, *, trigger: str = "request") -> dict:
         """Evaluate now, at this step boundary (an operator asked); the ``eval`` event."""
+        self.group.announce("evaluate", trigger=trigger)
         return self.checkup.run(self.state.current_file, trigger=trigger)
 
     @property
@@ -413,12 +370,21 @@ class Trainer:
 
     def close(self) -> None:
         """Let go of the lineage (another process may then open it)."""
-        self.scalars.close()
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        if self._lock is not None:  # once: the other ranks close with it
+            self.group.announce("close")
+        try:
+            # A background write is finished before the lock goes (the next holder's
+            # start would clear its staging folder mid-write); a failure is logged, and
+            # the previous checkpoint stands.
+            self.checkpointer.drain(strict=False)
+        finally:
+            self.scalars.close()
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     def finish(self) -> None:
         """Record a clean end of the session (``training_complete``) and close."""
+        self.checkpointer.drain()  # its checkpoint_saved comes before training_complete
         self.session.finish()
         self.close()

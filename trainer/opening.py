@@ -15,7 +15,9 @@ lock behind.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import importlib
 import logging
 import os
 import time
@@ -28,6 +30,7 @@ import torch
 from trainer.adaptation import trainable_count
 from trainer.checkpoint import recover_root
 from trainer.config import LineageSpec, RunPaths, TrainConfig
+from trainer.distributed import DistConfig, Group, device_for_rank, join_group
 from trainer.lineage import (
     Lineage,
     LineageError,
@@ -38,6 +41,7 @@ from trainer.lineage import (
 from trainer.memory import MemoryEstimate, estimate_training_memory
 from trainer.records.checkpoints import GOLD_DIR
 from trainer.records.events import EventLog
+from trainer.records.state import TrainingState
 from trainer.rollback import Rollback, interrupted_rollback, roll_back_to_gold
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,10 @@ class HeldLineage:
     """Where the model lives."""
     rollback: Rollback | None
     """The rollback to gold done while opening (finished or requested), if any."""
+    group: Group
+    """This process's place in a torchrun group (rank 0 of 1 when run alone)."""
+    configs: tuple | None = None
+    """On a rank other than 0: rank 0's (spec, train, evaluation, gold, export) to use."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +93,8 @@ class OpenRequest:
     """Start a new lineage on purpose, moving the old one's folders aside."""
     expected_lineage: str | None = None
     """Why a lineage must exist (e.g. the ledger records trained files), if one must."""
+    distributed: DistConfig | None = None
+    """How a torchrun group trains (None: the defaults; alone, nothing to do)."""
 
 
 def hold_lineage(request: OpenRequest) -> HeldLineage:
@@ -93,8 +103,11 @@ def hold_lineage(request: OpenRequest) -> HeldLineage:
     A rollback a crash interrupted is finished first, whatever is asked. The lock is
     released again if opening fails.
     """
-    refuse_multi_process()
     device = prepare_device(request.train)
+    group = join_group(request.distributed or DistConfig(), device_type=device.type)
+    device = device_for_rank(device, group)
+    if not group.leader:
+        return follow_lineage(request, group=group, device=device)
     root = request.paths.checkpoints
     lock = LineageLock(root)
     lock.acquire(wait_s=request.lock_wait_s)
@@ -112,17 +125,100 @@ def hold_lineage(request: OpenRequest) -> HeldLineage:
     except BaseException:
         lock.release()
         raise
-    return HeldLineage(lineage=lineage, lock=lock, events=events, device=device, rollback=rollback)
+    return HeldLineage(
+        lineage=lineage, lock=lock, events=events, device=device, rollback=rollback, group=group
+    )
 
 
-def refuse_multi_process() -> None:
-    """Every rank of a torchrun would train the whole file and write the same checkpoints."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1:
-        raise LineageError(
-            f"WORLD_SIZE={world_size}: multi-process (torchrun) training is not supported by "
-            "this version; run a single process per lineage"
-        )
+def follow_lineage(request: OpenRequest, *, group: Group, device: torch.device) -> HeldLineage:
+    """A rank other than 0: wait for rank 0's lineage, open the same checkpoint and take
+    rank 0's training state. It takes no lock and writes nothing (rank 0 does both)."""
+    op, args = group.channel.receive()
+    if op != "open":
+        raise FollowerExit(op)
+    resumed = Path(args["resumed_from"]) if args["resumed_from"] else None
+    init_from = Path(args["init_from"]) if args["init_from"] else None
+    configs = unpack(args["configs"])
+    lineage = open_lineage(
+        request.paths.checkpoints,
+        spec=configs[0],
+        train=configs[1],
+        device=device,
+        init_from=None if resumed else init_from,
+        resume=resumed,
+    )
+    lineage.state = TrainingState.from_dict(args["state"])
+    lineage.retired, lineage.notices, lineage.announcements = None, [], []
+    return HeldLineage(
+        lineage=lineage,
+        lock=LineageLock(None),
+        events=EventLog(request.paths.events, enabled=False),
+        device=device,
+        rollback=_built(args["rollback"]) if args["rollback"] is not None else None,
+        group=group,
+        configs=configs,
+    )
+
+
+def announce_open(held: HeldLineage, *, init_from: Path | None, configs: tuple) -> None:
+    """Rank 0 tells the others to open what it left (after its recovery, rollback or new
+    start) with its settings, and to take its training state: every rank then holds the
+    same lineage, whatever settings file each process read."""
+    lineage = held.lineage
+    held.group.announce(
+        "open",
+        resumed_from=str(lineage.resumed_from) if lineage.resumed_from else None,
+        init_from=str(init_from) if init_from else None,
+        state=lineage.state.to_dict(),
+        configs=[plain(config) for config in configs],
+        # A rollback to gold opening did: the others commit it with rank 0 (its parking,
+        # its checkpoint), and rank 0 alone touches the folders.
+        rollback=plain(held.rollback) if held.rollback is not None else None,
+    )
+
+
+def plain(value: Any) -> Any:
+    """A settings dataclass as JSON values, tagged so :func:`unpack` builds it again."""
+    if dataclasses.is_dataclass(value):
+        fields = {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"__class__": f"{type(value).__module__}:{type(value).__qualname__}", **fields}
+    if isinstance(value, Path):
+        return {"__path__": str(value)}
+    if isinstance(value, tuple):
+        return {"__tuple__": [plain(item) for item in value]}
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value
+
+
+def unpack(values: list) -> tuple:
+    """Rank 0's settings, as :func:`announce_open` sent them."""
+    return tuple(_built(value) for value in values)
+
+
+def _built(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_built(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if "__path__" in value:
+        return Path(value["__path__"])
+    if "__tuple__" in value:
+        return tuple(_built(item) for item in value["__tuple__"])
+    if "__class__" in value:
+        module, _, name = value["__class__"].partition(":")
+        if not module.startswith("trainer."):
+            raise ValueError(f"rank 0 sent settings of an unknown kind: {value['__class__']}")
+        kind = getattr(importlib.import_module(module), name)
+        fields = {k: _built(v) for k, v in value.items() if k != "__class__"}
+        return kind(**fields)
+    return {key: _built(item) for key, item in value.items()}
+
+
+class FollowerExit(Exception):  # noqa: N818 - not an error: rank 0 said to stop
+    """Rank 0 sent ``exit`` (or another decision) where a follower waited to open."""
 
 
 def prepare_device(train: TrainConfig) -> torch.device:
@@ -164,16 +260,22 @@ def _open_or_continue_from_gold(
 
 
 def check_memory(
-    lineage: Lineage, *, train: TrainConfig, device: torch.device, half_precision: bool
+    lineage: Lineage,
+    *,
+    train: TrainConfig,
+    device: torch.device,
+    half_precision: bool,
+    shards: int = 1,
 ) -> MemoryEstimate:
     """Log the training-memory plan from the model's own config. On CUDA, refuse a
     configuration that cannot fit under the cap even at micro-batch 1 (MemoryPlanError
     with the table), and warn when only the micro-batch is too big (OOM recovery halves
-    it)."""
+    it). ``shards``: the processes an FSDP group splits weights, gradients and optimizer
+    state over (each holds about one share)."""
     micro_batch = lineage.state.micro_batch_size
     options = dict(
-        n_params=lineage.model.num_params(),
-        n_trainable=trainable_count(lineage.model),
+        n_params=-(-lineage.model.num_params() // shards),
+        n_trainable=-(-trainable_count(lineage.model) // shards),
         activation_bytes=2 if half_precision else 4,
         activation_checkpointing=train.activation_checkpointing,
     )
@@ -213,10 +315,10 @@ class LineageLockedError(RuntimeError):
 
 
 class LineageLock:
-    """Held for the life of a Trainer."""
+    """Held for the life of a Trainer (by rank 0 alone in a torchrun group: ``None``)."""
 
-    def __init__(self, checkpoints: Path) -> None:
-        self.path = checkpoints / ".lock"
+    def __init__(self, checkpoints: Path | None) -> None:
+        self.path = checkpoints / ".lock" if checkpoints is not None else None
         self._fd: int | None = None
 
     def acquire(self, *, wait_s: float = 0.0) -> None:

@@ -118,6 +118,8 @@ class ReplayPool:
         only checked on ``restore``)."""
         if done.n_sequences <= 0 or any(d.sha256 == done.sha256 for d in self.drops):
             return
+        if done.sha256 in self.left_out:  # rank 0 of a group left it out: so do the others
+            return
         drop = ReplayDrop(
             name=done.name,
             sha256=done.sha256,

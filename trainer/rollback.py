@@ -160,7 +160,8 @@ def commit_rollback(rollback: Rollback, *, checkpointer: Checkpointer) -> None:
         checkpointer.save(reason="park")
     else:
         checkpointer.save(reason="rollback")
-    finish_rollback(checkpointer.root)
+    if checkpointer.group.leader:  # in a torchrun group, rank 0 alone touches the folders
+        finish_rollback(checkpointer.root)
 
 
 def record_rollback(

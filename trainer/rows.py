@@ -66,6 +66,22 @@ class StepRows:
     def replayed_sequences(self) -> int:
         return sum(len(rows) for _, rows in self.replayed)
 
+    def shard(self, rank: int, world: int) -> StepRows:
+        """Rank ``rank``'s share of the step in a group of ``world``: a contiguous run of
+        ``ceil(len / world)`` rows (the last ranks' shorter, or empty), so the ranks
+        together train every row of the step once."""
+        if world == 1:
+            return self
+        per = -(-len(self) // world)
+        start, end = min(rank * per, len(self)), min((rank + 1) * per, len(self))
+        parts, offset = [], 0
+        for data, rows in self.parts:
+            lo, hi = max(start - offset, 0), min(end - offset, len(rows))
+            if hi > lo:
+                parts.append((data, rows[lo:hi]))
+            offset += len(rows)
+        return StepRows(tuple(parts) or ((self.parts[0][0], self.parts[0][1][:0]),))
+
     def micro_batches(self, micro: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Inputs ``x`` and targets ``y`` of each micro-batch of ``micro`` rows, in order."""
         if len(self.parts) == 1:

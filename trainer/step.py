@@ -14,10 +14,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from trainer.config import TrainConfig
+from trainer.distributed import SOLO, Group, full_tensor
 from trainer.rows import StepRows
 
 
@@ -58,11 +60,16 @@ class StepRunner:
         *,
         train: TrainConfig,
         device: torch.device,
+        group: Group = SOLO,
+        forward: torch.nn.Module | None = None,
     ) -> None:
         self.model = model
+        self.forward = forward or model
+        """What runs the micro-batches: the model, or its DDP wrapper in a group."""
         self.optimizer = optimizer
         self.train = train
         self.device = device
+        self.group = group
         # What the optimizer holds, in the model's order: base rows that start to train
         # later (trainer.vocab) are clipped with the rest from then on.
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -71,25 +78,45 @@ class StepRunner:
         self.autocast = autocast_for(device, train.precision)
 
     def accumulate(self, rows: StepRows, *, micro: int, n_targets: int) -> torch.Tensor:
-        """Backpropagate every micro-batch of the step; returns the summed loss (on device)."""
-        denom = float(max(n_targets, 1))
+        """Backpropagate every micro-batch of the step; returns the summed loss (on device).
+
+        In a group each rank runs its share of the rows (``StepRows.shard``) and the same
+        number of micro-batches (a rank short of rows runs all-padding ones, which add
+        exactly zero), so every rank joins the same gradient reductions; its loss is
+        divided by ``n_targets / world_size`` since DDP and FSDP average over the ranks.
+        The summed loss returned is the whole step's, over every rank."""
+        group = self.group
+        denom = float(max(n_targets, 1)) / group.world_size
+        share = rows.shard(group.rank, group.world_size)
+        batches = list(share.micro_batches(micro))
+        per_rank = -(-len(rows) // group.world_size)  # ceil
+        count = -(-per_rank // micro)
         total = torch.zeros((), device=self.device)
-        for x_np, y_np in rows.micro_batches(micro):
+        runs = max(count, len(batches))
+        for index in range(runs):
+            x_np, y_np = batches[index] if index < len(batches) else padding_batch(rows)
             x = torch.from_numpy(x_np).to(self.device, non_blocking=True)
             y = torch.from_numpy(y_np).to(self.device, non_blocking=True)
-            with self.autocast():
-                logits = self.model(x)
-            # A sum over targets, not a mean per micro-batch: an all-ignored micro-batch
-            # is exactly 0 (a mean would be 0/0 = NaN).
-            loss = F.cross_entropy(
-                logits.float().reshape(-1, logits.size(-1)),
-                y.reshape(-1),
-                ignore_index=-1,
-                reduction="sum",
-            )
-            (loss / denom).backward()
+            with self.sync(last=index == runs - 1):
+                with self.autocast():
+                    logits = self.forward(x)
+                # A sum over targets, not a mean per micro-batch: an all-ignored
+                # micro-batch is exactly 0 (a mean would be 0/0 = NaN).
+                loss = F.cross_entropy(
+                    logits.float().reshape(-1, logits.size(-1)),
+                    y.reshape(-1),
+                    ignore_index=-1,
+                    reduction="sum",
+                )
+                (loss / denom).backward()
             total += loss.detach()
-        return total
+        return group.sum(total)
+
+    def sync(self, *, last: bool) -> contextlib.AbstractContextManager:
+        """Under DDP, reduce gradients once per step (at its last micro-batch)."""
+        if last or not hasattr(self.forward, "no_sync"):
+            return contextlib.nullcontext()
+        return self.forward.no_sync()
 
     def update(self, loss_sum: torch.Tensor, *, n_targets: int, lr: float) -> UpdateResult:
         """Clip, check, step. A non-finite loss or gradient never reaches the weights."""
@@ -99,8 +126,9 @@ class StepRunner:
             norm = torch.nn.utils.get_total_norm(
                 [p.grad for p in self.params if p.grad is not None]
             )
-        # One device sync for both numbers.
-        loss, grad_norm = torch.stack([loss_sum / n_targets, norm.to(loss_sum.device)]).tolist()
+        # One device sync for both numbers (an FSDP norm is a replicated DTensor).
+        norm = full_tensor(norm).to(loss_sum.device)
+        loss, grad_norm = torch.stack([loss_sum / n_targets, norm]).tolist()
         applied = math.isfinite(loss) and math.isfinite(grad_norm)
         if applied:
             for group in self.optimizer.param_groups:
@@ -112,3 +140,10 @@ class StepRunner:
     def discard(self) -> None:
         """Drop accumulated gradients (a step with nothing to learn, or an OOM retry)."""
         self.optimizer.zero_grad(set_to_none=True)
+
+
+def padding_batch(rows: StepRows) -> tuple[np.ndarray, np.ndarray]:
+    """One row of padding with no target: a rank short of rows still joins the step's
+    gradient reductions, adding nothing."""
+    pad_id = rows.own[0].pad_id
+    return np.full((1, 1), pad_id, dtype=np.int64), np.full((1, 1), -1, dtype=np.int64)

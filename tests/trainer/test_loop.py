@@ -261,6 +261,7 @@ def test_repeated_nan_rolls_back_to_the_last_good_checkpoint(tmp_path, open_trai
 
     def save(*, reason):
         path_ = original(reason=reason)
+        trainer.checkpointer.poll(wait=True)  # an interval save is written in the background
         remember(trainer.state.global_step)
         return path_
 

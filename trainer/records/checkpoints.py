@@ -29,6 +29,12 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 """An adapter-only export's settings, for ``PeftModel.from_pretrained``."""
 OPTIMIZER = "optimizer.pt"
+SHARDED_DIR = "sharded"
+"""A checkpoint written by a torchrun group: model and optimizer state as Distributed
+Checkpoint (``torch.distributed.checkpoint``) shards, one file per rank, instead of
+``model.safetensors`` and ``optimizer.pt`` (``trainer.sharded``)."""
+SHARDED_METADATA = f"{SHARDED_DIR}/.metadata"
+"""The Distributed Checkpoint's index of every shard, written last by rank 0."""
 TOKENIZER = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 """The tokenizer's settings (chat template, end-of-text and pad tokens), where it has any."""

@@ -13,7 +13,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from trainer.records.checkpoints import ADAPTER_WEIGHTS, FILES, MANIFEST, WEIGHTS, WEIGHTS_INDEX
+from trainer.records.checkpoints import (
+    ADAPTER_WEIGHTS,
+    FILES,
+    MANIFEST,
+    OPTIMIZER,
+    SHARDED_METADATA,
+    WEIGHTS,
+    WEIGHTS_INDEX,
+)
 from trainer.records.events import utc_now
 from trainer.records.storage import file_sha256, fsync_path
 
@@ -47,7 +55,8 @@ def verify(path: Path, *, deep: bool = True, files: Iterable[str] = FILES) -> st
     """None if ``manifest.json`` vouches for ``path``, else the reason it does not.
 
     Each of ``files`` must be listed, and so must the weights (``WEIGHTS``, or
-    ``WEIGHTS_INDEX`` with its shards). Every listed file must be present and of the listed
+    ``WEIGHTS_INDEX`` with its shards, or a Distributed Checkpoint's ``SHARDED_METADATA``
+    with its shards, which hold the optimizer too). Every listed file must be present and of the listed
     size; ``deep`` checks its sha256 too.
     """
     manifest = path / MANIFEST
@@ -59,9 +68,13 @@ def verify(path: Path, *, deep: bool = True, files: Iterable[str] = FILES) -> st
             raise TypeError("'files' is not an object")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"manifest.json is unreadable: {exc}"
-    if not {WEIGHTS, WEIGHTS_INDEX, ADAPTER_WEIGHTS} & set(listed):
-        return f"manifest.json lists no weights ({WEIGHTS}, {WEIGHTS_INDEX} or {ADAPTER_WEIGHTS})"
-    required = list(files)
+    if not {WEIGHTS, WEIGHTS_INDEX, ADAPTER_WEIGHTS, SHARDED_METADATA} & set(listed):
+        return (
+            f"manifest.json lists no weights ({WEIGHTS}, {WEIGHTS_INDEX}, {ADAPTER_WEIGHTS} "
+            f"or {SHARDED_METADATA})"
+        )
+    # A sharded checkpoint holds the optimizer among its shards.
+    required = [f for f in files if not (f == OPTIMIZER and SHARDED_METADATA in listed)]
     required += sorted(set(listed) - set(required))
     for name in required:
         entry, fpath = listed.get(name), path / name
