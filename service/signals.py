@@ -7,6 +7,7 @@ tells the supervisor through its exit status whether restarting it can help.
 
 from __future__ import annotations
 
+import ctypes
 import signal
 from types import FrameType
 
@@ -33,3 +34,14 @@ class StopFlag:
     def install(self) -> None:
         signal.signal(signal.SIGINT, self.handle)
         signal.signal(signal.SIGTERM, self.handle)
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Ask Linux to send us ``signum`` when the thread that started us ends
+    (``PR_SET_PDEATHSIG``), so nothing traind starts outlives it: the worker, and
+    torchrun's agent (:mod:`service.worker.agent`), whose ranks it then stops."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signum)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the lineage lock still keeps a second worker out

@@ -10,6 +10,7 @@ inside the command, so ``traind --help`` and ``traind init`` start fast on any m
 
 from __future__ import annotations
 
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +18,15 @@ from typing import Annotated
 import typer
 
 from api.cli.evaluation import register as register_eval
+from api.cli.group import (
+    NnodesOption,
+    NodeRankOption,
+    NprocOption,
+    RdzvEndpointOption,
+    run_launch,
+    train_relaunch,
+)
+from api.cli.group import register as register_node
 from api.cli.offline import register_generation_commands
 from api.cli.options import (
     ConfigOption,
@@ -35,6 +45,7 @@ from service.config.settings import (
     PathsSection,
 )
 from service.config.template import render_default_config
+from service.worker.torchrun import Group, LaunchError, serve_refusal
 
 app = typer.Typer(
     name="traind",
@@ -137,8 +148,13 @@ NewLineageOption = Annotated[
     "With --from gold or --new-lineage, FILE may be left out: the lineage is rolled back"
     " (or started) and checkpointed, and nothing is trained.\n\n"
     "Exit status: 0 done; 1 a file was rejected; 2 a usage, settings or lineage problem;"
-    " 75 out of disk space (free some, run it again); 128+N stopped by signal N (run it"
-    " again to resume)."
+    " 75 out of disk space (free some, run it again); 70 a process of a torchrun group"
+    " hung past worker.collective_timeout_s (run it again); 128+N stopped by signal N (run"
+    " it again to resume).\n\n"
+    "--nproc-per-node N runs the same command again under torchrun (python -m"
+    " torch.distributed.run), N processes on this machine training one model together"
+    " (with --nnodes, --node-rank and --rdzv-endpoint, on several machines); the exit"
+    " status is then that of the first process that failed, as above."
 )
 def train(
     files: FilesArgument = None,
@@ -147,6 +163,10 @@ def train(
     from_: FromOption = Source.LATEST,
     new_lineage: NewLineageOption = False,
     log_level: LogLevelOption = LogLevel.INFO,
+    nproc_per_node: NprocOption = 1,
+    nnodes: NnodesOption = 1,
+    node_rank: NodeRankOption = 0,
+    rdzv_endpoint: RdzvEndpointOption = None,
 ) -> None:
     """Train on FILE... in order (the help text is the decorator's, kept on single lines)."""
     if (init_from is not None or new_lineage) and from_ is Source.GOLD:
@@ -161,6 +181,19 @@ def train(
         raise typer.Exit(2)
     settings = settings_or_exit(config)
     configure_logging(log_level.value)
+    group = Group(
+        nproc_per_node=nproc_per_node,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        rdzv_endpoint=rdzv_endpoint,
+    )
+    try:
+        launch = train_relaunch(sys.argv[1:], group=group, settings=settings)
+    except LaunchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if launch is not None:
+        raise typer.Exit(run_launch(launch))
     # Imported here: it pulls in torch, which --help, init and version must not pay for.
     from service.worker.runner import train_files
 
@@ -184,10 +217,15 @@ def serve(
 
     Drop *.jsonl files into paths.inbox: each is checked, recorded in the ledger and
     trained in turn on one global step count. SIGTERM or Ctrl-C checkpoints at the next
-    optimizer step and exits 0.
+    optimizer step and exits 0. With worker.nproc_per_node or worker.nnodes above 1 the
+    worker is a torchrun group (this machine is node 0; the others run traind node).
     """
     settings = settings_or_exit(config)
     configure_logging(log_level.value)
+    refusal = serve_refusal(settings)
+    if refusal is not None:
+        typer.echo(f"error: {refusal}", err=True)
+        raise typer.Exit(2)
     from api.web.server import run_server
 
     raise typer.Exit(run_server(settings))
@@ -237,6 +275,7 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+register_node(app)
 register_remote_commands(app)
 register_requeue(app)
 

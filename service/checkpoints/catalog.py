@@ -304,6 +304,7 @@ def _json_file(path: Path, *, notes: list[str], optional: bool = False) -> dict[
 
 
 def _size(folder: Path) -> int:
+    """Bytes of the files in ``folder`` and its sub-folders (a group's ``sharded/``)."""
     total = 0
     # A running trainer rotates old checkpoints away, possibly while this reads them.
     with contextlib.suppress(OSError):
@@ -311,6 +312,8 @@ def _size(folder: Path) -> int:
             with contextlib.suppress(OSError):
                 if entry.is_file(follow_symlinks=False):
                     total += entry.stat(follow_symlinks=False).st_size
+                elif entry.is_dir(follow_symlinks=False):
+                    total += _size(Path(entry.path))
     return total
 
 

@@ -31,7 +31,8 @@ FIXED = {
     "ledger": "needs a restart: the ledger is opened at start",
     "model": "needs a restart: the model is built when the worker opens the lineage",
     "watcher": "needs a restart: the inbox watcher takes its settings at start",
-    "worker": "needs a restart: the worker is started and supervised with these",
+    "worker": "needs a restart: the worker (or its torchrun group, on every machine) is "
+    "started and supervised with these",
 }
 """The sections fixed while the service runs, and why."""
 REDACTED = "<redacted>"

@@ -41,6 +41,18 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 """The devices a setting or an option may name (``fullmatch``)."""
 
 
+def rendezvous_address(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6 address]:port`` too) split; ValueError saying what is wrong."""
+    host, colon, port = value.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(
+            f"{value!r} is not host:port (node 0's address and a port from 1 to 65535, "
+            'e.g. "10.0.0.1:29500")'
+        )
+    return host, int(port)
+
+
 def existing_file(value: str | Path, *, what: str) -> Path:
     path = Path(value).expanduser().resolve()
     if not path.is_file():
@@ -169,6 +181,67 @@ class WorkerSection(Section):
         description="While a disk is full, the worker tries the failed write again this often "
         "(it waits, reporting the error; nothing counts against the file).",
     )
+    # Launching a torchrun group (docs/deploy.md, "Several GPUs and machines").
+    nproc_per_node: int = Field(
+        1,
+        ge=1,
+        description="Training processes on this machine, one per GPU; above 1 (or with "
+        "nnodes above 1) the worker runs as a torchrun group.",
+    )
+    nnodes: int = Field(
+        1,
+        ge=1,
+        description="Machines in the group: node 0 runs traind serve, the others traind node.",
+    )
+    node_rank: int = Field(
+        0,
+        ge=0,
+        description="This machine's place in the group, 0 to nnodes - 1 (0: the one that runs "
+        "traind serve); set it per machine, e.g. TRAIND_WORKER__NODE_RANK=1.",
+    )
+    rdzv_endpoint: str | None = Field(
+        None,
+        min_length=1,
+        examples=["10.0.0.1:29500"],
+        description='With nnodes above 1: "host:port" of node 0, which the other nodes '
+        "reach and where node 0 listens (torchrun's rendezvous).",
+    )
+    strategy: typing.Literal["auto", "ddp", "fsdp"] = Field(
+        "auto",
+        description='How a group shares the model: "ddp" (each process holds all of it), '
+        '"fsdp" (sharded), "auto" (fsdp when the model and its optimizer do not fit one '
+        "device).",
+    )
+    collective_timeout_s: float = Field(
+        240.0,
+        gt=0,
+        description="A process of the group that waits this long for the others (a hung "
+        "process) fails the group, which is reported and restarted; longer than any "
+        "evaluation or checkpoint one process does alone, and below worker.hang_timeout_s "
+        "so that the collective's error, not the supervisor's hang check, tells what "
+        "happened.",
+    )
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _host_and_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            rendezvous_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_group(self) -> WorkerSection:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(
+                f"worker.node_rank = {self.node_rank} must be below worker.nnodes = "
+                f"{self.nnodes} (machines are numbered 0 to nnodes - 1)"
+            )
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise ValueError(
+                f'worker.nnodes = {self.nnodes} needs worker.rdzv_endpoint = "host:port": '
+                "node 0's address as the other machines reach it, and a free port there"
+            )
+        return self
 
 
 class TrainSection(

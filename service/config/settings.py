@@ -23,7 +23,7 @@ import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import (
     BaseModel,
@@ -63,6 +63,9 @@ from trainer.config import (
     TrainConfig,
 )
 from trainer.vocab_file import read_tokens_file
+
+if TYPE_CHECKING:
+    from trainer.distributed import DistConfig
 
 __all__ = [
     "CONFIG_ENV",
@@ -236,6 +239,18 @@ class Settings(BaseSettings):
 
     def run_paths(self) -> RunPaths:
         return RunPaths(checkpoints=self.paths.checkpoints, state=self.paths.state)
+
+    def world_size(self) -> int:
+        """Training processes in the worker's group: ``nproc_per_node`` x ``nnodes``."""
+        return self.worker.nproc_per_node * self.worker.nnodes
+
+    def dist_config(self) -> DistConfig:
+        """How a torchrun group trains: ``worker.strategy`` and ``collective_timeout_s``."""
+        # Imported here: trainer.distributed is the process-group module, and the settings
+        # must stay importable without torch (the main process and the CLI load them).
+        from trainer.distributed import DistConfig
+
+        return DistConfig(strategy=self.worker.strategy, timeout_s=self.worker.collective_timeout_s)
 
     def database_url(self) -> str:
         """``ledger.url``, or a SQLite file in the state folder."""

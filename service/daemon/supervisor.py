@@ -2,7 +2,11 @@
 section 2).
 
 The worker is a plain child process (``python -m service.worker``) that inherits the
-service's environment, plus the id it reports under (``TRAIND_WORKER_ID``). It loads its
+service's environment, plus the id it reports under (``TRAIND_WORKER_ID``). When
+``[worker]`` asks for several processes, it is node 0's torchrun agent instead, running
+one worker per process (:mod:`service.worker.torchrun`), and "the worker" below is that
+whole group: a SIGTERM to the agent reaches every rank, a kill takes every process below
+the agent, and the death of any rank ends the agent, as the worker's would. It loads its
 settings from the settings in force that the main process wrote
 (``<paths.state>/settings-in-force.json``, :mod:`service.config.in_force`), never from
 ``traind.toml``: a worker restarted after a crash gets the settings in force, not a file
@@ -27,19 +31,18 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-from service.config.in_force import in_force_path
 from service.config.settings import Settings
 from service.diskspace import space_problems
 from service.ledger import FileState, Ledger, WorkerState, WorkerStatus
 from service.signals import EXIT_BAD_SETTINGS, WORKER_ID_ENV
+from service.worker.agent import kill_tree
+from service.worker.torchrun import worker_launch
 from trainer.records.events import EventLog
 from trainer.records.storage import DiskFullError
 
@@ -91,7 +94,9 @@ class Supervisor:
         self.events = events
         # Reads only sections a reload never changes ([worker], [ledger], [paths]).
         self.settings = settings
-        self.command = command or worker_command(in_force_path(settings))
+        launch = worker_launch(settings)
+        self.command = command or list(launch.argv)
+        self._launch = launch
         self.on_fatal = on_fatal
         self._proc: subprocess.Popen | None = None
         self._worker_id: str | None = None
@@ -139,7 +144,7 @@ class Supervisor:
                 code = proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 log.error("the worker did not stop within %.0fs; killing it", grace)
-                proc.kill()
+                kill_tree(proc.pid)
                 code = proc.wait()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -154,10 +159,20 @@ class Supervisor:
                 if self._stopping.is_set():
                     return
                 self._proc = subprocess.Popen(
-                    self.command, env={**os.environ, WORKER_ID_ENV: worker_id}
+                    self.command,
+                    env={**os.environ, **self._launch.env, WORKER_ID_ENV: worker_id},
+                    start_new_session=self._launch.group,
                 )
                 self._worker_id = worker_id
-            log.info("worker started (pid %d)", self._proc.pid)
+            if self._launch.group:
+                log.info(
+                    "worker group started: torchrun agent pid %d, %d processes here, world size %d",
+                    self._proc.pid,
+                    self.settings.worker.nproc_per_node,
+                    self.settings.world_size(),
+                )
+            else:
+                log.info("worker started (pid %d)", self._proc.pid)
             code, hung = self._watch(self._proc, worker_id)
             self._last_exit = code
             if self._stopping.is_set():
@@ -172,7 +187,8 @@ class Supervisor:
                     self.on_fatal(self._fatal)
                 return
             if hung or code != 0:
-                self._count_crash(worker_id, reason=hung or _exit_reason(code))
+                reason = hung or _exit_reason(code, group=self._launch.group)
+                self._count_crash(worker_id, reason=reason)
             if time.monotonic() - started >= HEALTHY_AFTER_S:
                 backoff = self.settings.worker.restart_backoff_s
             log.error("worker exited with status %s; restarting it in %.1fs", code, backoff)
@@ -214,7 +230,7 @@ class Supervisor:
             if hung is not None:
                 self._hung = hung
                 log.error("%s", hung)
-                proc.kill()
+                kill_tree(proc.pid)
                 return proc.wait(), hung
             if now >= next_reap:
                 next_reap = now + reap_every
@@ -279,18 +295,16 @@ class Supervisor:
                     log.error("could not record the failure of %s: disk full", record.name)
 
 
-def _exit_reason(code: int) -> str:
-    if code < 0:
+def _exit_reason(code: int, *, group: bool = False) -> str:
+    # A group's agent exits with the status of its first failed process, 128 + N for one
+    # killed by signal N (service.worker.agent); torchrun's lines in the log name it.
+    who = "a process of the worker group" if group and code > 0 else "the worker"
+    signum = -code if code < 0 else code - 128 if group and code > 128 else None
+    if signum is not None:
         try:
-            name = signal.Signals(-code).name
+            name = signal.Signals(signum).name
         except ValueError:
-            name = f"signal {-code}"
-        hint = " (the kernel's OOM killer?)" if code == -signal.SIGKILL else ""
-        return f"the worker was killed by {name}{hint}"
-    return f"the worker exited with status {code}"
-
-
-def worker_command(in_force: Path) -> list[str]:
-    """The command line the supervisor runs (for documentation and tests): the worker
-    with the settings-in-force file the main process writes."""
-    return [sys.executable, "-m", "service.worker", "--settings", str(in_force)]
+            name = f"signal {signum}"
+        hint = " (the kernel's OOM killer?)" if signum == signal.SIGKILL else ""
+        return f"{who} was killed by {name}{hint}"
+    return f"{who} exited with status {code}"

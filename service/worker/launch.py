@@ -18,8 +18,11 @@ from pathlib import Path
 from service.config.in_force import read_in_force
 from service.config.settings import SettingsError, load_settings
 from service.signals import EXIT_BAD_SETTINGS, StopFlag
+from service.worker.opening import open_trainer
 from service.worker.process import Worker
 from service.worker.revisions import SettingsRevisions
+from trainer.distributed import leave_group, rank_from_env
+from trainer.follower import follow
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +67,17 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             log.error("%s", problem)
         return EXIT_BAD_SETTINGS
-    if found is None:
-        return Worker(settings, stop=stop).run()
-    log.info("settings revision %d of %s", found.revision, args.settings)
-    revisions = SettingsRevisions(args.settings, held=found.revision)
-    return Worker(settings, stop=stop, revisions=revisions).run()
+    if rank_from_env() != 0:
+        # A torchrun rank other than 0: rank 0 alone reads the ledger and decides.
+        try:
+            return follow(lambda: open_trainer(settings))
+        finally:
+            leave_group()
+    revisions = None
+    if found is not None:
+        log.info("settings revision %d of %s", found.revision, args.settings)
+        revisions = SettingsRevisions(args.settings, held=found.revision)
+    try:
+        return Worker(settings, stop=stop, revisions=revisions).run()
+    finally:
+        leave_group()

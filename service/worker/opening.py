@@ -49,6 +49,7 @@ def open_trainer(
         expected_lineage=expected_lineage,
         on_disk_full=on_disk_full,
         source_of=source_of,
+        distributed=settings.dist_config(),
     )
 
 

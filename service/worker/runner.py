@@ -32,6 +32,8 @@ EXIT_REJECTED = 1
 EXIT_USAGE = 2
 EXIT_DISK_FULL = 75
 """EX_TEMPFAIL: out of disk space; free some and run the same command again."""
+EXIT_GROUP_FAILED = 70
+"""EX_SOFTWARE: a torchrun rank hung or died; run the same command again to resume."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,6 +68,7 @@ def train_files(
     stop: StopFlag | None = None,
 ) -> int:
     """Train ``files`` in order on the configured lineage; returns a process exit code."""
+    from trainer.distributed import CollectiveTimeoutError
     from trainer.records.storage import DiskFullError
 
     try:
@@ -80,6 +83,10 @@ def train_files(
     except DiskFullError as exc:
         log.error("%s; then run the same command again: it resumes from its last checkpoint", exc)
         return EXIT_DISK_FULL
+    except CollectiveTimeoutError:
+        # Said and recorded (collective_timeout); the last committed checkpoint stands.
+        log.error("run the same command again: it resumes from the last committed checkpoint")
+        return EXIT_GROUP_FAILED
 
 
 def _train(
@@ -91,6 +98,33 @@ def _train(
     new_lineage: bool,
     stop: StopFlag | None,
 ) -> int:
+    from trainer.distributed import leave_group, rank_from_env
+
+    if stop is None:
+        stop = StopFlag()
+        stop.install()
+    if rank_from_env() != 0:
+        return _follow(settings)  # a torchrun rank other than 0: rank 0 decides
+    try:
+        return _lead(settings, files, init_from, from_gold, new_lineage, stop)
+    finally:
+        leave_group()
+
+
+def _follow(settings: Settings) -> int:
+    """Under ``traind train --nproc-per-node N``: a rank other than 0 trains what rank 0
+    decides (``trainer.follower``)."""
+    from service.worker.opening import open_trainer
+    from trainer.distributed import leave_group
+    from trainer.follower import follow
+
+    try:
+        return follow(lambda: open_trainer(settings))
+    finally:
+        leave_group()
+
+
+def _lead(settings, files, init_from, from_gold, new_lineage, stop) -> int:
     from service.worker.opening import open_trainer
     from trainer.checkpoint import CheckpointError
     from trainer.evaluate import EvalSetError
@@ -98,9 +132,6 @@ def _train(
     from trainer.opening import LineageLockedError
     from trainer.tokenizer import TokenizerError
 
-    if stop is None:
-        stop = StopFlag()
-        stop.install()
     planned = plan_files(files)
     try:
         # Not waiting for the lineage lock: beside a running daemon this is refused at once.

@@ -102,10 +102,15 @@ def test_init_from_onto_an_existing_lineage_is_refused(tmp_path, drops, settings
     assert "already holds a lineage" in caplog.text
 
 
-def test_multi_process_launch_is_refused_clearly(drops, settings, caplog, monkeypatch):
+def test_a_world_size_without_torchrun_is_refused_clearly(drops, settings, caplog, monkeypatch):
+    """WORLD_SIZE set by hand (no torchrun, so no rank or rendezvous): exit 2 saying how
+    to train with several processes, instead of a wait for a group that never forms."""
     monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
     assert train_files(settings, [drops[0]], stop=StopFlag()) == EXIT_USAGE
-    assert "WORLD_SIZE=2" in caplog.text
+    assert "WORLD_SIZE=2 but RANK, MASTER_ADDR, MASTER_PORT not set" in caplog.text
+    assert "--nproc-per-node" in caplog.text
 
 
 def test_the_summary_names_gold_and_says_when_the_export_is_off_or_not_yet(tmp_path, settings):
