@@ -34,27 +34,15 @@ def write_for_group(
     fault: Callable[[str], None],
 ) -> Path:
     """Write ``content`` as ``root/name`` with every rank of ``group``."""
-    live = content.model.state_dict()
-    tensors = {n: live[n] for n in (content.names or names)}
     if STEP_DIR.match(name):
         return write_sharded(
-            root / name,
-            tensors=tensors,
-            optimizer_state=content.optimizer_state,
-            small=small_files(
-                config=content.config,
-                tokenizer_json=content.tokenizer_json,
-                training_state=content.training_state,
-                tokenizer_config_json=content.tokenizer_config_json,
-            ),
-            leader=group.leader,
-            fault=fault,
-            format_version=content.training_state.get("format_version", 1),
+            root / name, **_sharded(content, names=names), leader=group.leader, fault=fault
         )
+    live = content.model.state_dict()
     whole = dataclasses.replace(
         content,
         model=None,
-        tensors={n: full_tensor(t).detach().cpu() for n, t in tensors.items()},
+        tensors={n: full_tensor(live[n]).detach().cpu() for n in (content.names or names)},
         optimizer_state=_gathered(content.optimizer_state),
     )
     if group.leader:
@@ -75,22 +63,31 @@ def begin_for_group(
 ) -> Callable[[], Path]:
     """Start the step checkpoint ``root/name`` in the background with every rank of
     ``group`` (``trainer.sharded.begin_sharded``); returns what finishes it."""
-    live = content.model.state_dict()
     return begin_sharded(
         root / name,
-        tensors={n: live[n] for n in (content.names or names)},
-        optimizer_state=content.optimizer_state,
-        small=small_files(
+        **_sharded(content, names=names),
+        leader=group.leader,
+        fault=fault,
+        process_group=group.background,
+    )
+
+
+def _sharded(content: CheckpointContent, *, names: tuple[str, ...]) -> dict[str, Any]:
+    """What a sharded write takes from ``content``: this rank's tensors (live: DCP copies
+    or writes them at once), the optimizer state, and the small files as of now."""
+    live = content.model.state_dict()
+    return {
+        "tensors": {n: live[n] for n in (content.names or names)},
+        "optimizer_state": content.optimizer_state,
+        "small": small_files(
             config=content.config,
             tokenizer_json=content.tokenizer_json,
+            # A copy: a background write seals it after training has gone on.
             training_state=copy.deepcopy(content.training_state),
             tokenizer_config_json=content.tokenizer_config_json,
         ),
-        leader=group.leader,
-        fault=fault,
-        format_version=content.training_state.get("format_version", 1),
-        process_group=group.background,
-    )
+        "format_version": content.training_state.get("format_version", 1),
+    }
 
 
 def _gathered(value: Any) -> Any:
