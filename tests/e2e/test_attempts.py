@@ -9,8 +9,7 @@ import signal
 import time
 
 import torch
-from conftest import traind_cli, wait_for
-from test_kill import reference_run
+from conftest import Reference, beside_the_module, traind_cli, wait_for
 
 from service.ledger import FileState
 from tests.corpus import make_drops
@@ -35,8 +34,10 @@ def assert_same_weights(root, reference):
 def test_clean_restarts_mid_file_never_count_as_crashes(tmp_path, service_factory):
     """Three SIGTERM restarts during one file, with max_attempts = 1: before, the third
     re-claim failed the file as "crashed the worker 3 times", half-trained."""
-    big = big_drop(tmp_path, copies=100)
-    reference = reference_run(tmp_path / "reference", [big])
+    # About 180 steps: the third stop comes at step 60 and a few, far from the file's end
+    # (100 copies, about 460 steps, only made both runs longer).
+    big = big_drop(tmp_path, copies=40)
+    started = Reference(tmp_path / "reference", [big])  # trained meanwhile
     service = service_factory(TRAIND_WORKER__MAX_ATTEMPTS="1")
     service.start()
     service.drop(big)
@@ -55,7 +56,7 @@ def test_clean_restarts_mid_file_never_count_as_crashes(tmp_path, service_factor
     assert done.attempts == 0 and done.error is None
     assert not service.events("file_failed")
     assert service.terminate() == 0
-    assert_same_weights(service.root, reference)
+    assert_same_weights(service.root, started.result())
 
 
 def test_a_step_longer_than_the_lease_keeps_its_claim(tmp_path, service_factory):
@@ -76,14 +77,13 @@ def test_a_step_longer_than_the_lease_keeps_its_claim(tmp_path, service_factory)
     assert service.terminate() == 0
 
 
-def test_a_file_failed_by_crashes_and_retried_continues_where_the_lineage_left_it(
-    tmp_path, service_factory
-):
-    """Every worker dies at its 6th step until the file fails (max_attempts 2); with the
-    cause fixed, ``traind retry`` continues it: no step of it is trained twice, and the
-    weights are those of a run that never crashed."""
+RETRY_TEST = "test_a_file_failed_by_crashes_and_retried_continues_where_the_lineage_left_it"
+
+
+def crash_until_failed_then_retry(tmp_path, service_factory):
+    """The scenario of the test below, with its checks."""
     big = big_drop(tmp_path)
-    reference = reference_run(tmp_path / "reference", [big])
+    started = Reference(tmp_path / "reference", [big])  # trained meanwhile
     crashing = service_factory(
         "svc", TRAIND_FAULT="loop:mid_step@6", TRAIND_WORKER__MAX_ATTEMPTS="2"
     )
@@ -108,12 +108,27 @@ def test_a_file_failed_by_crashes_and_retried_continues_where_the_lineage_left_i
     retried = traind_cli(fixed, "retry", str(failed.id))
     assert retried.returncode == 0, retried.stderr
     (done,) = fixed.wait_done(1)
+    reference = started.result()
     assert done.attempts == 0
     resumed = fixed.events("file_resumed")
     assert [e["step"] for e in resumed] == [parked["step"]]
     assert done.end_step == reference.step == parked["target_step"]
     assert fixed.terminate() == 0
     assert_same_weights(fixed.root, reference)
+
+
+# Crashes and restarts take their time whatever the pace, and nothing checked depends on
+# it: the scenario runs beside the module's first tests.
+crashed_then_retried = beside_the_module(RETRY_TEST, crash_until_failed_then_retry)
+
+
+def test_a_file_failed_by_crashes_and_retried_continues_where_the_lineage_left_it(
+    crashed_then_retried,
+):
+    """Every worker dies at its 6th step until the file fails (max_attempts 2); with the
+    cause fixed, ``traind retry`` continues it: no step of it is trained twice, and the
+    weights are those of a run that never crashed."""
+    crashed_then_retried.result()
 
 
 def test_a_hung_worker_is_reported_then_replaced(tmp_path, service_factory):

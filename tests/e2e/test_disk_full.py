@@ -73,7 +73,7 @@ def big_file(tmp_path, copies: int) -> Path:
 def test_a_full_checkpoints_disk_waits_reports_and_recovers(tmp_path, service_factory, small_disk):
     big = big_file(tmp_path, copies=40)
     settings = {"TRAIND_TRAIN__KEEP_CHECKPOINTS": "2", "TRAIND_EVAL__HOLDOUT_FRACTION": "0"}
-    ref = reference(tmp_path, [big], **settings)
+    started = reference(tmp_path, [big], **settings)  # trained meanwhile
     disk = small_disk("ckdisk", 16 * MIB)
     service = service_factory(TRAIND_PATHS__CHECKPOINTS=str(disk / "checkpoints"), **settings)
     service.start()
@@ -109,6 +109,7 @@ def test_a_full_checkpoints_disk_waits_reports_and_recovers(tmp_path, service_fa
     from trainer.checkpoint import latest_checkpoint
 
     ours = latest_checkpoint(disk / "checkpoints")
+    ref = started.result()
     assert ours.step == ref.step
     weights = ref.weights()
     for key, value in ours.weights().items():

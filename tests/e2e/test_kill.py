@@ -10,35 +10,15 @@ import math
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
-from conftest import Service, service_env, wait_for
+from conftest import Reference, Service, beside_the_module, wait_for
 
 from service.ledger import FileState
 from tests.corpus import make_drops
 from trainer.checkpoint import latest_checkpoint
-
-
-def reference_run(root, drops, **extra):
-    """An uninterrupted ``traind train`` of ``drops`` with the service's training settings
-    (and ``extra`` ones); its newest checkpoint."""
-    root.mkdir(parents=True, exist_ok=True)
-    env = service_env(root, port=1, **extra)  # no server is started
-    result = subprocess.run(
-        [sys.executable, "-m", "api.cli.main", "train", *map(str, drops)],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return latest_checkpoint(root / "checkpoints")
 
 
 def kill_rounds(
@@ -51,9 +31,10 @@ def kill_rounds(
     drops = make_drops(tmp_path / "drops")
     for drop in drops:
         drop.write_text(drop.read_text() * copies)
-    reference = None
+    started = None
     if batch_change_at is None:
-        reference = reference_run(tmp_path / "reference", drops)
+        # Trained while the rounds run (see ``Reference``).
+        started = Reference(tmp_path / "reference", drops)
     service = Service(tmp_path / "killed")
     service.inbox.mkdir(parents=True)
     now = time.time()
@@ -97,6 +78,7 @@ def kill_rounds(
         assert service.terminate() == 0
     finally:
         service.cleanup()
+    reference = started.result() if started is not None else None
     return service, reference, done, kills, terms
 
 
@@ -130,10 +112,18 @@ def test_sigkill_and_sigterm_the_service_over_12_rounds(tmp_path):
     check(service, reference, done)
 
 
-def test_kill_rounds_with_a_batch_change_still_train_every_sequence_once(tmp_path):
-    service, reference, done, kills, terms = kill_rounds(
-        tmp_path, rounds=7, seed=5, batch_change_at=1, copies=6
-    )
+BATCH_CHANGE_TEST = "test_kill_rounds_with_a_batch_change_still_train_every_sequence_once"
+
+# The batch-change rounds run beside the 12 rounds (both are random moments: nothing they
+# check depends on when a kill lands), so the two take about the time of the longer one.
+batch_change_rounds = beside_the_module(
+    BATCH_CHANGE_TEST,
+    lambda root, _services: kill_rounds(root, rounds=7, seed=5, batch_change_at=1, copies=6),
+)
+
+
+def test_kill_rounds_with_a_batch_change_still_train_every_sequence_once(batch_change_rounds):
+    service, reference, done, kills, terms = batch_change_rounds.result()
     assert kills + terms >= 4
     check(service, reference, done, weights=False)
     sizes = {e["file"]: e["sequences_per_step"] for e in service.events("file_start")}

@@ -8,8 +8,7 @@ import subprocess
 import sys
 
 import torch
-from conftest import wait_for
-from test_kill import reference_run
+from conftest import Reference, beside_the_module, wait_for
 
 from service.ledger import FileState
 from tests.corpus import make_drops
@@ -17,8 +16,10 @@ from trainer.checkpoint import latest_checkpoint
 from trainer.records.checkpoints import step_folders
 
 
-def reference(tmp_path, drops, **extra):
-    return reference_run(tmp_path / "reference", drops, **extra)
+def reference(tmp_path, drops, **extra) -> Reference:
+    """The uninterrupted run, started now and trained while the test drives its service;
+    ``.result()`` waits for it."""
+    return Reference(tmp_path / "reference", drops, **extra)
 
 
 def assert_same_weights(root, ref):
@@ -57,7 +58,7 @@ def test_done_files_whose_checkpoints_were_lost_are_trained_again(tmp_path, serv
     assert (again["b.jsonl"].start_step, again["b.jsonl"].end_step) == (b.start_step, b.end_step)
     assert not service.events("file_parked")
     assert service.terminate() == 0
-    assert_same_weights(service.root, ref)
+    assert_same_weights(service.root, ref.result())
 
 
 def test_a_lost_ledger_is_rebuilt_from_the_inbox_folders(tmp_path, service_factory):
@@ -98,8 +99,11 @@ def test_a_lost_ledger_is_rebuilt_from_the_inbox_folders(tmp_path, service_facto
     assert service.terminate() == 0
 
 
-def test_broken_checkpoints_refuse_a_new_lineage_until_told(tmp_path, service_factory):
-    """Before, a fresh random model started at step 0 and overwrote gold and the export."""
+BROKEN_TEST = "test_broken_checkpoints_refuse_a_new_lineage_until_told"
+
+
+def break_the_checkpoints_then_continue_from_gold(tmp_path, service_factory):
+    """The scenario of the test below, with its checks."""
     drops = make_drops(tmp_path / "drops")
     service = service_factory().start()
     service.drop(drops[0])
@@ -132,3 +136,12 @@ def test_broken_checkpoints_refuse_a_new_lineage_until_told(tmp_path, service_fa
     assert status["global_step"] == gold["global_step"] and status["error"] is None
     assert latest_checkpoint(root).training_state["lineage_id"] == gold["lineage_id"]
     assert service.terminate() == 0
+
+
+# Nothing it checks depends on its pace: it runs beside the module's other tests.
+broken_then_gold = beside_the_module(BROKEN_TEST, break_the_checkpoints_then_continue_from_gold)
+
+
+def test_broken_checkpoints_refuse_a_new_lineage_until_told(broken_then_gold):
+    """Before, a fresh random model started at step 0 and overwrote gold and the export."""
+    broken_then_gold.result()

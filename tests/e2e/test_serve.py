@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import traind_cli, wait_for
+from conftest import beside_the_module, traind_cli, wait_for
 
 from service.ledger import DesiredState, FileState
 from tests.corpus import make_drops
@@ -199,9 +199,11 @@ def test_a_dead_worker_is_restarted_and_training_goes_on(tmp_path, service_facto
     assert service.terminate() == 0
 
 
-def test_a_file_that_keeps_crashing_the_worker_is_failed_not_retried_forever(
-    tmp_path, service_factory
-):
+CRASHING_TEST = "test_a_file_that_keeps_crashing_the_worker_is_failed_not_retried_forever"
+
+
+def crash_on_every_start_then_retry_fixed(tmp_path, service_factory):
+    """The scenario of the test below, with its checks."""
     drops = make_drops(tmp_path / "drops")
     # Every worker process dies (SIGKILL) at its first optimizer step.
     service = service_factory(TRAIND_FAULT="loop:mid_step@1", TRAIND_WORKER__MAX_ATTEMPTS="2")
@@ -233,6 +235,17 @@ def test_a_file_that_keeps_crashing_the_worker_is_failed_not_retried_forever(
     assert done.attempts == 0 and done.start_step == 0
     assert not service.events("file_resumed")
     assert service.terminate() == 0
+
+
+# Crashes and restarts take their time whatever the pace, and nothing checked depends on
+# it: the scenario runs beside the module's first tests.
+crashed_until_failed = beside_the_module(CRASHING_TEST, crash_on_every_start_then_retry_fixed)
+
+
+def test_a_file_that_keeps_crashing_the_worker_is_failed_not_retried_forever(
+    crashed_until_failed,
+):
+    crashed_until_failed.result()
 
 
 def test_a_file_with_nothing_left_to_learn_is_rejected_by_the_worker(tmp_path, service_factory):

@@ -7,11 +7,12 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import torch
-from conftest import REPO, read_events, run_traind
+from conftest import REPO, Started, read_events, run_traind
 
 from tests.corpus import make_drops, traind_env
 from trainer.checkpoint import latest_checkpoint
@@ -44,14 +45,48 @@ def assert_same_as_reference(root, reference, drops):
     assert {e["file"] for e in budgets} == {p.name for p in drops}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def uninterrupted(request, tmp_path_factory):
+    """The module's uninterrupted runs (those its selected tests use), all started as the
+    module starts. The tests before the ones that need them run one-thread processes, so
+    the references train on the other core meanwhile (the small preset's, about 40 s,
+    used to be added whole); they run at a lower priority, so those tests keep their pace.
+    Each is waited for by the fixture that returns it."""
+    used = {
+        name
+        for item in request.session.items
+        if item.module is request.module
+        for name in item.fixturenames
+    }
+    started = {}
+    if "reference" in used:
+        root = tmp_path_factory.mktemp("reference")
+        drops = make_drops(root / "drops")
+        # Needed by the first test: at the normal priority.
+        run = Started(["train", *map(str, drops)], env=traind_env(root), cwd=root, nice=0)
+        started["reference"] = root, run
+    if "small_reference" in used:
+        drops = request.getfixturevalue("small_drops")
+        root = tmp_path_factory.mktemp("small-reference") / "run"
+        run = Started(
+            ["train", *map(str, drops)],
+            env=traind_env(root, **SMALL),
+            cwd=root.parent,
+            timeout=300,
+        )
+        started["small_reference"] = root, run
+    yield started
+    for _root, run in started.values():
+        run.stop()
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(uninterrupted):
     """One uninterrupted run for the whole module: every test's drops have the same names
     and bytes (``make_drops`` is deterministic), and a lineage depends on nothing else of
     a file, so each interrupted run must match this one."""
-    root = tmp_path_factory.mktemp("reference")
-    drops = make_drops(root / "drops")
-    result = run_traind(["train", *map(str, drops)], env=traind_env(root), cwd=root)
+    root, run = uninterrupted["reference"]
+    result = run.result()
     assert result.returncode == 0, result.stderr
     return final_state(root)
 
@@ -85,13 +120,87 @@ def _kill_at_a_point_until_done(root, drops, point, *, timeout=120, **env) -> in
     pytest.fail("never finished")
 
 
+POINT_TEST = "test_sigkill_at_a_point_then_resume_is_bit_identical"
+
+
+class KillLoops:
+    """The kill loops of the selected points, shared out between their tests and one
+    background thread: a test runs its point's loop itself unless the thread has taken it
+    (then it waits for it). The thread takes points from the end, the tests come from the
+    start. Each loop is one-thread ``traind train`` processes and its kills come at fixed
+    fault points, not at moments, so two loops side by side behave as one alone; they take
+    the two cores instead of one. What a loop leaves is checked by its test, as before."""
+
+    def __init__(self, tmp_path_factory, points: list[str]) -> None:
+        self._folders = {}
+        for point in points:
+            base = tmp_path_factory.mktemp("point")
+            self._folders[point] = base, make_drops(base / "drops")
+        self._lock = threading.Lock()
+        self._pending = list(points)
+        self._outcomes: dict[str, tuple[bool, object]] = {}
+        self._finished = {point: threading.Event() for point in points}
+        self._thread = threading.Thread(target=self._take_from_the_end, daemon=True)
+        self._thread.start()
+
+    def _take_from_the_end(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return
+                point = self._pending.pop()
+            try:
+                self._outcomes[point] = (True, self._loop(point))
+            except BaseException as exc:  # re-raised in the point's test
+                self._outcomes[point] = (False, exc)
+            self._finished[point].set()
+
+    def _loop(self, point: str) -> int:
+        base, drops = self._folders[point]
+        return _kill_at_a_point_until_done(base / "run", drops, point)
+
+    def run(self, point: str):
+        """The point's folder, drops and kills once its loop has finished."""
+        base, drops = self._folders[point]
+        with self._lock:
+            mine = point in self._pending
+            if mine:
+                self._pending.remove(point)
+        if mine:
+            return base, drops, self._loop(point)
+        assert self._finished[point].wait(timeout=280), f"{point}: its kill loop never ended"
+        done, value = self._outcomes[point]
+        if not done:
+            raise value
+        return base, drops, value
+
+    def close(self) -> None:
+        with self._lock:
+            self._pending.clear()
+        self._thread.join(timeout=280)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kill_loops(request, tmp_path_factory):
+    """Started with the module, for the points whose tests are selected."""
+    points = [
+        item.callspec.params["point"]
+        for item in request.session.items
+        if item.module is request.module and item.originalname == POINT_TEST
+    ]
+    loops = KillLoops(tmp_path_factory, points)
+    yield loops
+    loops.close()
+
+
 @pytest.mark.parametrize("point", KILL_POINTS)
-def test_sigkill_at_a_point_then_resume_is_bit_identical(tmp_path, drops, reference, point):
-    root = tmp_path / "run"
-    assert _kill_at_a_point_until_done(root, drops, point) >= 1
+def test_sigkill_at_a_point_then_resume_is_bit_identical(kill_loops, reference, point):
+    base, drops, kills = kill_loops.run(point)
+    root = base / "run"
+    assert kills >= 1
     assert_same_as_reference(root, reference, drops)
     # Re-running once more trains nothing: every file is already in the lineage.
-    again = run_traind(["train", *map(str, drops)], env=traind_env(root), cwd=tmp_path)
+    again = run_traind(["train", *map(str, drops)], env=traind_env(root), cwd=base)
     assert again.returncode == 0
     assert "already trained" in again.stderr
     assert final_state(root)[0] == reference[0]
@@ -173,14 +282,10 @@ def small_drops(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def small_reference(tmp_path_factory, small_drops):
-    root = tmp_path_factory.mktemp("small-reference") / "run"
-    result = run_traind(
-        ["train", *map(str, small_drops)],
-        env=traind_env(root, **SMALL),
-        cwd=root.parent,
-        timeout=300,
-    )
+def small_reference(uninterrupted):
+    """The small preset's uninterrupted run of ``small_drops`` (started with the module)."""
+    root, run = uninterrupted["small_reference"]
+    result = run.result()
     assert result.returncode == 0, result.stderr[-3000:]
     return final_state(root)
 
@@ -220,13 +325,17 @@ REPLAY = {"TRAIND_TRAIN__REPLAY_FRACTION": "0.25", "TRAIND_EVAL__HOLDOUT_FRACTIO
 
 def test_sigkill_mid_step_with_replay_then_resume_is_bit_identical(tmp_path, drops):
     straight = tmp_path / "straight"
-    result = run_traind(
-        ["train", *map(str, drops)], env=traind_env(straight, **REPLAY), cwd=tmp_path
-    )
+    # Trained on the other core while the killed runs go on (see ``Started``).
+    started = Started(["train", *map(str, drops)], env=traind_env(straight, **REPLAY), cwd=tmp_path)
+    root = tmp_path / "killed"
+    try:
+        kills = _kill_at_a_point_until_done(root, drops, "loop:mid_step@10", **REPLAY)
+        result = started.result()
+    finally:
+        started.stop()
     assert result.returncode == 0, result.stderr
     reference = final_state(straight)
     assert reference[3]["files_completed"][-1]["replayed_tokens"] > 0
-    root = tmp_path / "killed"
-    assert _kill_at_a_point_until_done(root, drops, "loop:mid_step@10", **REPLAY) >= 1
+    assert kills >= 1
     assert_same_as_reference(root, reference, drops)
     assert final_state(root)[3]["drop_best"] == reference[3]["drop_best"]
