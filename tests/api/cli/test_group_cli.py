@@ -4,6 +4,7 @@ replaced by a recorder; nothing starts torchrun here)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -18,8 +19,20 @@ from service.config.settings import load_settings
 from service.worker.torchrun import RELAUNCHED_ENV, Group, Launch
 
 runner = CliRunner()
-pytestmark = pytest.mark.usefixtures("clean_env")
+pytestmark = pytest.mark.usefixtures("clean_env", "root_logging_kept")
 ENDPOINT = "127.0.0.1:29500"
+
+
+@pytest.fixture
+def root_logging_kept():
+    """The commands configure logging as a process would (a handler on the runner's
+    stream, INFO on the root logger): put the root logger back, or later tests in this
+    process would log into a closed stream and see INFO records they never asked for."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
