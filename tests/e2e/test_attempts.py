@@ -9,7 +9,7 @@ import signal
 import time
 
 import torch
-from conftest import Reference, beside_the_module, traind_cli, wait_for
+from conftest import Reference, traind_cli, wait_for
 
 from service.ledger import FileState
 from tests.corpus import make_drops
@@ -77,11 +77,12 @@ def test_a_step_longer_than_the_lease_keeps_its_claim(tmp_path, service_factory)
     assert service.terminate() == 0
 
 
-RETRY_TEST = "test_a_file_failed_by_crashes_and_retried_continues_where_the_lineage_left_it"
-
-
-def crash_until_failed_then_retry(tmp_path, service_factory):
-    """The scenario of the test below, with its checks."""
+def test_a_file_failed_by_crashes_and_retried_continues_where_the_lineage_left_it(
+    tmp_path, service_factory
+):
+    """Every worker dies at its 6th step until the file fails (max_attempts 2); with the
+    cause fixed, ``traind retry`` continues it: no step of it is trained twice, and the
+    weights are those of a run that never crashed."""
     big = big_drop(tmp_path)
     started = Reference(tmp_path / "reference", [big])  # trained meanwhile
     crashing = service_factory(
@@ -115,20 +116,6 @@ def crash_until_failed_then_retry(tmp_path, service_factory):
     assert done.end_step == reference.step == parked["target_step"]
     assert fixed.terminate() == 0
     assert_same_weights(fixed.root, reference)
-
-
-# Crashes and restarts take their time whatever the pace, and nothing checked depends on
-# it: the scenario runs beside the module's first tests.
-crashed_then_retried = beside_the_module(RETRY_TEST, crash_until_failed_then_retry)
-
-
-def test_a_file_failed_by_crashes_and_retried_continues_where_the_lineage_left_it(
-    crashed_then_retried,
-):
-    """Every worker dies at its 6th step until the file fails (max_attempts 2); with the
-    cause fixed, ``traind retry`` continues it: no step of it is trained twice, and the
-    weights are those of a run that never crashed."""
-    crashed_then_retried.result()
 
 
 def test_a_hung_worker_is_reported_then_replaced(tmp_path, service_factory):

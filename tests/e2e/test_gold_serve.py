@@ -11,8 +11,8 @@ limit (``tests/trainer/test_gold.py`` covers the numbers).
 import json
 import random
 
+from conftest import beside_the_module, wait_for
 from conftest import traind_cli as traind
-from conftest import wait_for
 
 from trainer.records.checkpoints import read_json_object, step_folders
 
@@ -190,7 +190,11 @@ def _pairs(n):
     return [(rng.randint(0, 99), rng.randint(0, 99)) for _ in range(n)]
 
 
-def test_a_broken_eval_set_stops_serve_with_status_2(tmp_path, service_factory):
+BROKEN_EVAL_TEST = "test_a_broken_eval_set_stops_serve_with_status_2"
+
+
+def start_with_a_broken_eval_set(tmp_path, service_factory):
+    """The scenario of the test below, with its checks."""
     broken = tmp_path / "general.jsonl"
     broken.write_text('{"text": "fine"}\n{"text": 3}\n')
     service = service_factory(TRAIND_EVAL__SETS=json.dumps({"general": str(broken)}))
@@ -200,3 +204,11 @@ def test_a_broken_eval_set_stops_serve_with_status_2(tmp_path, service_factory):
     assert service.proc.wait(timeout=60) == 2
     log = service.log_tail(200)
     assert "eval set 'general'" in log and "line 2" in log
+
+
+# Nothing it checks depends on its pace: it runs beside the test above.
+broken_eval_set = beside_the_module(BROKEN_EVAL_TEST, start_with_a_broken_eval_set)
+
+
+def test_a_broken_eval_set_stops_serve_with_status_2(broken_eval_set):
+    broken_eval_set.result()

@@ -47,11 +47,11 @@ def assert_same_as_reference(root, reference, drops):
 
 @pytest.fixture(scope="module", autouse=True)
 def uninterrupted(request, tmp_path_factory):
-    """The module's uninterrupted runs (those its selected tests use), all started as the
-    module starts. The tests before the ones that need them run one-thread processes, so
-    the references train on the other core meanwhile (the small preset's, about 40 s,
-    used to be added whole); they run at a lower priority, so those tests keep their pace.
-    Each is waited for by the fixture that returns it."""
+    """The module's uninterrupted runs (those its selected tests use), started as the
+    module starts and each waited for by the fixture that returns it. The small preset's
+    (10 to 40 s, added whole before) trains at a lower priority while the tests before
+    its own run their one-thread processes, on what they leave of the two cores, so they
+    keep their pace; the first test needs the other one at once, at the normal priority."""
     used = {
         name
         for item in request.session.items
