@@ -144,7 +144,22 @@ def eval_summary(event: dict[str, Any] | None) -> dict[str, Any] | None:
         "val_loss": float_or_none(event.get("val_loss")),
         "timestamp": event.get("timestamp"),
         "sets": {str(k): float_or_none(v) for k, v in eval_set_losses(event).items()},
+        "samples": samples_of(event),
     }
+
+
+def samples_of(event: dict[str, Any]) -> list[dict[str, str]]:
+    """The eval event's prompt samples; malformed entries (a hand-edited log) left out."""
+    samples = event.get("samples")
+    if not isinstance(samples, list):
+        return []
+    return [
+        {"prompt": s["prompt"], "completion": s["completion"]}
+        for s in samples
+        if isinstance(s, dict)
+        and isinstance(s.get("prompt"), str)
+        and isinstance(s.get("completion"), str)
+    ]
 
 
 def forgetting_summary(event: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -143,12 +143,20 @@ class ExportOut(_Out):
     complete: bool = Field(description="Its manifest.json exists (written last).")
 
 
+class SampleOut(_Out):
+    prompt: str = Field(description="One of eval.prompts.")
+    completion: str = Field(description="The model's greedy completion of it.")
+
+
 class LastEvalOut(_Out):
     step: int | None
     val_loss: float | None
     timestamp: str | None
     sets: dict[str, float | None] = Field(
         default_factory=dict, description="Each named eval set's loss."
+    )
+    samples: list[SampleOut] = Field(
+        default_factory=list, description="Each of eval.prompts with its greedy completion."
     )
 
 

@@ -165,7 +165,8 @@ def test_status_and_gold_read_the_event_log_and_the_gold_folder(api: LiveApi) ->
     emit(api, event="gold_checkpoint", step=8, val_loss=2.5)
     emit(api, event="checkpoint_saved", step=8)
     emit(api, event="gold_blocked", step=12, val_loss=2.7, reason="validation loss rose")
-    emit(api, event="eval", step=12, val_loss=2.7)
+    samples = [{"prompt": "Q: 2+2?", "completion": " 4"}, {"prompt": "bad"}]  # one malformed
+    emit(api, event="eval", step=12, val_loss=2.7, samples=samples)
     gold = api.settings.paths.checkpoints / "gold"
     gold.mkdir(parents=True)
     (gold / "training_state.json").write_text(json.dumps({"global_step": 8}))
@@ -177,6 +178,7 @@ def test_status_and_gold_read_the_event_log_and_the_gold_folder(api: LiveApi) ->
         "val_loss": 2.7,
         "timestamp": "2026-01-01T00:00:00.000Z",
         "sets": {},
+        "samples": [{"prompt": "Q: 2+2?", "completion": " 4"}],
     }
     assert body["gold"] == {"step": 8, "val_loss": 2.5}
 
