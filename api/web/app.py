@@ -7,6 +7,7 @@ The routes are in ``api.web.routes``, ``api.web.routes_files``, ``api.web.routes
 resolved here, once, so a bad token file stops the start with its reason.
 ``/docs`` is Swagger UI served from the package (``api/web/static/swagger-ui``), so it
 works on a host without internet; ``/redoc``, which would load its script from a CDN, is off.
+``/`` is the web dashboard (``api.web.dashboard``), a page that reads the same routes.
 This module never imports torch: everything it shows comes from the ledger and disk.
 """
 
@@ -24,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.web import uploads
 from api.web.auth import resolve_token
+from api.web.dashboard import install_dashboard
 from api.web.error_handlers import install_error_handlers
 from api.web.event_stream import events_router
 from api.web.history import EventDigest
@@ -67,6 +69,7 @@ def create_app(settings: Settings, *, daemon: Daemon | None = None) -> FastAPI:
     app.state.digest = EventDigest(settings.run_paths().events)
     install_error_handlers(app)
     install_docs(app)
+    install_dashboard(app)
     app.include_router(probes)
     app.include_router(v1)
     app.include_router(files)
