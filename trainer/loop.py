@@ -37,6 +37,7 @@ from trainer.optim import lr_at
 from trainer.parallel import parallelize
 from trainer.parking import holdout_for, park_current
 from trainer.progress import ProgressMeter, Scalars, StepReport, next_report
+from trainer.records.events import round_loss
 from trainer.records.state import FileProgress
 from trainer.records.storage import DiskFullError
 from trainer.replay import ReplayPool, SourceFinder
@@ -246,7 +247,8 @@ class Trainer:
         self.checkpointer.poll()
         started = time.monotonic()
         loss, tokens = self._optimizer_step(data, current)
-        meter.add(tokens=tokens, loss=loss)
+        seconds = time.monotonic() - started
+        meter.add(tokens=tokens, loss=loss, seconds=seconds)
         self.checkup.add_train_loss(loss)
         step = self.state.global_step
         report = self.last_report = next_report(
@@ -256,11 +258,11 @@ class Trainer:
             loss=loss,
             lr=lr_at(step - 1, self.train),
             tokens=tokens,
-            seconds=time.monotonic() - started,
+            seconds=seconds,
         )
         self.scalars.step(step, loss=loss, lr=report.lr, tokens_per_s=report.tokens_per_s)
         if step % self.train.log_interval == 0 or step == current.target_step:
-            log.info(meter.line(step=step, lr=lr_at(step - 1, self.train)))
+            self._report_progress(current, meter, step=step, lr=report.lr)
         at_end = step == current.target_step and self.evaluation.at_file_end
         if step % self.evaluation.interval == 0 and not at_end:
             current.elapsed_s = meter.elapsed()
@@ -272,6 +274,25 @@ class Trainer:
         ):
             current.elapsed_s = meter.elapsed()
             self.checkpointer.save(reason="interval")
+
+    def _report_progress(
+        self, current: FileProgress, meter: ProgressMeter, *, step: int, lr: float
+    ) -> None:
+        """The progress line and the ``progress`` event (what the dashboard plots), both of
+        the steps since the file's previous report."""
+        interval = meter.take()
+        log.info(meter.line(interval, step=step, lr=lr))
+        self.events.emit(
+            "progress",
+            step=step,
+            file=current.name,
+            start_step=current.start_step,
+            target_step=current.target_step,
+            loss=round_loss(interval.loss),
+            lr=lr,
+            tokens_per_s=round(interval.tokens_per_s, 1),
+            tokens_processed=self.state.tokens_processed,
+        )
 
     def _complete_file(self, current: FileProgress, meter: ProgressMeter) -> None:
         """The file reached its target: commit its end, then say so (exactly once)."""

@@ -1,6 +1,7 @@
 """How far training is, as people see it: the latest step's report, the console
-progress line (step/target, %, elapsed, ETA, tokens/s, loss, lr), and the optional
-TensorBoard scalars.
+progress line (step/target, %, elapsed, ETA, tokens/s, loss, lr) and the ``progress``
+event written beside it (from the same :class:`Interval`), and the optional TensorBoard
+scalars.
 
 The scalars (``train/loss``, ``val/<set>``, ``lr``, ``tokens_per_sec``) are behind the
 ``tensorboard`` extra (``pip install 'traind[tensorboard]'``) and the setting
@@ -43,6 +44,24 @@ def progress_pct(step: int, *, start_step: int, target_step: int) -> float:
     return 100.0 * (step - start_step) / max(1, target_step - start_step)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Interval:
+    """The optimizer steps of a file since its previous report: what the progress line and
+    the ``progress`` event both say of them, computed once."""
+
+    loss: float | None
+    """Mean loss of the steps that had one (skipped and target-less steps left out); None
+    if none had."""
+    tokens: int
+    """Input tokens the steps trained on (replayed ones included)."""
+    seconds: float
+    """The steps' own training time (not the evaluations or saves between them)."""
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+
 @dataclass(kw_only=True)
 class ProgressMeter:
     """Accumulates one log interval's worth of steps and renders the line."""
@@ -59,8 +78,8 @@ class ProgressMeter:
     """Monotonic time when this process started on the file."""
     prior_elapsed: float = 0.0
     """Seconds spent on the file by earlier processes."""
-    _mark: float = field(default_factory=time.monotonic)
     _tokens: int = 0
+    _seconds: float = 0.0
     _loss_sum: float = 0.0
     _loss_steps: int = 0
 
@@ -75,8 +94,11 @@ class ProgressMeter:
             prior_elapsed=current.elapsed_s,
         )
 
-    def add(self, *, tokens: int, loss: float | None) -> None:
+    def add(self, *, tokens: int, loss: float | None, seconds: float) -> None:
+        """One optimizer step: its tokens, its loss (None: skipped or no targets) and its
+        training time."""
         self._tokens += tokens
+        self._seconds += seconds
         if loss is not None:
             self._loss_sum += loss
             self._loss_steps += 1
@@ -84,20 +106,25 @@ class ProgressMeter:
     def elapsed(self) -> float:
         return self.prior_elapsed + time.monotonic() - self.started
 
-    def line(self, *, step: int, lr: float) -> str:
+    def take(self) -> Interval:
+        """The steps added since the previous call, and start the next interval."""
+        loss = self._loss_sum / self._loss_steps if self._loss_steps else None
+        interval = Interval(loss=loss, tokens=self._tokens, seconds=self._seconds)
+        self._tokens, self._seconds, self._loss_sum, self._loss_steps = 0, 0.0, 0.0, 0
+        return interval
+
+    def line(self, interval: Interval, *, step: int, lr: float) -> str:
+        """The console line of ``interval``, which ends at global step ``step``."""
         now = time.monotonic()
-        interval = max(now - self._mark, 1e-9)
-        rate = self._tokens / interval
         done = step - self.session_start_step
         remaining = self.target_step - step
         eta = (now - self.started) / done * remaining if done > 0 else 0.0
         pct = progress_pct(step, start_step=self.start_step, target_step=self.target_step)
-        loss = f"{self._loss_sum / self._loss_steps:.4f}" if self._loss_steps else "n/a"
-        self._mark, self._tokens, self._loss_sum, self._loss_steps = now, 0, 0.0, 0
+        loss = f"{interval.loss:.4f}" if interval.loss is not None else "n/a"
         return (
             f"step {step}/{self.target_step} ({pct:5.1f}%) {self.file_name} | "
             f"file elapsed {format_duration(self.elapsed())} ETA {format_duration(eta)} | "
-            f"{format_rate(rate)} | loss {loss} | lr {lr:.2e}"
+            f"{format_rate(interval.tokens_per_s)} | loss {loss} | lr {lr:.2e}"
         )
 
 

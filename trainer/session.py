@@ -78,7 +78,17 @@ class Session:
         if not self.state.files_completed:
             return
         last = self.state.files_completed[-1]
-        for record in self.events.read_backwards(event="file_complete"):
+        for record in self.events.read_backwards():
+            kind = record.get("event")
+            if kind == "lineage_retired":
+                break  # what is further back is another lineage's
+            if kind == "progress" and _step_of(record) > last.end_step:
+                # Training went on past the file's end, after an opening that reconciled
+                # it: its completion is recorded, maybe further back than read_backwards
+                # reads (a long file writes megabytes of progress events).
+                return
+            if kind != "file_complete":
+                continue
             if record.get("sha256") == last.sha256 and record.get("end_step") == last.end_step:
                 return
             if (record.get("end_step") or 0) < last.end_step:
@@ -124,3 +134,8 @@ def final_train_loss(state: TrainingState) -> float | None:
     if state.files_completed:
         return state.files_completed[-1].mean_loss
     return None
+
+
+def _step_of(record: dict) -> int:
+    step = record.get("step")
+    return step if isinstance(step, int) else -1

@@ -14,6 +14,7 @@ from trainer.checkpoint import latest_checkpoint, read_checkpoint
 from trainer.config import LineageSpec
 from trainer.lineage import LineageError
 from trainer.loop import FileOutcome
+from trainer.optim import lr_at
 from trainer.records.checkpoints import step_folders
 from trainer.rows import StepRows
 
@@ -237,6 +238,39 @@ def test_injected_nan_is_skipped_and_never_reaches_the_weights(tmp_path, open_tr
     assert skipped[0]["lines"]  # the offending line numbers
     assert not events(run_paths, "rollback")
     assert trainer.state.global_step == trainer.state.files_completed[0].end_step  # budget kept
+
+
+def test_progress_events_every_log_interval_steps_and_at_the_file_end(
+    tmp_path, open_trainer, run_paths
+):
+    """What the dashboard plots: one ``progress`` event per log interval, its loss the mean
+    of the interval's steps that had one (a skipped step left out), its lr the step's."""
+    path = write_jsonl(tmp_path / "a.jsonl", text_rows(120))
+    trainer = open_trainer(log_interval=5, warmup_steps=6, nan_skip_limit=3)
+    data = trainer.prepare(path)
+    trainer.model.register_forward_hook(NaNAt({7}))  # micro-batch 1 of step 3: skipped
+    assert trainer.train_file(data, name="a.jsonl") is FileOutcome.COMPLETED
+    (done,) = trainer.state.files_completed
+    assert done.end_step % 5 != 0  # the file's last step is reported though off the interval
+    progress = events(run_paths, "progress")
+    assert [e["step"] for e in progress] == [*range(5, done.end_step, 5), done.end_step]
+    for event in progress:
+        assert (event["file"], event["start_step"], event["target_step"]) == (
+            "a.jsonl",
+            0,
+            done.end_step,
+        )
+        assert event["lr"] == lr_at(event["step"] - 1, trainer.train)  # warm-up: all differ
+        assert event["tokens_per_s"] > 0 and 0 < event["loss"] < 20
+    processed = [e["tokens_processed"] for e in progress]
+    assert processed == sorted(set(processed))
+    assert processed[-1] == trainer.state.tokens_processed
+    # Interval means weighted by the steps that had a loss give the file's mean loss.
+    counted = [5 - (e["step"] == 5) for e in progress[:-1]]
+    counted.append(done.end_step - progress[-2]["step"])
+    mean = sum(e["loss"] * n for e, n in zip(progress, counted, strict=True)) / sum(counted)
+    assert trainer.state.nan_skips_total == 1
+    assert mean == pytest.approx(done.mean_loss, rel=1e-5)
 
 
 def test_repeated_nan_rolls_back_to_the_last_good_checkpoint(tmp_path, open_trainer, run_paths):

@@ -65,3 +65,62 @@ def test_nothing_trained_yet_is_null(tmp_path: Path) -> None:
     state.eval_history = [{"step": 0, "val_loss": None, "train_loss": None, "sets": {}}]
     record = finished(tmp_path / "events.jsonl", state)
     assert (record["train_loss"], record["val_loss"], record["val_step"]) == (None, None, None)
+
+
+def progress_line(step: int) -> str:
+    """A ``progress`` event as the trainer writes it (written here without an fsync each)."""
+    record = {
+        "event": "progress",
+        "timestamp": "2026-01-01T00:00:00.000Z",
+        "step": step,
+        "file": "b",
+        "start_step": 10,
+        "target_step": 10**9,
+        "loss": 2.345678,
+        "lr": 0.0003,
+        "tokens_per_s": 12345.6,
+        "tokens_processed": 1000 * step,
+    }
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+def completions(path: Path) -> list[dict]:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in records if r["event"] == "file_complete"]
+
+
+def test_a_long_file_s_progress_events_do_not_hide_the_last_completion(tmp_path: Path) -> None:
+    """More progress events since the last file_complete than reconcile reads back (8 MiB)
+    must not make it write that file_complete a second time."""
+    path = tmp_path / "events.jsonl"
+    state = TrainingState(global_step=50_000)
+    state.files_completed = [done("a", 10, 3.5)]
+    events = EventLog(path)
+    Session(state, events=events).file_complete(state.files_completed[0])
+    with path.open("a") as handle:
+        handle.writelines(progress_line(step) for step in range(11, 50_000))
+    assert path.stat().st_size > 9 * 2**20
+    Session(state, events=events).reconcile_file_complete()
+    assert len(completions(path)) == 1
+
+
+def test_a_completion_a_crash_cut_off_is_still_written(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    state = TrainingState(global_step=10)
+    state.files_completed = [done("a", 10, 3.5)]
+    with path.open("a") as handle:
+        handle.writelines(progress_line(step) for step in range(1, 11))  # up to its end
+    Session(state, events=EventLog(path)).reconcile_file_complete()
+    assert [(r["file"], r["end_step"]) for r in completions(path)] == [("a", 10)]
+
+
+def test_another_lineage_s_progress_proves_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    events = EventLog(path)
+    with path.open("a") as handle:
+        handle.writelines(progress_line(step) for step in range(100, 200))
+    events.emit("lineage_retired", kept_in="checkpoints/retired/x")
+    state = TrainingState(global_step=10)
+    state.files_completed = [done("a", 10, 3.5)]
+    Session(state, events=events).reconcile_file_complete()
+    assert [(r["file"], r["end_step"]) for r in completions(path)] == [("a", 10)]
