@@ -55,3 +55,5 @@ bench: setup
 	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/group_checkpoint.py
 	$(BIN)/python bench/forgetting.py
+	$(BIN)/python bench/history.py
+	$(BIN)/python bench/history.py --log-interval 1

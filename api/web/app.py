@@ -3,7 +3,7 @@
 Its lifespan starts the daemon's parts (inbox watcher, supervisor and through it the
 worker) and stops them on shutdown, giving the worker its grace time to checkpoint.
 The routes are in ``api.web.routes``, ``api.web.routes_files``, ``api.web.routes_settings``,
-``api.web.event_stream`` and ``api.web.metrics`` (docs/api.md), what they share in ``api.web.deps``; the bearer token is
+``api.web.routes_history``, ``api.web.event_stream`` and ``api.web.metrics`` (docs/api.md), what they share in ``api.web.deps``; the bearer token is
 resolved here, once, so a bad token file stops the start with its reason.
 ``/docs`` is Swagger UI served from the package (``api/web/static/swagger-ui``), so it
 works on a host without internet; ``/redoc``, which would load its script from a CDN, is off.
@@ -32,7 +32,9 @@ from api.web.history import EventDigest
 from api.web.metrics import metrics_router
 from api.web.routes import probes, v1
 from api.web.routes_files import files
+from api.web.routes_history import history_router
 from api.web.routes_settings import settings_router
+from api.web.series import SeriesStore
 from service.config.settings import Settings
 from service.daemon.main_process import Daemon
 
@@ -49,6 +51,7 @@ def create_app(settings: Settings, *, daemon: Daemon | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         running = daemon or Daemon(settings)
         app.state.daemon = running
+        app.state.series.start_reading()  # warm before the first page load asks
         running.start()
         try:
             yield
@@ -67,6 +70,7 @@ def create_app(settings: Settings, *, daemon: Daemon | None = None) -> FastAPI:
     app.state.token = resolve_token(settings)
     uploads.clear_leftovers(uploads.staging_folder(settings), inbox=settings.paths.inbox)
     app.state.digest = EventDigest(settings.run_paths().events)
+    app.state.series = SeriesStore(settings.run_paths().events)
     install_error_handlers(app)
     install_docs(app)
     install_dashboard(app)
@@ -74,6 +78,7 @@ def create_app(settings: Settings, *, daemon: Daemon | None = None) -> FastAPI:
     app.include_router(v1)
     app.include_router(files)
     app.include_router(settings_router)
+    app.include_router(history_router)
     app.include_router(events_router(events_path=settings.run_paths().events))
     app.include_router(metrics_router())
     return app
