@@ -425,6 +425,21 @@
     if (series.step.length > LIVE_POINTS_MAX) later("history", 0, () => loadHistory().catch(() => {}));
   }
 
+  /** Forget what the history holds past ``step`` (as the server does). */
+  function truncateAfter(step) {
+    if (typeof step !== "number") return;
+    for (const series of Object.values(page.history.series)) {
+      let n = series.step.length;
+      while (n > 0 && series.step[n - 1] > step) n -= 1;
+      for (const key of ["step", "value", "min", "max"]) series[key].length = n;
+    }
+    const h = page.history;
+    h.files = h.files.filter((f) => f.start_step <= step);
+    for (const f of h.files) if (f.end_step !== null && f.end_step > step) f.end_step = null;
+    h.gold = h.gold.filter((g) => g.step <= step);
+    h.gold_blocked = h.gold_blocked.filter((g) => g.step <= step);
+  }
+
   function onEvent(type, data) {
     switch (type) {
       case "progress":
@@ -442,8 +457,12 @@
       case "file_start":
         page.history.files.push({ file: data.file, sha256: data.sha256, start_step: data.start_step, target_step: data.target_step, end_step: null });
         break;
+      case "file_resumed":
+        page.history.files.push({ file: data.file, sha256: data.sha256, start_step: data.step, target_step: data.target_step, end_step: null });
+        break;
       case "file_complete":
-        for (const f of page.history.files) if (f.sha256 === data.sha256 && f.end_step === null) f.end_step = data.end_step;
+      case "file_parked":
+        for (const f of page.history.files) if (f.sha256 === data.sha256 && f.end_step === null) f.end_step = type === "file_complete" ? data.end_step : data.step;
         break;
       case "gold_checkpoint":
         page.history.gold.push({ step: data.step, val_loss: data.val_loss });
@@ -452,6 +471,10 @@
       case "gold_blocked":
         page.history.gold_blocked.push({ step: data.step, val_loss: data.val_loss, reason: data.reason, guards: data.guards });
         later("gold", 200, refreshGold);
+        break;
+      case "training_start":
+        // A worker that resumes from a checkpoint trains the steps after it again.
+        truncateAfter(data.global_step);
         break;
       case "rolled_back_to_gold":
       case "lineage_retired":

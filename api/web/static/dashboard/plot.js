@@ -25,13 +25,13 @@
     return node;
   }
 
-  /** About n round-numbered ticks covering [lo, hi]. */
-  function ticks(lo, hi, n) {
+  /** About n round-numbered ticks covering [lo, hi], at least minStep apart. */
+  function ticks(lo, hi, n, minStep) {
     const span = hi - lo || Math.abs(hi) || 1;
     const raw = span / n;
     const mag = Math.pow(10, Math.floor(Math.log10(raw)));
     const norm = raw / mag;
-    const step = (norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10) * mag;
+    const step = Math.max(minStep || 0, (norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10) * mag);
     const out = [];
     for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) {
       out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
@@ -154,7 +154,7 @@
         el("line", { x1: PAD.left, x2: width - PAD.right, y1: sy(t), y2: sy(t), class: "grid" }, svg);
         el("text", { x: PAD.left - 6, y: sy(t) + 4, "text-anchor": "end" }, svg).textContent = this.options.format(t);
       }
-      for (const t of ticks(extent.x0, extent.x1, Math.max(2, Math.floor(plotW / 90)))) {
+      for (const t of ticks(extent.x0, extent.x1, Math.max(2, Math.floor(plotW / 90)), 1)) {
         el("text", { x: sx(t), y: height - 6, "text-anchor": "middle" }, svg).textContent = formatStep(t);
       }
       el("line", { x1: PAD.left, x2: width - PAD.right, y1: PAD.top + plotH, y2: PAD.top + plotH, class: "axis" }, svg);
