@@ -79,7 +79,9 @@ def test_the_dashboard_follows_training_and_steers_it(tmp_path, service_factory,
     drops = make_drops(tmp_path / "drops")
     big = tmp_path / "big.jsonl"  # long enough to watch its progress bar move
     big.write_text(drops[0].read_text() * 6)
-    service = service_factory(TRAIND_SERVER__TOKEN=TOKEN, TRAIND_TRAIN__EPOCHS_PER_FILE="10").start()
+    service = service_factory(
+        TRAIND_SERVER__TOKEN=TOKEN, TRAIND_TRAIN__EPOCHS_PER_FILE="10"
+    ).start()
 
     page.get(service.url + "/")
     wait_css(page, "#queue-rows")
