@@ -1,23 +1,18 @@
-/* traind dashboard: reads the REST API and the live event stream, draws the page, and
- * sends the actions of a user who entered the token.
+/* traind dashboard: draws the page from the REST API and the live event stream
+ * (api.js), and sends the actions of a user who entered the token.
  *
  * History comes from GET v1/history (downsampled series and markers up to the event id
- * it names), then grows from GET v1/events?after=<that id> (Server-Sent Events, read with
- * fetch so that the token can go in a header: EventSource cannot send one). A broken
- * stream reconnects by itself with Last-Event-ID; after three failures in a row the page
- * polls instead, and keeps trying the stream. The token lives in sessionStorage (this tab
- * only, gone when it closes) and is never put in a URL. Every URL is relative, so the page
- * works behind a reverse proxy that serves traind under a prefix.
+ * it names), then grows from the events after that id, so nothing is missed or shown
+ * twice; while the stream is down the page polls the history, the queue and gold.
  */
 "use strict";
 
 (function () {
   const { Plot, formatValue } = window.TraindPlot;
-  const TOKEN_KEY = "traind.token";
+  const { ApiError, EventFollower, currentToken, request, setToken } = window.TraindApi;
+  const TraindHistory = window.TraindHistory;
   const STATUS_EVERY_MS = 2000;
   const POLL_EVERY_MS = 5000;
-  const STREAM_RETRY_MAX_MS = 15000;
-  const LIVE_POINTS_MAX = 5000;
   const QUEUE_ROWS = 200;
   const RETRYABLE = new Set(["failed", "cancelled", "rolled_back", "rejected"]);
   const CANCELLABLE = new Set(["queued", "training"]);
@@ -32,21 +27,12 @@
 
   const $ = (id) => document.getElementById(id);
   const page = {
-    token: sessionStorage.getItem(TOKEN_KEY),
-    lastId: 0,
-    history: emptyHistory(),
+    history: TraindHistory.empty(),
     mode: "connecting",
-    streamFailures: 0,
-    streamAbort: null,
-    streamGeneration: 0,
     pendingUploads: new Map(),
     timers: {},
   };
   window.traindPage = page; // for the browser tests and curious users
-
-  function emptyHistory() {
-    return { series: {}, files: [], gold: [], gold_blocked: [], rollbacks: [] };
-  }
 
   const plots = {
     loss: new Plot($("plot-loss"), {
@@ -64,34 +50,6 @@
   };
 
   // --- requests -------------------------------------------------------------------------
-
-  class ApiError extends Error {
-    constructor(status, detail) {
-      super(detail);
-      this.status = status;
-    }
-  }
-
-  function headers(extra) {
-    const out = Object.assign({ Accept: "application/json" }, extra || {});
-    if (page.token) out.Authorization = `Bearer ${page.token}`;
-    return out;
-  }
-
-  async function request(path, options) {
-    const opts = options || {};
-    const response = await fetch(path, { method: opts.method || "GET", headers: headers(), body: opts.body, cache: "no-store" });
-    let body = null;
-    try { body = await response.json(); } catch (e) { body = null; }
-    if (!response.ok) {
-      let detail = body && typeof body.detail === "string" ? body.detail : `HTTP ${response.status}`;
-      if (response.status === 401) {
-        detail = page.token ? "the server refused this token: check it and enter it again" : "this needs the API token: enter it at the top of the page";
-      }
-      throw new ApiError(response.status, detail);
-    }
-    return body;
-  }
 
   function later(key, ms, fn) {
     if (page.timers[key]) return;
@@ -113,7 +71,7 @@
   // --- token ----------------------------------------------------------------------------
 
   function renderAuth() {
-    const writable = Boolean(page.token);
+    const writable = Boolean(currentToken());
     document.querySelectorAll(".action").forEach((node) => { node.disabled = !writable; });
     $("readonly-note").hidden = writable;
     $("token-forget").hidden = !writable;
@@ -126,15 +84,13 @@
     const value = $("token-input").value.trim();
     $("token-input").value = "";
     if (!value) return;
-    page.token = value;
-    sessionStorage.setItem(TOKEN_KEY, value);
+    setToken(value);
     renderAuth();
     result("Token set for this tab.", "ok");
     refreshAll();
   });
   $("token-forget").addEventListener("click", () => {
-    page.token = null;
-    sessionStorage.removeItem(TOKEN_KEY);
+    setToken(null);
     renderAuth();
     result("Token forgotten: the page is read-only.", "");
   });
@@ -233,7 +189,7 @@
     button.dataset.verb = verb;
     button.dataset.file = String(file.id);
     button.setAttribute("aria-label", `${label} file #${file.id} ${file.name}`);
-    button.disabled = !page.token;
+    button.disabled = !currentToken();
     button.addEventListener("click", () => act(`v1/files/${file.id}/${verb}`, `${label} #${file.id}`));
     return button;
   }
@@ -400,86 +356,25 @@
 
   async function loadHistory() {
     const body = await request("v1/history?points=1000");
-    page.history = {
-      series: body.series,
-      files: body.files,
-      gold: body.gold,
-      gold_blocked: body.gold_blocked,
-      rollbacks: body.rollbacks,
-    };
-    page.lastId = body.last_event_id;
+    page.history = TraindHistory.fromResponse(body);
     drawPlots();
-  }
-
-  function appendPoint(name, step, value) {
-    if (value === null || value === undefined || typeof value !== "number" || !isFinite(value)) return;
-    let series = page.history.series[name];
-    if (!series) series = page.history.series[name] = { step: [], value: [], min: [], max: [], total: 0 };
-    const last = series.step.length ? series.step[series.step.length - 1] : -Infinity;
-    if (step < last) return; // a rollback: the history is reloaded
-    series.step.push(step);
-    series.value.push(value);
-    series.min.push(value);
-    series.max.push(value);
-    series.total += 1;
-    if (series.step.length > LIVE_POINTS_MAX) later("history", 0, () => loadHistory().catch(() => {}));
-  }
-
-  /** Forget what the history holds past ``step`` (as the server does). */
-  function truncateAfter(step) {
-    if (typeof step !== "number") return;
-    for (const series of Object.values(page.history.series)) {
-      let n = series.step.length;
-      while (n > 0 && series.step[n - 1] > step) n -= 1;
-      for (const key of ["step", "value", "min", "max"]) series[key].length = n;
-    }
-    const h = page.history;
-    h.files = h.files.filter((f) => f.start_step <= step);
-    for (const f of h.files) if (f.end_step !== null && f.end_step > step) f.end_step = null;
-    h.gold = h.gold.filter((g) => g.step <= step);
-    h.gold_blocked = h.gold_blocked.filter((g) => g.step <= step);
+    return body.last_event_id;
   }
 
   function onEvent(type, data) {
+    const plotted = TraindHistory.apply(page.history, type, data);
+    if (plotted === "reload") later("history", 0, restartStream);
+    else if (plotted === "changed") later("draw", 250, drawPlots);
     switch (type) {
       case "progress":
-        appendPoint("train_loss", data.step, data.loss);
-        appendPoint("lr", data.step, data.lr);
-        appendPoint("tokens_per_s", data.step, data.tokens_per_s);
         later("status", 200, refreshStatus);
         break;
       case "eval":
-        if (data.trigger === "checkpoint") break;
-        appendPoint("val_loss", data.step, data.val_loss);
-        for (const [key, value] of Object.entries(data)) if (key.startsWith("eval_") && key !== "eval_duration_s") appendPoint(key, data.step, value);
-        if (Array.isArray(data.samples)) renderSamples(data.step, data.samples);
-        break;
-      case "file_start":
-        page.history.files.push({ file: data.file, sha256: data.sha256, start_step: data.start_step, target_step: data.target_step, end_step: null });
-        break;
-      case "file_resumed":
-        page.history.files.push({ file: data.file, sha256: data.sha256, start_step: data.step, target_step: data.target_step, end_step: null });
-        break;
-      case "file_complete":
-      case "file_parked":
-        for (const f of page.history.files) if (f.sha256 === data.sha256 && f.end_step === null) f.end_step = type === "file_complete" ? data.end_step : data.step;
+        if (data.trigger !== "checkpoint" && Array.isArray(data.samples)) renderSamples(data.step, data.samples);
         break;
       case "gold_checkpoint":
-        page.history.gold.push({ step: data.step, val_loss: data.val_loss });
-        later("gold", 200, refreshGold);
-        break;
       case "gold_blocked":
-        page.history.gold_blocked.push({ step: data.step, val_loss: data.val_loss, reason: data.reason, guards: data.guards });
-        later("gold", 200, refreshGold);
-        break;
-      case "training_start":
-        // A worker that resumes from a checkpoint trains the steps after it again.
-        truncateAfter(data.global_step);
-        break;
       case "rolled_back_to_gold":
-      case "lineage_retired":
-        // Steps after gold are no longer the lineage's: take the history again.
-        restartStream();
         later("gold", 200, refreshGold);
         break;
       case "file_queued":
@@ -496,7 +391,6 @@
     }
     if (QUEUE_EVENTS.has(type)) later("queue", 300, refreshQueue);
     if (STATUS_EVENTS.has(type)) later("status", 100, refreshStatus);
-    later("draw", 250, drawPlots);
   }
 
   // --- the live stream, and polling when it fails ---------------------------------------
@@ -508,66 +402,25 @@
     node.textContent = { live: "live", reconnecting: "reconnecting…", polling: "polling (live stream unavailable)", connecting: "connecting" }[mode];
   }
 
-  /** Read one SSE response body, calling onEvent per event; resolves when it ends. */
-  async function readStream(response) {
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      buffer += decoder.decode(value, { stream: true });
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const block = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        let id = null, type = "message", data = "";
-        for (const line of block.split("\n")) {
-          if (line.startsWith("id:")) id = line.slice(3).trim();
-          else if (line.startsWith("event:")) type = line.slice(6).trim();
-          else if (line.startsWith("data:")) data += line.slice(5).trimStart();
-        }
-        if (id === null) continue; // a keep-alive comment
-        page.lastId = Number(id);
-        page.streamFailures = 0;
-        try { onEvent(type, JSON.parse(data)); } catch (error) { console.warn("traind: event", id, error); }
-      }
-    }
-  }
+  const follower = new EventFollower({ onEvent, onMode: setMode });
+  Object.defineProperty(page, "lastId", { get: () => follower.lastId }); // for the tests
 
-  async function stream() {
-    const generation = ++page.streamGeneration;
-    const abort = new AbortController();
-    page.streamAbort = abort;
-    try {
-      const response = await fetch(`v1/events?after=${page.lastId}`, {
-        headers: headers({ Accept: "text/event-stream", "Last-Event-ID": String(page.lastId) }),
-        signal: abort.signal,
-        cache: "no-store",
-      });
-      if (!response.ok) throw new ApiError(response.status, `HTTP ${response.status}`);
-      setMode("live");
-      page.streamFailures = 0;
-      await readStream(response);
-    } catch (error) {
-      if (abort.signal.aborted) return;
-    }
-    if (abort.signal.aborted) return;
-    page.streamFailures += 1;
-    setMode(page.streamFailures >= 3 ? "polling" : "reconnecting");
-    const wait = Math.min(STREAM_RETRY_MAX_MS, 500 * Math.pow(2, page.streamFailures));
-    setTimeout(() => { if (generation === page.streamGeneration) stream(); }, wait);
-  }
-
+  /** Load the history, then follow the events after it. */
   function restartStream() {
-    if (page.streamAbort) page.streamAbort.abort();
-    loadHistory().catch(() => {}).finally(stream);
+    loadHistory()
+      .then((lastId) => follower.start(lastId))
+      .catch((error) => {
+        drawPlots();
+        if (error instanceof ApiError) showError(`History: ${error.message}`);
+        follower.start(follower.lastId);
+      });
   }
 
   /** While the stream is down: the history again (it names the event id it reached). */
   function poll() {
     if (page.mode === "polling") {
-      loadHistory().catch(() => {});
+      // The history names the event it reached: the stream, once back, goes on from there.
+      loadHistory().then((lastId) => { follower.lastId = Math.max(follower.lastId, lastId); }).catch(() => {});
       refreshQueue();
       refreshGold();
     }
@@ -583,9 +436,7 @@
 
   renderAuth();
   refreshAll();
-  loadHistory()
-    .catch((error) => { drawPlots(); if (error instanceof ApiError) showError(`History: ${error.message}`); })
-    .finally(stream);
+  restartStream();
   setInterval(() => { if (!document.hidden) refreshStatus(); }, STATUS_EVERY_MS);
   setInterval(poll, POLL_EVERY_MS);
   let width = window.innerWidth;
