@@ -34,7 +34,12 @@ def test_the_page_and_its_files_load_nothing_from_outside(client: TestClient) ->
 
     links = Links()
     links.feed(page.text)
-    assert links.scripts == ["ui/api.js", "ui/history.js", "ui/plot.js", "ui/dashboard.js"]  # relative: a proxy prefix works
+    assert links.scripts == [
+        "ui/api.js",
+        "ui/history.js",
+        "ui/plot.js",
+        "ui/dashboard.js",
+    ]  # relative: a proxy prefix works
     assert links.styles == ["ui/dashboard.css"]
     for url, kind in [(u, "javascript") for u in links.scripts] + [(links.styles[0], "css")]:
         served = client.get("/" + url)
