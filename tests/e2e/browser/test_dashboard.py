@@ -169,6 +169,38 @@ def test_the_dashboard_follows_training_and_steers_it(tmp_path, service_factory,
     wait_for(lambda: page_value(page, "window.traindPage.mode") == "live", timeout=10, what="live")
     wait_for(lambda: train_loss_points(page) == len(live), timeout=10, what="the history again")
     assert "pause" in enabled_actions(page)
+
+    # Retry of the rejected file from its row: checked again, and rejected again.
+    page.find_element(By.CSS_SELECTOR, "#queue-rows tr[data-name='bad.jsonl'] button").click()
+    wait_for(
+        lambda: len([f for f in service.files() if f.name == "bad.jsonl"]) == 2,
+        timeout=30,
+        what="the rejected file checked again",
+    )
+    wait_for(
+        lambda: (
+            len(page.find_elements(By.CSS_SELECTOR, "#queue-rows tr[data-name='bad.jsonl']")) == 2
+        ),
+        timeout=10,
+        what="both records of it in the queue",
+    )
+
+    # Roll back to gold, through its confirmation: the service rolls back, and the loss
+    # plot marks it and keeps only the steps up to gold.
+    gold_step = service.get("/v1/gold").json()["gold"]["step"]
+    click(page, "rollback")
+    assert page.find_element(By.ID, "confirm-rollback").is_displayed()
+    assert f"step {gold_step}" in page.find_element(By.ID, "confirm-text").text
+    click(page, "confirm-ok")
+    rolled = wait_for(lambda: service.events("rolled_back_to_gold"), timeout=30, what="rollback")
+    assert rolled[0]["gold_step"] == gold_step
+    wait_for(
+        lambda: page.find_elements(By.CSS_SELECTOR, "#plot-loss [data-kind='rollback']"),
+        timeout=15,
+        what="the rollback marked",
+    )
+    steps = page_value(page, "window.traindPage.history.series.train_loss.step")
+    assert steps and max(steps) <= gold_step
     assert_only_loopback(requested_urls(page), service.port)
 
 

@@ -2,8 +2,8 @@
  *
  * A Plot draws series of {step[], value[], min[], max[]} (min/max: the envelope of a
  * downsampled bucket, drawn faintly when it differs from the mean), and markers: file
- * starts (dashed lines), gold checkpoints (diamonds) and blocked gold decisions (crosses,
- * focusable, their reason in a tooltip). Everything a label shows is set as text, never
+ * starts (dashed lines), rollbacks to gold (solid lines), gold checkpoints (diamonds) and
+ * blocked gold decisions (crosses); the markers are focusable, their meaning in a tooltip. Everything a label shows is set as text, never
  * as markup, since file names come from users.
  */
 "use strict";
@@ -158,7 +158,10 @@
         el("text", { x: sx(t), y: height - 6, "text-anchor": "middle" }, svg).textContent = formatStep(t);
       }
       el("line", { x1: PAD.left, x2: width - PAD.right, y1: PAD.top + plotH, y2: PAD.top + plotH, class: "axis" }, svg);
-      if (this.options.markers) this.renderFiles(svg, sx, extent, plotH);
+      if (this.options.markers) {
+        this.renderFiles(svg, sx, extent, plotH);
+        this.renderRollbacks(svg, sx, extent, plotH);
+      }
       for (const line of this.lines()) this.renderLine(svg, line, sx, sy);
       if (this.options.markers) this.renderDecisions(svg, sx, sy, extent);
     }
@@ -200,6 +203,15 @@
           label.textContent = f.file.length > 16 ? f.file.slice(0, 15) + "…" : f.file;
           lastLabelX = x;
         }
+      }
+    }
+
+    renderRollbacks(svg, sx, extent, plotH) {
+      for (const r of this.data.rollbacks || []) {
+        if (r.gold_step < extent.x0 || r.gold_step > extent.x1) continue;
+        const x = sx(r.gold_step);
+        const mark = el("line", { x1: x, x2: x, y1: PAD.top, y2: PAD.top + plotH, class: "rollback-mark marker", tabindex: "0", "data-kind": "rollback" }, svg);
+        titled(mark, `rolled back to gold at step ${r.gold_step} (from step ${r.from_step}): the steps after it were trained again`);
       }
     }
 
