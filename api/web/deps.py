@@ -6,6 +6,7 @@ The app's lifespan sets ``app.state.daemon``; ``create_app`` sets ``app.state.di
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, status
@@ -16,10 +17,21 @@ from service.config.settings import Settings
 from service.daemon.main_process import Daemon
 from service.ledger import FileRecord, Ledger
 
+
+def wake_worker(request: Request) -> Iterator[None]:
+    """After a request that changed something (only when its route succeeded: an error
+    raised there ends this at its ``yield``), an idle or paused worker looks at the ledger
+    at once rather than at its next poll."""
+    yield
+    wake = getattr(getattr(request.app.state, "daemon", None), "wake_worker", None)
+    if wake is not None:  # a test's stand-in daemon may have none
+        wake()
+
+
 READ = [Depends(require_read_access)]
 """Reads: open to loopback clients, the bearer token from anywhere else."""
-WRITE = [Depends(require_token)]
-"""Everything that changes something: the bearer token, always."""
+WRITE = [Depends(require_token), Depends(wake_worker)]
+"""Everything that changes something: the bearer token, always; then the worker woken."""
 
 MAX_ID = 2**63 - 1
 """Largest id the database can hold; a larger one is a 422, not an overflow."""

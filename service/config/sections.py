@@ -159,7 +159,11 @@ class WorkerSection(Section):
         1.0, gt=0, description="Seconds between the worker's progress reports to the ledger."
     )
     poll_s: float = Field(
-        0.5, gt=0, description="How often an idle or paused worker looks at the ledger."
+        0.5,
+        gt=0,
+        description="How often an idle or paused worker looks at the ledger (and a training "
+        "one for requests, at step boundaries); traind serve also wakes an idle or paused "
+        "worker at once when a file is queued or a request comes.",
     )
     max_attempts: int = Field(
         3,

@@ -49,7 +49,11 @@ class Daemon:
         )
         self.events = EventLog(settings.run_paths().events)
         self.watcher = InboxWatcher(
-            settings.paths.inbox, ledger=self.ledger, settings=settings.watcher, events=self.events
+            settings.paths.inbox,
+            ledger=self.ledger,
+            settings=settings.watcher,
+            events=self.events,
+            on_queued=self.wake_worker,
         )
         self.supervisor = (
             Supervisor(settings, ledger=self.ledger, events=self.events, on_fatal=self._fatal)
@@ -100,6 +104,12 @@ class Daemon:
             self.settings.paths.checkpoints,
             self.settings.database_url(),
         )
+
+    def wake_worker(self) -> None:
+        """Something to do (a file queued, a request): an idle or paused worker looks at the
+        ledger now rather than at its next poll (``service.signals.Wakeup``)."""
+        if self.supervisor is not None:
+            self.supervisor.wake()
 
     def stop(self) -> None:
         """Stop the worker first (it checkpoints), then the watcher; idempotent."""

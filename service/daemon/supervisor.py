@@ -26,6 +26,7 @@ while a folder is too full to write.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from service.config.settings import Settings
 from service.diskspace import space_problems
 from service.ledger import FileState, Ledger, WorkerState, WorkerStatus
-from service.signals import EXIT_BAD_SETTINGS, WORKER_ID_ENV
+from service.signals import EXIT_BAD_SETTINGS, WAKE_SIGNAL, WORKER_ID_ENV
 from service.worker.agent import kill_tree
 from service.worker.torchrun import worker_launch
 from trainer.records.events import EventLog
@@ -52,6 +53,9 @@ HEALTHY_AFTER_S = 60.0
 """A worker that stayed up this long resets the restart back-off."""
 MODEL_LOAD_ALLOWANCE_S = 300.0
 """Extra silence allowed while a worker starts (imports, model load, tokenizing)."""
+WAKE_AGAIN_S = 0.1
+"""No second wake sooner than this after one (a burst of drops queues many files): the
+first has the worker look at the ledger, where it finds them all."""
 SPACE_CHECK_S = 5.0
 """How often the free disk space is looked at."""
 
@@ -109,6 +113,7 @@ class Supervisor:
         self._space: list[str] = []
         self._space_checked = 0.0
         self._lock = threading.Lock()
+        self._woken_at = float("-inf")
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="traind-supervisor", daemon=True)
@@ -127,6 +132,29 @@ class Supervisor:
             worker_id=self._worker_id,
             space=tuple(self._space),
         )
+
+    def wake(self) -> None:
+        """Cut a waiting worker's wait short (a file was queued, a request came): it looks
+        at the ledger now instead of at its next poll. Only a worker whose latest heartbeat
+        says it waits (idle or paused): it has its wake handler by then, and a training one
+        needs no wake (nor a signal in the middle of a step). Not a torchrun group's: only
+        its rank 0 reads the ledger, and that is not the process started here."""
+        if self._launch.group or time.monotonic() - self._woken_at < WAKE_AGAIN_S:
+            return
+        with self._lock:
+            proc, worker_id = self._proc, self._worker_id
+        if proc is None or worker_id is None or proc.poll() is not None:
+            return
+        try:
+            beat = self.ledger.worker_status(worker_id=worker_id)
+        except Exception:  # a wake is a shortcut: the worker's poll still comes
+            log.debug("reading the worker's heartbeat to wake it failed", exc_info=True)
+            return
+        if beat is None or beat.state not in (WorkerState.IDLE, WorkerState.PAUSED):
+            return
+        self._woken_at = time.monotonic()
+        with contextlib.suppress(OSError):  # it just ended
+            proc.send_signal(WAKE_SIGNAL)
 
     def stop(self) -> int | None:
         """SIGTERM the worker, wait up to the grace time, then kill; returns its exit status."""

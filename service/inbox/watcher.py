@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from service.inbox.layout import OWN_FOLDERS, InboxLayout, is_ignored
 from service.inbox.names import printable_name
 from service.inbox.observer import LINUX, Note, NoteTaker, is_alive, start_observer, stop_observer
 from service.inbox.openfiles import open_for_writing
-from service.ledger.records import FileRecord
+from service.ledger.records import FileRecord, FileState
 from trainer.records.events import EventLog
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,18 @@ class InboxWatcher:
     """Watches the inbox top level and records every complete drop in the ledger."""
 
     def __init__(
-        self, inbox: Path, *, ledger: Any, settings: WatcherSection, events: EventLog
+        self,
+        inbox: Path,
+        *,
+        ledger: Any,
+        settings: WatcherSection,
+        events: EventLog,
+        on_queued: Callable[[], None] | None = None,
     ) -> None:
         self.layout = InboxLayout(Path(inbox).absolute())
         self.settings = settings
+        self.on_queued = on_queued
+        """Called after a drop is queued (traind serve wakes its worker with it)."""
         self.intake = Intake(self.layout, ledger=ledger, settings=settings, events=events)
         self._arrivals = Arrivals(
             settle_s=settings.settle_s,
@@ -172,6 +181,8 @@ class InboxWatcher:
                 record = self._take(arrival, path, now)
                 if record is not None:
                     taken.append(record)
+                    if record.state is FileState.QUEUED and self.on_queued is not None:
+                        self.on_queued()  # at once: a burst's first file trains meanwhile
             return taken
 
     def health(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from service.config.in_force import read_in_force
 from service.config.settings import SettingsError, load_settings
-from service.signals import EXIT_BAD_SETTINGS, StopFlag
+from service.signals import EXIT_BAD_SETTINGS, StopFlag, Wakeup
 from service.worker.opening import open_trainer
 from service.worker.process import Worker
 from service.worker.revisions import SettingsRevisions
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     stop = StopFlag()
     stop.install()
+    wakeup = Wakeup()
+    wakeup.install()  # before the first heartbeat: traind serve wakes only a worker that beat
     try:
         found = read_in_force(args.settings) if args.settings else None
         settings = found.settings if found else load_settings(args.config)
@@ -78,6 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         log.info("settings revision %d of %s", found.revision, args.settings)
         revisions = SettingsRevisions(args.settings, held=found.revision)
     try:
-        return Worker(settings, stop=stop, revisions=revisions).run()
+        return Worker(settings, stop=stop, revisions=revisions, wakeup=wakeup).run()
     finally:
         leave_group()

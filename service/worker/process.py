@@ -31,7 +31,7 @@ from service.config.in_force import InForce
 from service.config.settings import Settings
 from service.diskspace import SpaceWait, StopWaitingError
 from service.ledger import Control, FileRecord, Ledger, WorkerState
-from service.signals import EXIT_BAD_SETTINGS, WORKER_ID_ENV, StopFlag
+from service.signals import EXIT_BAD_SETTINGS, WORKER_ID_ENV, StopFlag, Wakeup
 from service.worker import requests
 from service.worker.admission import admit, settled, tokenize
 from service.worker.control import Directive, Situation, Steering
@@ -61,9 +61,12 @@ class Worker:
         *,
         stop: StopFlag,
         revisions: SettingsRevisions | None = None,
+        wakeup: Wakeup | None = None,
     ) -> None:
         self.settings = settings
         self.stop = stop
+        self.wakeup = wakeup or Wakeup()
+        """Where the idle and paused loops wait: traind serve's wake cuts it short."""
         self.revisions = revisions
         """Under traind serve: the settings in force these are a revision of."""
         self.id = (
@@ -231,7 +234,7 @@ class Worker:
             if self.beat(WorkerState.IDLE):
                 self.space.recovered()
             self._idle_beat_at = time.monotonic()
-        time.sleep(settings.worker.poll_s)
+        self.wakeup.wait(settings.worker.poll_s)
 
     # ----------------------------------------------------------------- one file
     def train(self, record: FileRecord) -> None:
@@ -377,7 +380,7 @@ class Worker:
                 return directive
             if directive is not Directive.PAUSE:
                 return directive  # a paused worker is at a step boundary: it acts now
-            time.sleep(poll_s)
+            self.wakeup.wait(poll_s)
         return Directive.STOP
 
     def roll_back(self, control: Control, *, file: FileRecord | None) -> bool:
