@@ -30,6 +30,7 @@ from trainer.exporter import Exporter
 from trainer.faults import fault_point
 from trainer.feed import StepFeed
 from trainer.guard import Guard
+from trainer.memory_use import MemoryMeter
 from trainer.opening import (
     HeldLineage,
 )
@@ -117,6 +118,8 @@ class Trainer:
             cache_dir=paths.cache,
             seed=self.state.seed,
         )
+        self.memory = MemoryMeter(self.device, baseline_rss=None)
+        """Measures memory for the heartbeat; open_trainer sets its baseline and plan."""
         self.scalars = Scalars(
             paths.state / "tensorboard" if self.evaluation.tensorboard and group.leader else None,
             step=self.state.global_step,
@@ -197,6 +200,7 @@ class Trainer:
             left_out=sorted(self.feed.pool.left_out),
         )
         current = self._take_up(data, name=name)
+        self.memory.file_started()
         meter = ProgressMeter.of_file(current, name=name, step=self.state.global_step)
         # The baseline every later evaluation compares with (the first file's held-out
         # part is in the recent set by now).
@@ -248,6 +252,7 @@ class Trainer:
         started = time.monotonic()
         loss, tokens = self._optimizer_step(data, current)
         seconds = time.monotonic() - started
+        self.memory.after_step()
         meter.add(tokens=tokens, loss=loss, seconds=seconds)
         self.checkup.add_train_loss(loss)
         step = self.state.global_step

@@ -14,6 +14,7 @@ from typing import Any
 
 from trainer.config import EvalConfig, ExportConfig, GoldConfig, LineageSpec, RunPaths, TrainConfig
 from trainer.distributed import DistConfig
+from trainer.memory_use import host_rss_bytes
 from trainer.opening import OpenRequest, announce_open, check_memory, hold_lineage
 from trainer.records.events import EventLog
 from trainer.records.storage import DiskFullError
@@ -52,6 +53,7 @@ def open_trainer(
     finished drop's source by sha256, for a replay whose cache entry is gone.
     ``distributed``: how a torchrun group trains (``trainer.distributed``); rank 0
     opens and decides, the other ranks follow (``trainer.follower``)."""
+    baseline_rss = host_rss_bytes()  # what the memory plan leaves out: torch, the interpreter
     held = hold_lineage(
         OpenRequest(
             spec=spec,
@@ -86,6 +88,7 @@ def open_trainer(
     except BaseException:
         held.lock.release()
         raise
+    trainer.memory.baseline_rss = baseline_rss
     try:
         start(trainer)
     except BaseException:
@@ -112,6 +115,7 @@ def start(trainer: Any) -> None:
         half_precision=trainer.steps.half_precision,
         shards=trainer.group.world_size if trainer.group.sharded else 1,
     )
+    trainer.memory.estimate_bytes = memory.total
     trainer.session.start(
         lineage,
         device=trainer.device,

@@ -40,7 +40,7 @@ from api.web.deps import READ
 from api.web.history import EventDigest, forgetting_summary, read_gold
 from api.web.schemas import ErrorOut, errors
 from service.daemon.main_process import Daemon
-from service.daemon.status import heartbeat_age, is_fresh
+from service.daemon.status import heartbeat_age, is_fresh, memory_of
 from service.diskspace import free_bytes
 from service.ledger import DesiredState, FileState, WorkerStatus
 from trainer.records.checkpoints import float_or_none, int_or_none
@@ -210,6 +210,7 @@ def collect_progress(
     histogram = step_histogram(extra)
     if histogram is not None:
         yield histogram
+    yield from collect_memory(worker)
     if checkpoints:
         newest = max(aware(c["created_at"]) for c in checkpoints)
         yield gauge(
@@ -217,6 +218,37 @@ def collect_progress(
             "Seconds since the newest recorded checkpoint was committed.",
             max(0.0, (now - newest).total_seconds()),
         )
+
+
+MEMORY_GAUGES = (
+    ("host_rss_bytes", "worker_resident_memory_bytes", "The worker process's resident set."),
+    ("device_allocated_bytes", "device_memory_allocated_bytes", "CUDA: bytes in live tensors."),
+    (
+        "device_reserved_bytes",
+        "device_memory_reserved_bytes",
+        "CUDA: bytes the caching allocator holds.",
+    ),
+    (
+        "device_peak_bytes",
+        "device_memory_peak_bytes",
+        "CUDA: the most bytes allocated at once since the current file started.",
+    ),
+    (
+        "estimate_bytes",
+        "memory_estimate_bytes",
+        "The start-up memory plan (weights, gradients, AdamW moments, activations).",
+    ),
+)
+"""(field of the heartbeat's memory, metric name, help)."""
+
+
+def collect_memory(worker: WorkerStatus | None) -> Iterator[Metric]:
+    """The worker's memory at its latest heartbeat, each gauge only when measured."""
+    memory = memory_of(worker) if worker else None
+    for field, name, doc in MEMORY_GAUGES:
+        value = memory.get(field) if memory else None
+        if value is not None:
+            yield gauge(name, doc, value)
 
 
 def collect_quality(digest: EventDigest, *, checkpoints: Path, now: datetime) -> Iterator[Metric]:

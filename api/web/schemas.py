@@ -201,6 +201,22 @@ class WorkerOut(_Out):
     heartbeat_age_s: float | None = Field(description="Seconds since its last report.")
 
 
+class MemoryOut(_Out):
+    """What the worker measured at its latest heartbeat (null: not measured there)."""
+
+    host_rss_bytes: int | None = Field(description="The worker process's resident set.")
+    device_allocated_bytes: int | None = Field(description="CUDA: bytes in live tensors.")
+    device_reserved_bytes: int | None = Field(
+        description="CUDA: bytes the caching allocator holds."
+    )
+    device_peak_bytes: int | None = Field(
+        description="CUDA: the most bytes allocated at once since the current file started."
+    )
+    estimate_bytes: int | None = Field(
+        description="The start-up plan: weights, gradients, AdamW moments, activations."
+    )
+
+
 class StatusOut(_Out):
     state: Literal["training", "paused", "idle", "stopping", "error"]
     desired_state: Literal["running", "paused"]
@@ -210,6 +226,9 @@ class StatusOut(_Out):
     lr: float | None
     tokens_per_s: float | None
     eta_s: float | None = Field(description="Seconds to the end of the current file.")
+    memory: MemoryOut | None = Field(
+        None, description="The worker's memory at its latest heartbeat; null when none is fresh."
+    )
     eta_queue_s: float | None = Field(
         description="Estimate of the seconds until the queue is empty: the current file's "
         "ETA plus each queued file's size in bytes times epochs_per_file, taken as tokens "

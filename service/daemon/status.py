@@ -110,6 +110,7 @@ def read_status(
         "lr": worker.lr if worker and alive else None,
         "tokens_per_s": worker.tokens_per_s if moving else None,
         "eta_s": worker.eta_s if moving else None,
+        "memory": memory_of(worker) if worker and alive else None,
         "gold": None,
         "queue": {state.value: n for state, n in ledger.counts_by_state().items()},
         "worker": {
@@ -120,6 +121,28 @@ def read_status(
             "heartbeat_age_s": round(seen.age, 3) if seen.age is not None else None,
         },
         "error": error,
+    }
+
+
+MEMORY_FIELDS = (
+    "host_rss_bytes",
+    "device_allocated_bytes",
+    "device_reserved_bytes",
+    "device_peak_bytes",
+    "estimate_bytes",
+)
+
+
+def memory_of(worker: WorkerStatus) -> dict[str, int | None] | None:
+    """The memory the worker measured at its latest heartbeat (trainer.memory_use), or
+    None from a worker that does not report it."""
+    reported = (worker.extra or {}).get("memory")
+    if not isinstance(reported, dict):
+        return None
+    return {
+        name: value if isinstance(value, int) and not isinstance(value, bool) else None
+        for name in MEMORY_FIELDS
+        for value in (reported.get(name),)
     }
 
 

@@ -84,7 +84,8 @@ class Reports:
         return True
 
     def extra(self, trainer: Trainer) -> dict:
-        """Counters for /metrics, and the settings revision applied (``/v1/settings``)."""
+        """Counters for /metrics, memory for /metrics and /v1/status, and the settings
+        revision applied (``/v1/settings``)."""
         state = trainer.state
         revision = (
             {} if self.settings_revision is None else {"settings_revision": self.settings_revision}
@@ -96,4 +97,5 @@ class Reports:
             "rollbacks": state.rollbacks,  # rewinds after non-finite steps (the public name)
             "oom_recoveries": state.oom_recoveries,
             **self.step_times.export(),
+            "memory": trainer.memory.measure().to_dict(),
         }

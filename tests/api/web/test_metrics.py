@@ -28,6 +28,14 @@ STEP_EXTRA: dict[str, Any] = {
     "step_seconds_buckets": {"le": [0.05, 0.1, 0.5, 1.0], "counts": [2, 10, 19, 20]},
     "step_seconds_sum": 4.25,
     "step_seconds_count": 21,
+    # A CUDA worker's report; a CPU one has null device fields (not exposed then).
+    "memory": {
+        "host_rss_bytes": 900_000_000,
+        "device_allocated_bytes": 2_000_000_000,
+        "device_reserved_bytes": 3_000_000_000,
+        "device_peak_bytes": 2_500_000_000,
+        "estimate_bytes": 2_400_000_000,
+    },
 }
 
 
@@ -117,6 +125,11 @@ def test_scrape_shows_the_ledger(tmp_path: Path) -> None:
         "traind_step_duration_seconds_count": 21,
         "traind_step_duration_seconds_sum": 4.25,
     }
+    assert value(families, "traind_worker_resident_memory_bytes") == 900_000_000
+    assert value(families, "traind_device_memory_allocated_bytes") == 2_000_000_000
+    assert value(families, "traind_device_memory_reserved_bytes") == 3_000_000_000
+    assert value(families, "traind_device_memory_peak_bytes") == 2_500_000_000
+    assert value(families, "traind_memory_estimate_bytes") == 2_400_000_000
     for name, (kind, _) in families.items():
         assert name.startswith("traind_")
         assert (kind == "counter") == (name in ("traind_tokens_processed", "traind_nan_skips"))

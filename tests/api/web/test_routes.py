@@ -160,6 +160,21 @@ def test_status_shows_the_training_file_and_its_eta(api: LiveApi) -> None:
     assert (body["tokens_per_s"], body["eta_s"], body["eta_queue_s"]) == (None, None, None)
 
 
+def test_status_shows_the_memory_the_worker_measured(api: LiveApi) -> None:
+    assert api.get("/v1/status").json()["memory"] is None  # no worker yet
+    measured = {
+        "host_rss_bytes": 512_000_000,
+        "device_allocated_bytes": None,  # a CPU worker
+        "device_reserved_bytes": None,
+        "device_peak_bytes": None,
+        "estimate_bytes": 64_000_000,
+    }
+    api.heartbeat(global_step=3, extra={"memory": {**measured, "unknown": 1}})
+    assert api.get("/v1/status").json()["memory"] == measured
+    api.heartbeat(global_step=4, extra={"memory": "not an object"})  # an older worker's
+    assert api.get("/v1/status").json()["memory"] is None
+
+
 def test_status_and_gold_read_the_event_log_and_the_gold_folder(api: LiveApi) -> None:
     emit(api, event="eval", step=8, val_loss=2.5, sets={"arith": 2.25})
     emit(api, event="gold_checkpoint", step=8, val_loss=2.5)
