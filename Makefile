@@ -42,14 +42,16 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# --durations: the slowest tests, so a CI log shows where the suite's time goes.
 test: setup lint
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow" --durations=25
 
 test-slow: setup
 	$(BIN)/pytest -m slow
 
 bench: setup
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/optimizer.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/checkpoint_memory.py
 	$(BIN)/python bench/checkpoint.py
