@@ -2,21 +2,19 @@
 ``<paths.state>/events.jsonl`` (with the newest forgetting report), the gold checkpoint,
 and the checkpoint folders.
 
-The event log only grows, and may grow large over months of training, so
-:class:`EventDigest` reads it incrementally: each refresh reads only the lines appended
-since the last one (from the start again if the file was replaced or truncated).
+:class:`EventDigest` follows the event log incrementally (``api.web.followed_log``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_args
 
+from api.web.followed_log import FollowedLog, parse_line
 from trainer.records.checkpoints import (
     EXPORT_DIR,
     EXPORT_INFO,
@@ -29,13 +27,7 @@ from trainer.records.checkpoints import (
     read_json_object,
     step_of,
 )
-from trainer.records.events import (
-    FORGETTING,
-    EventTail,
-    FileKey,
-    eval_set_losses,
-    parse_record,
-)
+from trainer.records.events import FORGETTING, eval_set_losses
 from trainer.records.state import read_training_state
 
 log = logging.getLogger(__name__)
@@ -48,30 +40,21 @@ KIND_ORDER = {kind: n for n, kind in enumerate(get_args(Kind))}
 _COMMON = ("event", "timestamp", "step", "val_loss", "reason")
 
 
-class EventDigest:
+class EventDigest(FollowedLog):
     """The newest ``eval`` event, each eval set's newest loss, the newest ``eval`` event
     with a forgetting report, and the gold decisions of the event log, kept current.
     Evaluations of a saved checkpoint (``traind eval --checkpoint``, trigger
     ``checkpoint``) are not the lineage's, and are left out."""
 
     def __init__(self, path: Path, *, keep: int = HISTORY_KEPT) -> None:
-        self.path = path
         self._keep = keep
-        self._lock = threading.Lock()
-        self._tail = EventTail(path, on_new_file=self._new_file)
-        self._clear()
+        super().__init__(path)
 
     def _clear(self) -> None:
-        self._line = 0
         self._last_eval: dict[str, Any] | None = None
         self._last_forgetting: dict[str, Any] | None = None
         self._set_losses: dict[str, tuple[float, int | None]] = {}
         self._gold: deque[dict[str, Any]] = deque(maxlen=self._keep)
-
-    def _new_file(self, file: FileKey, previous: FileKey | None) -> int:
-        # Replaced or truncated: what was read of the old file no longer holds.
-        self._clear()
-        return 0
 
     def last_eval(self) -> dict[str, Any] | None:
         """The newest ``eval`` event, or None."""
@@ -99,26 +82,11 @@ class EventDigest:
             self._refresh()
             return list(self._gold)
 
-    def _refresh(self) -> None:
-        if not self.path.exists():
-            self._tail.forget()
-            self._clear()
+    def _take_line(self, raw: bytes, *, line: int) -> None:
+        # Most lines are neither: skip them without parsing.
+        if b'"eval"' not in raw and b'"gold_' not in raw:
             return
-        more = True
-        while more:
-            data, more = self._tail.read()
-            for raw in data.splitlines():
-                self._line += 1
-                # Most lines are neither: skip them without parsing.
-                if b'"eval"' in raw or b'"gold_' in raw:
-                    self._take(raw, line=self._line)
-
-    def _take(self, raw: bytes, *, line: int) -> None:
-        try:
-            event = parse_record(raw)
-        except ValueError:
-            log.debug("events.jsonl line %d is not JSON; skipped", line)
-            return
+        event = parse_line(raw, line=line)
         if event is None:
             return
         kind = event.get("event")

@@ -1,8 +1,7 @@
 """The lineage's history as plot series, for ``GET /v1/history`` and the dashboard.
 
-Read from the event log (``<paths.state>/events.jsonl``) as
-:class:`api.web.history.EventDigest` reads it: only the lines appended since the previous
-read, from the start again when the file was replaced or truncated. Kept in memory at
+Read from the event log (``<paths.state>/events.jsonl``) incrementally, like
+:class:`api.web.history.EventDigest` (both are ``api.web.followed_log.FollowedLog``). Kept in memory at
 full resolution, ``array`` columns (steps, values) per series: a request for any step
 range is two bisections and, when there are more points than asked for, builtin
 ``min``/``max``/``sum`` over slices: C speed, without numpy (the API imports none).
@@ -37,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from api.web.followed_log import FollowedLog, parse_line
 from trainer.records.checkpoints import int_or_none
-from trainer.records.events import EventTail, FileKey, eval_set_losses, parse_record
+from trainer.records.events import eval_set_losses
 
 log = logging.getLogger(__name__)
 
@@ -127,29 +127,19 @@ class Window:
         )
 
 
-class SeriesStore:
+class SeriesStore(FollowedLog):
     """The plot series and markers of the event log at ``path``, kept current. Thread-safe:
     every read first takes what was appended since the previous one."""
 
     def __init__(self, path: Path, *, read_bytes: int = READ_BYTES) -> None:
-        self.path = path
-        self._read_bytes = read_bytes
-        self._lock = threading.Lock()
-        self._tail = EventTail(path, on_new_file=self._new_file)
-        self._clear()
+        super().__init__(path, read_bytes=read_bytes)
 
     def _clear(self) -> None:
-        self._line = 0
         self._series: dict[str, Series] = {}
         self._files: list[dict[str, Any]] = []
         self._gold: list[dict[str, Any]] = []
         self._blocked: list[dict[str, Any]] = []
         self._rollbacks: list[dict[str, Any]] = []
-
-    def _new_file(self, file: FileKey, previous: FileKey | None) -> int:
-        # Replaced or truncated: what was read of the old file no longer holds.
-        self._clear()
-        return 0
 
     def start_reading(self) -> threading.Thread:
         """Read the log in the background now, so the first request finds it read (one
@@ -197,34 +187,16 @@ class SeriesStore:
             }
 
     # ------------------------------------------------------------- reading
-    def _refresh(self) -> None:
-        if not self.path.exists():
-            self._tail.forget()
-            self._clear()
+    def _take_line(self, raw: bytes, *, line: int) -> None:
+        if raw.startswith(_PROGRESS_START) and raw.find(b"{", 1) < 0:
+            fields = dict(_PROGRESS_FIELD.findall(raw))
+            step = fields.get(b"step", b"")
+            if step.isdigit():
+                self._progress_fields(int(step), fields)
+                return
+        if _WANTED.search(raw) is None:
             return
-        more = True
-        while more:
-            data, more = self._tail.read(max_bytes=self._read_bytes)
-            lines = data.split(b"\n")
-            lines.pop()  # data is whole lines: after the last newline, nothing
-            first = self._line
-            self._line += len(lines)
-            for number, raw in enumerate(lines, start=first + 1):
-                if raw.startswith(_PROGRESS_START) and raw.find(b"{", 1) < 0:
-                    fields = dict(_PROGRESS_FIELD.findall(raw))
-                    step = fields.get(b"step", b"")
-                    if step.isdigit():
-                        self._progress_fields(int(step), fields)
-                        continue
-                if _WANTED.search(raw) is not None:
-                    self._take(raw, line=number)
-
-    def _take(self, raw: bytes, *, line: int) -> None:
-        try:
-            record = parse_record(raw)
-        except ValueError:
-            log.debug("events.jsonl line %d is not JSON; skipped", line)
-            return
+        record = parse_line(raw, line=line)
         if record is None:
             return
         take = _TAKERS.get(record.get("event"))  # type: ignore[arg-type]
@@ -341,9 +313,7 @@ class SeriesStore:
             self._cut(step)
 
     def _retired(self, record: dict[str, Any], line: int) -> None:
-        line_read = self._line
         self._clear()
-        self._line = line_read
 
     # ------------------------------------------------------------- the lineage's history
     def _cut(self, step: int) -> None:
