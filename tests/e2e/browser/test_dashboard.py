@@ -67,6 +67,20 @@ def progress(page) -> float:
     return float(page_value(page, "document.getElementById('file-progress').value"))
 
 
+def live_equals_history(page, service) -> list[int]:
+    """Once the page has every event of the log, the train-loss steps it grew live are those
+    of a fresh ``/v1/history``: nothing missed, nothing twice. Returns them."""
+    history = service.get("/v1/history?points=10000").json()
+    wait_for(
+        lambda: page_value(page, "window.traindPage.lastId") >= history["last_event_id"],
+        timeout=20,
+        what="the page to reach the event log's end",
+    )
+    live = page_value(page, "window.traindPage.history.series.train_loss.step")
+    assert live == history["series"]["train_loss"]["step"]
+    return live
+
+
 def click(page, element_id: str) -> None:
     page.find_element(By.ID, element_id).click()
 
@@ -150,14 +164,7 @@ def test_the_dashboard_follows_training_and_steers_it(tmp_path, service_factory,
     # Everything trains; then the page's live series equal a fresh history, exactly.
     service.wait_done(2, timeout=180)
     wait_for(lambda: service_state(service) == "idle", timeout=30, what="idle")
-    history = service.get("/v1/history?points=10000").json()
-    wait_for(
-        lambda: page_value(page, "window.traindPage.lastId") >= history["last_event_id"],
-        timeout=10,
-        what="the page to reach the event log's end",
-    )
-    live = page_value(page, "window.traindPage.history.series.train_loss.step")
-    assert live == history["series"]["train_loss"]["step"]
+    live = live_equals_history(page, service)
     wait_for(lambda: train_loss_points(page) == len(live), timeout=5, what="the plot drawn")
     screenshot(page, "dashboard", **DESKTOP)
     screenshot(page, "dashboard", **PHONE)
@@ -255,13 +262,6 @@ def test_the_read_only_page_offers_no_action(tmp_path, service_factory, page):
     assert all(service.url in m and "ERR_CONNECTION" in m for m in outage), outage
     service.drop(drops[1])
     service.wait_done(2)
-    history = service.get("/v1/history?points=10000").json()
-    wait_for(
-        lambda: page_value(page, "window.traindPage.lastId") >= history["last_event_id"],
-        timeout=20,
-        what="the page to reach the event log's end",
-    )
-    live = page_value(page, "window.traindPage.history.series.train_loss.step")
-    assert live == history["series"]["train_loss"]["step"]
+    live = live_equals_history(page, service)
     assert live[-1] == service.files()[-1].end_step
     assert_only_loopback(requested_urls(page), service.port)
