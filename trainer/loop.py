@@ -30,7 +30,7 @@ from trainer.exporter import Exporter
 from trainer.faults import fault_point
 from trainer.feed import StepFeed
 from trainer.guard import Guard
-from trainer.memory_use import MemoryMeter
+from trainer.memory_use import MemoryMeter, release_free_memory
 from trainer.opening import (
     HeldLineage,
 )
@@ -311,6 +311,7 @@ class Trainer:
         fault_point("loop:before_file_complete")
         self.session.file_complete(done)
         self.exporter.after_file()
+        log.debug("returned free heap memory in %.3fs", release_free_memory())
 
     def _optimizer_step(
         self, data: TokenizedFile, current: FileProgress

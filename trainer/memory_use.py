@@ -7,12 +7,18 @@ reserved bytes and the peak allocated since the file in training started. The ch
 once per session, after :data:`CHECK_AFTER_STEPS` optimizer steps: on CUDA the plan is
 compared with the peak allocated; on CPU with what the process's RSS grew by since the
 trainer started opening (the interpreter and torch's own libraries are not in the plan).
+After each file the C heap's free pages are given back (:func:`release_free_memory`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +31,33 @@ CHECK_AFTER_STEPS = 3
 what later ones reuse: moments on the first, the allocator's pools)."""
 GIB = 2**30
 STATM = Path("/proc/self/statm")
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None (another C library, or not Linux)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> float:
+    """Give the C heap's free pages back to the system; the seconds it took.
+
+    glibc keeps memory that large freed blocks (batches, evaluation activations of
+    varying shapes) leave in its heaps, raising its mmap threshold as it goes, so a
+    long-running worker's resident set crept up file after file (bench/soak.py: +9.5%
+    from file 10 to 100, all of it with evaluation). Trimming after each file keeps it
+    flat and about 100 MiB lower there (+1.3% to file 150) for a few milliseconds.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return 0.0
+    started = time.monotonic()
+    trim(0)
+    return time.monotonic() - started
 
 
 def host_rss_bytes() -> int | None:

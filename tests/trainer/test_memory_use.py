@@ -10,7 +10,13 @@ import mmap
 import torch
 from conftest import text_rows, write_jsonl
 
-from trainer.memory_use import CHECK_AFTER_STEPS, MemoryMeter, compare, host_rss_bytes
+from trainer.memory_use import (
+    CHECK_AFTER_STEPS,
+    MemoryMeter,
+    compare,
+    host_rss_bytes,
+    release_free_memory,
+)
 
 
 def test_a_training_run_measures_its_memory_and_checks_the_plan_once(
@@ -66,3 +72,17 @@ def test_host_rss_grows_with_what_the_process_holds():
 def test_without_a_plan_nothing_is_checked():
     meter = MemoryMeter(torch.device("cpu"), baseline_rss=host_rss_bytes())
     assert all(meter.after_step() is None for _ in range(2 * CHECK_AFTER_STEPS))
+
+
+def test_freed_heap_memory_goes_back_to_the_system():
+    """What the C heap keeps after a free (below the top of the heap, so glibc does not
+    give it back by itself) leaves the resident set once released."""
+    blocks = [bytes(64 * 1024) for _ in range(2000)]  # 125 MiB in heap-sized blocks
+    pin = bytes(64 * 1024)  # above them: the freed blocks are not the heap's top
+    del blocks
+    kept = host_rss_bytes()
+    seconds = release_free_memory()
+    after = host_rss_bytes()
+    assert kept is not None and after is not None and pin
+    assert kept - after > 48 * 2**20
+    assert 0 <= seconds < 5
