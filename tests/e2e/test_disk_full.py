@@ -8,6 +8,7 @@ said ``idle``; a full state filesystem crash-looped the worker on its heartbeat.
 """
 
 import contextlib
+import errno
 import os
 import subprocess
 from pathlib import Path
@@ -48,11 +49,21 @@ def small_disk(tmp_path):
 
 
 def fill(folder: Path, *, leave: int) -> Path:
-    """Fill ``folder``'s filesystem until ``leave`` bytes are free; the filler file."""
+    """Fill ``folder``'s filesystem until ``leave`` bytes are free; the filler file.
+
+    The service keeps writing meanwhile (heartbeats, events): should it take the last
+    ``leave`` bytes first, the filler stops at the full disk, which is what it was for."""
     filler = folder / "filler.bin"
     free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
-    with filler.open("wb") as out:
-        out.write(b"\0" * max(0, free - leave))
+    remaining = max(0, free - leave)
+    chunk = bytes(MIB)
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while remaining > 0:
+                remaining -= out.write(chunk[:remaining])
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
     return filler
 
 
