@@ -19,18 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
 import httpx
+from serving import Serve
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
@@ -38,8 +34,6 @@ from service.config.sections import WatcherSection
 from service.inbox.watcher import InboxWatcher
 from service.ledger import FileState, Ledger
 from trainer.records.events import EventLog
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -115,46 +109,18 @@ def traind_burst(root: Path, count: int) -> list[float]:
     return [queued[name] - dropped[name] for name in dropped if name in queued]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def first_step(root: Path, trials: int) -> tuple[list[float], list[float], float]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIND_")}
     poll_s = 0.5
-    env.update(
-        TRAIND_PATHS__INBOX=str(root / "inbox"),
-        TRAIND_PATHS__CHECKPOINTS=str(root / "checkpoints"),
-        TRAIND_PATHS__STATE=str(root / "state"),
-        TRAIND_SERVER__PORT=str(port),
+    serve = Serve(
+        root,
         TRAIND_MODEL__PRESET="tiny",
         TRAIND_WORKER__POLL_S=str(poll_s),
         TRAIND_WORKER__HEARTBEAT_S="0.05",
         TRAIND_TRAIN__DEVICE="cpu",
-        PYTHONPATH=str(REPO),
-    )
-    log = (root / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli.main", "serve", "--log-level", "WARNING"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
     )
     to_start, to_step = [], []
-    try:
-        url = f"http://127.0.0.1:{port}/v1/status"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url, timeout=2).json()["worker"]["model_loaded"]:
-                    break
-            except (httpx.HTTPError, KeyError, TypeError):
-                pass
-            time.sleep(0.1)
+    with serve:
+        url = serve.url + "/v1/status"
         events = root / "state" / "events.jsonl"
         for trial in range(trials):
             time.sleep(2 * poll_s)  # let the worker go idle again
@@ -187,10 +153,6 @@ def first_step(root: Path, trials: int) -> tuple[list[float], list[float], float
             # Wait for the file to finish so the next trial starts from an idle worker.
             while httpx.get(url, timeout=2).json()["state"] != "idle":
                 time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=120)
-        log.close()
     return to_start, to_step, poll_s
 
 

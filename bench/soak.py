@@ -15,25 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
+from serving import Serve
 
-REPO = Path(__file__).resolve().parents[1]
 MIB = 2**20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_drop(path: Path, *, n: int) -> None:
@@ -41,14 +29,10 @@ def write_drop(path: Path, *, n: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def status(url: str) -> dict:
-    return httpx.get(url + "/v1/status", timeout=5).json()
-
-
-def wait_done(url: str, count: int, *, timeout: float) -> dict:
+def wait_done(serve: Serve, count: int, *, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = status(url)
+        body = serve.status()
         if body["queue"].get("done", 0) >= count and body["state"] == "idle":
             return body
         time.sleep(0.2)
@@ -63,39 +47,16 @@ def main() -> None:
     marks = sorted({10, args.files // 2, args.files})
     with tempfile.TemporaryDirectory(prefix="traind-soak-") as tmp:
         root = Path(tmp)
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIND_")}
-        env.update(
-            TRAIND_PATHS__INBOX=str(root / "inbox"),
-            TRAIND_PATHS__CHECKPOINTS=str(root / "checkpoints"),
-            TRAIND_PATHS__STATE=str(root / "state"),
-            TRAIND_SERVER__PORT=str(port),
+        serve = Serve(
+            root,
             TRAIND_MODEL__PRESET=args.preset,
             TRAIND_WORKER__HEARTBEAT_S="0.2",
             TRAIND_EVAL__INTERVAL="20",
             TRAIND_EVAL__HOLDOUT_FRACTION="0.1",
-            PYTHONPATH=str(REPO),
         )
-        url = f"http://127.0.0.1:{port}"
-        with (root / "serve.log").open("w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "api.cli.main", "serve", "--log-level", "WARNING"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
         seen: dict[int, dict] = {}
         started = time.monotonic()
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if status(url)["worker"]["model_loaded"]:
-                        break
-                except (httpx.HTTPError, KeyError, TypeError):
-                    pass
-                time.sleep(0.2)
+        with serve:
             staging = root / "staging"
             staging.mkdir()
             for first in range(1, args.files + 1, 10):
@@ -104,13 +65,10 @@ def main() -> None:
                     write_drop(source, n=n)
                     source.replace(root / "inbox" / source.name)
                 done = min(first + 9, args.files)
-                body = wait_done(url, done, timeout=600)
+                body = wait_done(serve, done, timeout=600)
                 for mark in marks:
                     if first <= mark <= done and mark not in seen:
                         seen[mark] = body["memory"] or {}
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=120)
     wall = time.monotonic() - started
     print(f"{args.files} files, preset {args.preset}, {wall:.0f} s")
     for field, label in (
