@@ -96,6 +96,9 @@ class Checkpointer:
         """Called after each committed checkpoint with (folder, step, folders rotated out)."""
         self.on_gold: Callable[[Path, int], None] | None = None
         """Called after each promotion to gold with (folder, step)."""
+        self.before_save: Callable[[], None] = lambda: None
+        """Called before any save: the trainer accounts for steps not yet read back from
+        the device (``trainer.readback``), so no committed state lacks them."""
         self.on_disk_full = on_disk_full
         """Called when a checkpoint, gold or export write finds the disk full: it returns
         when the write is worth trying again, or raises to give up (see ``with_space``)."""
@@ -125,6 +128,11 @@ class Checkpointer:
         an ``interval`` save is a host copy handed to the background writer: its folder is
         returned at once and appears when the write commits. Every other one is committed
         before this returns."""
+        saves = self.saves
+        self.before_save()
+        if self.saves != saves and self.last_saved_step == self.state.global_step:
+            # Settling rewound and committed this very boundary (reason ``rollback``).
+            return self.root / step_folder(self.state.global_step)
         started = time.monotonic()
         # A background save that ran out of space is covered by this one, written now.
         failed = self._settle(wait=True)
@@ -277,6 +285,7 @@ class Checkpointer:
     def save_gold(self) -> Path:
         """Write the state at this step as ``gold`` (atomic, like every checkpoint), then
         tell ``on_gold``. A background save is collected first: one write at a time."""
+        self.before_save()
         self.poll(wait=True)
         if self.group.leader:
             self.refuse_foreign(GOLD_DIR)

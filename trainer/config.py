@@ -16,6 +16,7 @@ NormType = Literal["layernorm", "rmsnorm"]
 LrSchedule = Literal["constant", "cosine", "inverse_sqrt"]
 Precision = Literal["auto", "fp32", "bf16"]
 LostCheckpoints = Literal["refuse", "gold"]
+Readback = Literal["auto", "step", "log"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,6 +136,19 @@ class TrainConfig:
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass instead of keeping them:
     about a third more compute for a fraction of the activation memory."""
+    compile: bool = False
+    """Compile the training forward and backward with ``torch.compile`` (inductor) at one
+    fixed shape: every micro-batch is padded to ``micro_batch_size`` rows of the model's
+    block size, with no targets in the padding, so losses and gradients are unchanged and
+    one compilation serves every file. The first step of a process waits for the compiler
+    (tens of seconds; minutes for a large model); later steps run faster on a GPU. In a
+    torchrun group the model trains uncompiled."""
+    readback: Readback = "auto"
+    """When the host reads a step's loss and gradient norm back from the device: ``step``
+    after every step; ``log`` only at log intervals, evaluations, checkpoints and the
+    file's end, so the host never waits for the accelerator in between (a non-finite
+    step is still skipped, on the device, and reported when read back); ``auto`` is
+    ``log`` on CUDA in one process, ``step`` elsewhere."""
     shard_size_mb: float = 5000.0
     """Checkpoint and export weights above this many megabytes are written as shards with
     an index (``model-00001-of-0000N.safetensors``), as ``save_pretrained`` does."""

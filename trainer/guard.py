@@ -97,16 +97,17 @@ class Guard:
                     ) from exc
                 self._recover_from_oom(current)
 
-    def record_skip(self, rows: StepRows, *, loss: float, norm: float) -> None:
-        """Count and report a skipped step with the file and source lines it came from
-        (and the earlier drops it replayed, by name)."""
+    def record_skip(self, rows: StepRows, *, step: int, loss: float, norm: float) -> None:
+        """Count and report skipped step ``step`` (the global step it started from) with
+        the file and source lines it came from (and the earlier drops it replayed, by
+        name)."""
         state = self.checkpointer.state
         state.nan_skips_total += 1
-        state.nan_skip_steps.append(state.global_step)
+        state.nan_skip_steps.append(step)
         lines = describe_lines(rows)
         log.warning(
             "step %d skipped: non-finite %s (loss %s, grad norm %s) in %s lines %s",
-            state.global_step,
+            step,
             "loss" if not math.isfinite(loss) else "gradients",
             loss,
             norm,
@@ -115,7 +116,7 @@ class Guard:
         )
         self.checkpointer.events.emit(
             "nan_skipped",
-            step=state.global_step,
+            step=step,
             file=state.current_file.name,
             sha256=state.current_file.sha256,
             lines=lines,

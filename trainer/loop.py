@@ -37,15 +37,17 @@ from trainer.opening import (
 from trainer.optim import lr_at
 from trainer.parallel import parallelize
 from trainer.parking import holdout_for, park_current
-from trainer.progress import ProgressMeter, Scalars, StepReport, next_report
+from trainer.progress import ProgressMeter, Scalars, StepReport
+from trainer.readback import Readback, StepRecord
 from trainer.records.events import round_loss
 from trainer.records.state import FileProgress
 from trainer.records.storage import DiskFullError
 from trainer.replay import ReplayPool, SourceFinder
 from trainer.rollback import Rollback
+from trainer.rows import StepRows
 from trainer.session import Session
 from trainer.startup import open_trainer
-from trainer.step import StepRunner, resolve_precision
+from trainer.step import StepRunner, UpdateResult, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,6 @@ class Trainer:
         self.world_size = group.world_size
         self.rollback: Rollback | None = held.rollback
         """The rollback to gold done as this trainer opened, if any."""
-        self.last_report: StepReport | None = None
         self.evaluation = evaluation or EvalConfig()
         self.gold_config = gold or GoldConfig()
         self.export_config = export or ExportConfig()
@@ -109,6 +110,7 @@ class Trainer:
             device=self.device,
             group=group,
             forward=self.parallel.forward,
+            block_size=lineage.model_config.block_size,
         )
         self.guard = Guard(self.checkpointer, steps=self.steps, train=train, device=self.device)
         self.evaluator = Evaluator(
@@ -135,6 +137,9 @@ class Trainer:
             gold=self.gold_config,
         )
         self.checkup.on_promote = self.exporter.after_gold
+        self.readback = Readback(guard=self.guard, checkup=self.checkup, scalars=self.scalars)
+        # No state is committed with a step's loss still on the device.
+        self.checkpointer.before_save = self.readback.settle
         self.feed = StepFeed(
             ReplayPool(
                 tokenizer=self.tokenizer,
@@ -247,38 +252,47 @@ class Trainer:
 
     def _train_step(self, data: TokenizedFile, current: FileProgress, meter: ProgressMeter):
         """One optimizer step, then what is due at its boundary: the progress line, an
-        evaluation, an interval checkpoint."""
+        evaluation, an interval checkpoint (each reads the steps' losses back first)."""
         self.checkpointer.poll()
         started = time.monotonic()
-        loss, tokens = self._optimizer_step(data, current)
-        seconds = time.monotonic() - started
-        self.memory.after_step()
-        meter.add(tokens=tokens, loss=loss, seconds=seconds)
-        self.checkup.add_train_loss(loss)
+        result, rows = self._optimizer_step(data, current)
         step = self.state.global_step
-        report = self.last_report = next_report(
-            self.last_report,
-            step=step,
-            target_step=current.target_step,
-            loss=loss,
-            lr=lr_at(step - 1, self.train),
-            tokens=tokens,
-            seconds=seconds,
+        self.readback.add(
+            StepRecord(
+                step=step,
+                result=result,
+                rows=rows,
+                current=current,
+                meter=meter,
+                tokens=rows.own_tokens + rows.replayed_tokens,
+                seconds=time.monotonic() - started,
+                lr=lr_at(step - 1, self.train),
+            )
         )
-        self.scalars.step(step, loss=loss, lr=report.lr, tokens_per_s=report.tokens_per_s)
-        if step % self.train.log_interval == 0 or step == current.target_step:
-            self._report_progress(current, meter, step=step, lr=report.lr)
+        self.memory.after_step()
+        logged = step % self.train.log_interval == 0 or step == current.target_step
         at_end = step == current.target_step and self.evaluation.at_file_end
-        if step % self.evaluation.interval == 0 and not at_end:
-            current.elapsed_s = meter.elapsed()
-            self.checkup.run(current, eta_s=report.eta_s)
-        if (
+        evaluate = step % self.evaluation.interval == 0 and not at_end
+        save = (
             step % self.train.checkpoint_interval == 0
             and step < current.target_step
             and self.checkpointer.last_saved_step != step
-        ):
+        )
+        if logged or evaluate or save or not self.steps.deferred:
+            self.readback.settle()
+        if logged:
+            self._report_progress(current, meter, step=step, lr=self.last_report.lr)
+        if evaluate:
+            current.elapsed_s = meter.elapsed()
+            self.checkup.run(current, eta_s=self.last_report.eta_s)
+        if save and self.checkpointer.last_saved_step != step:  # a rewind saved it
             current.elapsed_s = meter.elapsed()
             self.checkpointer.save(reason="interval")
+
+    @property
+    def last_report(self) -> StepReport | None:
+        """The newest step read back: its loss, pace and ETA (the worker's heartbeat)."""
+        return self.readback.last_report
 
     def _report_progress(
         self, current: FileProgress, meter: ProgressMeter, *, step: int, lr: float
@@ -315,9 +329,10 @@ class Trainer:
 
     def _optimizer_step(
         self, data: TokenizedFile, current: FileProgress
-    ) -> tuple[float | None, int]:
+    ) -> tuple[UpdateResult | None, StepRows]:
         """One optimizer step over the file's ``sequences_per_step`` sequences, a share of
-        them replayed from earlier drops; returns (mean loss, tokens)."""
+        them replayed from earlier drops; returns its update (None: no targets, nothing to
+        learn) and rows. Its loss is accounted when read back (``trainer.readback``)."""
         state = self.state
         # The file's own step size (rule 14), not the split in force: micro-batches of
         # state.micro_batch_size cover it, the last one shorter if it does not divide.
@@ -330,7 +345,7 @@ class Trainer:
         n_targets = rows.n_targets
         loss_sum = self.guard.accumulate(rows, n_targets=n_targets, current=current)
         fault_point("loop:mid_step")
-        loss = None
+        result = None
         if n_targets == 0:
             # A whole step without targets has nothing to learn: no update (momentum and
             # decay alone would move the weights), but the step and data still advance.
@@ -339,27 +354,22 @@ class Trainer:
             result = self.steps.update(
                 loss_sum, n_targets=n_targets, lr=lr_at(state.global_step, self.train)
             )
-            if result.applied:
-                loss = result.loss
-            else:
-                self.guard.record_skip(rows, loss=result.loss, norm=result.grad_norm)
-        tokens = rows.own_tokens
         advance(
             state,
             current,
             sequences=len(rows.own[1]),
-            tokens=tokens,
-            loss=loss,
+            tokens=rows.own_tokens,
+            loss=None,  # counted when read back
             replayed_sequences=rows.replayed_sequences,
             replayed_tokens=rows.replayed_tokens,
         )
-        self.guard.rewind_if_needed(rows)
-        return loss, tokens + rows.replayed_tokens
+        return result, rows
 
     # ------------------------------------------------------------- for the worker
     def park_current(self, *, reason: str) -> None:
         """Set the file in progress aside unfinished and commit that (what it taught stays
         in the weights; training the same content again continues it): ``trainer.parking``."""
+        self.readback.settle()
         self.group.announce("park_current", reason=reason)
         if park_current(self.state, events=self.events, reason=reason) is not None:
             self.checkpointer.save(reason="park")
@@ -371,6 +381,7 @@ class Trainer:
 
     def export(self, *, reason: str = "requested") -> Path | None:
         """Write ``checkpoints/export`` now, from its source (``trainer.exporter``)."""
+        self.readback.settle()
         self.group.announce("export", reason=reason)
         if self.group.sharded:
             # No rank holds the whole model: the export is written from the committed
@@ -383,6 +394,7 @@ class Trainer:
 
     def evaluate(self, *, trigger: str = "request") -> dict:
         """Evaluate now, at this step boundary (an operator asked); the ``eval`` event."""
+        self.readback.settle()
         self.group.announce("evaluate", trigger=trigger)
         return self.checkup.run(self.state.current_file, trigger=trigger)
 
