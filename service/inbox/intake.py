@@ -14,27 +14,29 @@ person can act on (which file, which line, what to do):
    (strict: a file with one bad line is not trained on at all).
 
 A file that passes is recorded ``queued``, or ``duplicate`` when the same content is
-already queued, training or trained. The ledger record is written before the file is
-moved, so a crash in between leaves a top-level file whose record already exists;
-:meth:`Intake.finish_interrupted` recognises it (same path, same content) and completes
-the move instead of recording it twice.
+already queued, training or trained. :mod:`service.inbox.filing` records the verdicts of
+a batch in one transaction before it moves the files, so a crash in between leaves
+top-level files whose records already exist; :meth:`Intake.finish_interrupted`
+recognises each (same path, same content) and completes the move instead of recording
+it twice.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from service.config.sections import WatcherSection
-from service.inbox.layout import InboxLayout, move_file, reason_path, write_text_atomic
+from service.inbox.filing import Filed, Filing, holds
+from service.inbox.layout import InboxLayout
 from service.inbox.names import is_utf8, printable_name, recorded_path, undecodable_reason
-from service.inbox.reasons import line_problems, reason_text, strict_reason
-from service.ledger.records import FileRecord, FileState, LineProblem
+from service.inbox.reasons import line_problems, strict_reason
+from service.inbox.verdict import Verdict
+from service.ledger.records import FileRecord, LineProblem
 from trainer.records.events import EventLog
 from trainer.records.formats import (
     DataError,
@@ -50,30 +52,6 @@ class FileChangedError(RuntimeError):
     """The file changed while it was being checked: its writer is not done."""
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """What checking one file found, before anything is written anywhere."""
-
-    path: Path
-    """The file checked, at the top level of the inbox."""
-    accepted: bool
-    """Trainable as is (it may still turn out to be a duplicate)."""
-    reason: str | None
-    """Why it is rejected: file, line and what to do; ``None`` when accepted."""
-    sha256: str | None = None
-    """Content hash, when the file could be read."""
-    size: int = 0
-    """Bytes on disk."""
-    format: str | None = None
-    """Drop format, when one was recognised."""
-    n_examples: int = 0
-    """Valid examples."""
-    n_invalid: int = 0
-    """Invalid lines."""
-    invalid_lines: tuple[LineProblem, ...] = ()
-    """The first invalid lines with their reasons."""
-
-
 class Intake:
     """Checks inbox files, records them in the ledger and files them away."""
 
@@ -84,17 +62,28 @@ class Intake:
         self.ledger = ledger
         self.settings = settings
         self.events = events
+        self.filing = Filing(layout, ledger=ledger, events=events)
+        """Recording, moving and announcing what the checks found."""
 
-    def finish_interrupted(self, path: Path) -> FileRecord | None:
+    def recorded_at(self, paths: Iterable[Path]) -> dict[str, FileRecord]:
+        """The newest record of each of ``paths`` that has one, by recorded path: what
+        :meth:`finish_interrupted` looks up, for a whole rescan in one query."""
+        return self.ledger.find_by_paths(recorded_path(path) for path in paths)
+
+    def finish_interrupted(
+        self, path: Path, *, known: Mapping[str, FileRecord] | None = None
+    ) -> FileRecord | None:
         """Complete the move of a file recorded before a crash; ``None`` if it is new.
 
         A record found by path whose file is elsewhere already (the crash came between
         the move and the path update) gets its path repaired, and ``path`` is new.
+        ``known`` is :meth:`recorded_at` for a set of paths that includes ``path``.
         """
-        record = self.ledger.find_by_path(recorded_path(path))
+        recorded = recorded_path(path)
+        record = self.ledger.find_by_path(recorded) if known is None else known.get(recorded)
         if record is None:
             return None
-        if _holds(record, path):
+        if holds(record, path):
             log.warning(
                 "%s was recorded (id %d, %s) but not moved, probably because of a crash; "
                 "finishing the move",
@@ -102,8 +91,8 @@ class Intake:
                 record.id,
                 record.state,
             )
-            placed = self.place(record, path)
-            self._announce(placed)
+            placed = self.filing.place(record, path)
+            self.filing.announce(placed)
             return placed
         destination = self.layout.destination(record)
         if os.path.lexists(destination):
@@ -176,47 +165,17 @@ class Intake:
             size=size,
         )
 
-    def commit(self, verdict: Verdict) -> FileRecord:
-        """Record ``verdict`` in the ledger, announce it, and move the file where it belongs."""
-        name = printable_name(verdict.path.name)
-        if verdict.accepted:
-            assert verdict.sha256 is not None and verdict.format is not None
-            record = self.ledger.record_file(
-                name=name,
-                path=recorded_path(verdict.path),
-                sha256=verdict.sha256,
-                size=verdict.size,
-                format=verdict.format,
-                n_examples=verdict.n_examples,
-            )
-        else:
-            record = self.ledger.record_rejected(
-                name=name,
-                path=recorded_path(verdict.path),
-                reason=verdict.reason or "rejected",
-                sha256=verdict.sha256,
-                size=verdict.size,
-                format=verdict.format,
-                n_examples=verdict.n_examples,
-                n_invalid=verdict.n_invalid,
-                invalid_lines=verdict.invalid_lines,
-            )
-        # Moved first: the worker may claim a queued file at once, and reads its path.
-        placed = self.place(record, verdict.path)
-        self._announce(placed)
-        return placed
+    def commit(self, verdict: Verdict) -> FileRecord | None:
+        """Record ``verdict`` in the ledger, move the file where it belongs, announce it;
+        ``None`` if it was recorded but could not be moved or its path noted (the next
+        rescan finishes it)."""
+        filed = self.filing.file([verdict])
+        return filed.records[0] if filed.records else None
 
-    def place(self, record: FileRecord, path: Path) -> FileRecord:
-        """Move ``record``'s file from ``path`` to its sub-folder and update the ledger path."""
-        destination = self.layout.destination(record)
-        if record.state is FileState.REJECTED:
-            # Before the move: a crash after it would leave the file out of the rescan's
-            # reach without its reason.
-            write_text_atomic(reason_path(destination), reason_text(record))
-        target = move_file(path, destination)
-        self.ledger.set_path(record.id, str(target))
-        log.debug("moved %s to %s", record.name, target)
-        return dataclasses.replace(record, path=str(target))
+    def commit_all(self, verdicts: Sequence[Verdict]) -> Filed:
+        """Record ``verdicts`` in one ledger transaction, then move and announce them
+        (:meth:`service.inbox.filing.Filing.file`)."""
+        return self.filing.file(verdicts)
 
     def _validate(self, path: Path) -> Verdict | None:
         name = path.name
@@ -258,63 +217,9 @@ class Intake:
             n_examples=report.n_examples,
         )
 
-    def _announce(self, record: FileRecord) -> None:
-        try:
-            self._emit(record)
-        except Exception:
-            # The file is recorded and filed away; a full disk must not make it look untaken.
-            log.exception("could not write the event for file %d to the event log", record.id)
-
-    def _emit(self, record: FileRecord) -> None:
-        # A queued or duplicate file has its one log line from the ledger as it is recorded
-        # (Ledger.record_file); a rejection is a warning here, as a person must act on it.
-        if record.state is FileState.REJECTED:
-            log.warning("rejected %s (id %d): %s", record.name, record.id, record.error)
-            self.events.emit(
-                "file_rejected",
-                id=record.id,
-                file=record.name,
-                sha256=record.sha256,
-                reason=record.error,
-                lines=[p.line for p in record.invalid_lines if p.line is not None],
-            )
-        elif record.state is FileState.DUPLICATE:
-            self.events.emit(
-                "file_duplicate",
-                id=record.id,
-                file=record.name,
-                sha256=record.sha256,
-                duplicate_of=record.duplicate_of,
-            )
-        else:
-            self.events.emit(
-                "file_queued",
-                id=record.id,
-                file=record.name,
-                sha256=record.sha256,
-                format=record.format,
-                n_examples=record.n_examples,
-                size=record.size,
-            )
-
 
 def _rejected(path: Path, reason: str, **fields: Any) -> Verdict:
     return Verdict(path=path, accepted=False, reason=reason, **fields)
-
-
-def _holds(record: FileRecord, path: Path) -> bool:
-    """Whether ``path`` holds the very file ``record`` describes."""
-    try:
-        now = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if record.sha256 is None:
-        # Never hashed (a link, a FIFO, a file over the size limit): it was rejected, and the
-        # same name and size is the best evidence left.
-        return record.state is FileState.REJECTED and record.size == now.st_size
-    if not stat.S_ISREG(now.st_mode) or now.st_size != record.size:
-        return False
-    return file_sha256(path) == record.sha256
 
 
 def _check_unchanged(path: Path, before: os.stat_result) -> None:

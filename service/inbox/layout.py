@@ -15,6 +15,7 @@ filesystem), hence atomic.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,13 +93,14 @@ def reason_path(destination: Path) -> Path:
     return destination.with_name(destination.name + REASON_SUFFIX)
 
 
-def move_file(source: Path, destination: Path) -> Path:
+def move_file(source: Path, destination: Path, *, sync: bool = True) -> Path:
     """Rename ``source`` to ``destination`` without overwriting anything; return where it went.
 
     Names carry the ledger id, and ids are kept above every id in the folders
     (:mod:`service.inbox.inventory`), so a clash means a leftover from an earlier crash; the new
     file then gets a ``~N`` mark before its extension (``000007-day1~1.jsonl``), so its
-    name stays one the worker reads.
+    name stays one the worker reads. With ``sync=False`` the caller fsyncs both folders
+    itself (:func:`sync_folders`, once for a batch of moves) before it relies on the move.
     """
     target = destination
     n = 0
@@ -106,10 +108,27 @@ def move_file(source: Path, destination: Path) -> Path:
         n += 1
         target = destination.with_name(_marked(destination.name, n))
     os.rename(source, target)
-    # The rename must survive a power cut, or the ledger and the folders disagree.
-    fsync_folder_quietly(source.parent)
-    fsync_folder_quietly(target.parent)
+    if sync:
+        # The rename must survive a power cut, or the ledger and the folders disagree.
+        sync_folders([source.parent, target.parent])
     return target
+
+
+def sync_folders(folders: Iterable[Path]) -> None:
+    """fsync each folder once, making the renames in them durable."""
+    for folder in dict.fromkeys(folders):
+        fsync_folder_quietly(folder)
+
+
+def filed_candidates(destination: Path) -> Iterator[Path]:
+    """Where :func:`move_file` may have put a file sent to ``destination``: there, then its
+    ``~N`` variants, as long as each exists."""
+    target = destination
+    n = 0
+    while os.path.lexists(target):
+        yield target
+        n += 1
+        target = destination.with_name(_marked(destination.name, n))
 
 
 def _marked(name: str, n: int) -> str:

@@ -10,11 +10,14 @@ Two threads of its own, plus watchdog's:
   rules, and never one still open for writing), rescans the inbox every
   ``rescan_interval_s`` to catch missed events, and restarts a dead observer.
 
-Each file is taken inside its own ``try``: a failure is logged with its traceback and
+Each file is checked inside its own ``try``: a failure is logged with its traceback and
 the file stays where it is, to be retried at the next rescan; a file whose check keeps
-failing is rejected with the error after :data:`MAX_ATTEMPTS`. The loop itself never
-dies. :meth:`InboxWatcher.process_ready` is that loop's step, public so tests can drive
-it deterministically.
+failing is rejected with the error after :data:`MAX_ATTEMPTS`. The checked files are
+recorded a batch at a time (:class:`service.inbox.filing.BatchLimits`: one ledger
+transaction for a burst, not one per file); a batch that cannot be recorded stays in the
+inbox for the next rescan, whole. The loop itself never dies.
+:meth:`InboxWatcher.process_ready` is that loop's step, public so tests can drive it
+deterministically.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from watchdog.observers.api import BaseObserver
 
 from service.config.sections import WatcherSection
 from service.inbox.arrivals import Arrival, Arrivals, Origin, signature
+from service.inbox.filing import Batch, BatchLimits
 from service.inbox.intake import FileChangedError, Intake, Verdict
 from service.inbox.layout import OWN_FOLDERS, InboxLayout, is_ignored
 from service.inbox.names import printable_name
@@ -62,11 +66,14 @@ class InboxWatcher:
         settings: WatcherSection,
         events: EventLog,
         on_queued: Callable[[], None] | None = None,
+        batch_limits: BatchLimits | None = None,
     ) -> None:
         self.layout = InboxLayout(Path(inbox).absolute())
         self.settings = settings
         self.on_queued = on_queued
-        """Called after a drop is queued (traind serve wakes its worker with it)."""
+        """Called after a batch that queued a drop is filed (traind serve wakes its worker)."""
+        self.batch_limits = batch_limits or BatchLimits()
+        """How many checked drops one ledger transaction records."""
         self.intake = Intake(self.layout, ledger=ledger, settings=settings, events=events)
         self._arrivals = Arrivals(
             settle_s=settings.settle_s,
@@ -100,6 +107,7 @@ class InboxWatcher:
             self._stopping.clear()
             # Observer first, then the rescan: a file dropped in between is seen by one of them.
             self._observer = self._start_observer()
+            self._repair_paths()
             self.rescan()
             self._thread = threading.Thread(target=self._run, name="traind-inbox", daemon=True)
             self._thread.start()
@@ -135,6 +143,8 @@ class InboxWatcher:
         one too, to be rejected (only the top level receives drops).
         """
         with self._lock:
+            if self.intake.filing.paths_stale:
+                self._repair_paths()
             now = time.monotonic()
             self._next_rescan = now + self.settings.rescan_interval_s
             present = set()
@@ -164,7 +174,9 @@ class InboxWatcher:
             if not ready:
                 return []
             writers = open_for_writing([self.inbox / a.name for a in ready])
-            taken = []
+            known = self._recorded_at([a for a in ready if a.origin is Origin.FOUND])
+            taken: list[FileRecord] = []
+            batch = Batch(self.batch_limits)
             for arrival in ready:
                 if self._stopping.is_set():
                     break  # shutting down: the rest wait for the next start
@@ -178,11 +190,14 @@ class InboxWatcher:
                     self._held[arrival.name] = now + HELD_RECHECK_S
                     continue
                 self._held.pop(arrival.name, None)
-                record = self._take(arrival, path, now)
-                if record is not None:
-                    taken.append(record)
-                    if record.state is FileState.QUEUED and self.on_queued is not None:
-                        self.on_queued()  # at once: a burst's first file trains meanwhile
+                if batch.due_before(arrival.seen[0] if arrival.seen else 0):
+                    taken.extend(self._file(batch.take()))
+                outcome = self._check(arrival, path, now, known=known)
+                if isinstance(outcome, FileRecord):
+                    taken.append(outcome)
+                elif isinstance(outcome, Verdict) and batch.add(outcome):
+                    taken.extend(self._file(batch.take()))
+            taken.extend(self._file(batch.take()))
             return taken
 
     def health(self) -> dict[str, Any]:
@@ -219,18 +234,30 @@ class InboxWatcher:
             return min(0.25, max(0.02, self.settings.settle_s / 4))
         return max(0.0, min(IDLE_TICK_S, self._next_rescan - time.monotonic()))
 
-    def _take(self, arrival: Arrival, path: Path, now: float) -> FileRecord | None:
+    def _recorded_at(self, found: list[Arrival]) -> dict[str, FileRecord] | None:
+        # Only a file found by a rescan can be a move a crash interrupted; one that a live
+        # event announced is new. One query for them all, not one per file.
+        if not found:
+            return {}
+        try:
+            return self.intake.recorded_at(self.inbox / a.name for a in found)
+        except Exception:
+            log.exception("could not look up the files a rescan found; one by one instead")
+            return None
+
+    def _check(
+        self, arrival: Arrival, path: Path, now: float, *, known: dict[str, FileRecord] | None
+    ) -> FileRecord | Verdict | None:
+        """A file found finished (a move a crash interrupted), a verdict to record, or
+        ``None`` when there is nothing to record now."""
         name = arrival.name
         try:
-            # Only a file found by a rescan can be a move a crash interrupted; one that a
-            # live event announced is new (this skips a ledger query per file in a burst).
-            interrupted = arrival.origin is Origin.FOUND
-            record = self.intake.finish_interrupted(path) if interrupted else None
-            if record is None:
-                verdict = self._inspect(name, path)
-                if verdict is _RETRY_LATER:
-                    return None
-                record = None if verdict is None else self.intake.commit(verdict)
+            if arrival.origin is Origin.FOUND:
+                record = self.intake.finish_interrupted(path, known=known)
+                if record is not None:
+                    self._forget(name)
+                    return record
+            verdict = self._inspect(name, path)
         except FileChangedError:
             log.info("%s changed while it was checked; waiting for it to settle", _shown(path))
             self._arrivals.unsettle(name, now)
@@ -242,8 +269,42 @@ class InboxWatcher:
             )
             self._arrivals.forget(name)
             return None
-        self._forget(name)
-        return record
+        if verdict is _RETRY_LATER:
+            return None
+        if verdict is None:
+            self._forget(name)
+            return None
+        assert isinstance(verdict, Verdict)
+        return verdict
+
+    def _file(self, batch: list[Verdict]) -> list[FileRecord]:
+        """Record a batch of verdicts in one ledger transaction, then move and announce
+        them (:mod:`service.inbox.filing`); the records of those filed."""
+        if not batch:
+            return []
+        try:
+            filed = self.intake.commit_all(batch)
+        except Exception:
+            # Nothing was recorded: the next rescan checks them all again.
+            log.exception(
+                "could not record %d file(s) (%s); they stay in the inbox until the next rescan",
+                len(batch),
+                ", ".join(_shown(v.path) for v in batch[:5]),
+            )
+            for verdict in batch:
+                self._arrivals.forget(verdict.path.name)
+            return []
+        unplaced = {path.name for path in filed.unplaced}
+        for verdict in batch:
+            if verdict.path.name in unplaced:
+                self._arrivals.forget(verdict.path.name)  # the rescan finishes its move
+            else:
+                self._forget(verdict.path.name)
+        if self.on_queued is not None and any(
+            record.state is FileState.QUEUED for record in filed.records
+        ):
+            self.on_queued()  # at once: a burst's first batch trains meanwhile
+        return list(filed.records)
 
     def _inspect(self, name: str, path: Path) -> Verdict | object | None:
         try:
@@ -265,6 +326,16 @@ class InboxWatcher:
                 return _RETRY_LATER
             log.exception("checking %s failed %d times; rejecting it", _shown(path), attempts)
             return self.intake.unreadable(path, error=exc, attempts=attempts)
+
+    def _repair_paths(self) -> None:
+        # Files a crash left moved but recorded at the top level (service.inbox.filing).
+        try:
+            repaired = self.intake.filing.repair_paths()
+        except Exception:
+            log.exception("could not repair the paths of files moved before a crash")
+            return
+        if repaired and self.on_queued is not None:
+            self.on_queued()
 
     def _drain_notes(self) -> None:
         while self._notes:

@@ -8,27 +8,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterable
-from datetime import datetime
 
 from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
 
+from service.ledger.drops import DropQueries, NewDrop, active_twin
 from service.ledger.errors import LedgerError
 from service.ledger.models import FileRow
-from service.ledger.records import ACTIVE_STATES, FileRecord, FileState, LineProblem
-from service.ledger.store import Store, utcnow
+from service.ledger.records import FileRecord, FileState, LineProblem
+from service.ledger.store import utcnow
 
 log = logging.getLogger(__name__)
 
-# How a duplicate's error describes the file it duplicates, by that file's state.
-_TWIN_STATUS = {
-    FileState.QUEUED: "still queued",
-    FileState.TRAINING: "training now",
-    FileState.DONE: "already done",
-}
 
-
-class FileQueries(Store):
+class FileQueries(DropQueries):
     """Recording, finding and listing drops; cancel and retry."""
 
     def record_file(
@@ -47,10 +39,7 @@ class FileQueries(Store):
         """Record a valid drop: ``queued``, or ``duplicate`` if its content is already
         queued, training or done (decided atomically with the insert; the content of a
         failed, cancelled or rolled-back file is not trained, so it queues again)."""
-        now = utcnow()
-        row = new_row(
-            now,
-            state=FileState.QUEUED,
+        drop = NewDrop(
             name=name,
             path=path,
             sha256=sha256,
@@ -58,27 +47,10 @@ class FileQueries(Store):
             format=format,
             n_examples=n_examples,
             n_invalid=n_invalid,
-            invalid_lines=invalid_lines,
+            invalid_lines=tuple(invalid_lines),
             priority=priority,
         )
-        with self._writing() as session:
-            self._lock_content(session, sha256)
-            twin = active_twin(session, sha256)
-            if twin is not None:
-                row.state = FileState.DUPLICATE.value
-                row.duplicate_of = twin.id
-                row.error = (
-                    f"same content as file #{twin.id} ({twin.name}), "
-                    f"{_TWIN_STATUS[FileState(twin.state)]}"
-                )
-                row.finished_at = now
-            session.add(row)
-            session.flush()
-            record = row.record()
-        if record.state is FileState.DUPLICATE:
-            log.info("file #%d (%s) is a duplicate: %s", record.id, name, record.error)
-        else:
-            log.info("file #%d (%s) queued, %d examples", record.id, name, n_examples)
+        (record,) = self.record_drops([drop])
         return record
 
     def record_rejected(
@@ -95,10 +67,7 @@ class FileQueries(Store):
         invalid_lines: Iterable[LineProblem] = (),
     ) -> FileRecord:
         """Record a drop that will not train, with the reason a person can act on."""
-        now = utcnow()
-        row = new_row(
-            now,
-            state=FileState.REJECTED,
+        drop = NewDrop(
             name=name,
             path=path,
             sha256=sha256,
@@ -106,16 +75,10 @@ class FileQueries(Store):
             format=format,
             n_examples=n_examples,
             n_invalid=n_invalid,
-            invalid_lines=invalid_lines,
-            priority=0,
+            invalid_lines=tuple(invalid_lines),
+            reason=reason,
         )
-        row.error = reason
-        row.finished_at = now
-        with self._writing() as session:
-            session.add(row)
-            session.flush()
-            record = row.record()
-        log.debug("file #%d (%s) rejected: %s", record.id, name, reason)
+        (record,) = self.record_drops([drop])
         return record
 
     def set_path(self, file_id: int, path: str) -> None:
@@ -315,53 +278,3 @@ def _check_retryable(row: FileRow) -> None:
     if state is FileState.DONE:
         raise LedgerError(f"file #{row.id} is already done; there is nothing to retry")
     raise LedgerError(f"file #{row.id} is already {state}")
-
-
-def active_twin(session: Session, sha256: str | None) -> FileRow | None:
-    """The oldest queued, training or done file with this content."""
-    if not sha256:
-        return None
-    query = (
-        select(FileRow)
-        .where(FileRow.sha256 == sha256)
-        .where(FileRow.state.in_([state.value for state in ACTIVE_STATES]))
-        .order_by(FileRow.id)
-        .limit(1)
-    )
-    return session.scalars(query).first()
-
-
-def new_row(
-    now: datetime,
-    *,
-    state: FileState,
-    name: str,
-    path: str,
-    sha256: str | None,
-    size: int,
-    format: str | None,
-    n_examples: int,
-    n_invalid: int,
-    invalid_lines: Iterable[LineProblem],
-    priority: int,
-) -> FileRow:
-    """A new drop's row, not yet claimed (the fields every recording sets alike)."""
-    return FileRow(
-        name=name,
-        path=path,
-        sha256=sha256,
-        size=size,
-        format=format,
-        n_examples=n_examples,
-        n_invalid=n_invalid,
-        invalid_lines=_problems(invalid_lines),
-        state=state.value,
-        priority=priority,
-        attempts=0,
-        created_at=now,
-        updated_at=now,
-    )
-
-
-def _problems(problems: Iterable[LineProblem]) -> list[dict[str, object]]:
-    return [{"line": problem.line, "reason": problem.reason} for problem in problems]

@@ -10,8 +10,8 @@ import logging
 
 from sqlalchemy import text
 
+from service.ledger.drops import new_row
 from service.ledger.errors import LedgerError
-from service.ledger.files import new_row
 from service.ledger.models import FileRow
 from service.ledger.records import FileRecord, FileState
 from service.ledger.store import Store, utcnow

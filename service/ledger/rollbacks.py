@@ -15,7 +15,8 @@ import logging
 
 from sqlalchemy import select
 
-from service.ledger.files import active_twin, back_to_queue
+from service.ledger.drops import active_twin
+from service.ledger.files import back_to_queue
 from service.ledger.models import FileRow
 from service.ledger.records import FileRecord, FileState
 from service.ledger.store import Store, utcnow

@@ -30,6 +30,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
 from service.ledger import DesiredState, FileState, Ledger, LedgerError, WorkerState, migrate
+from service.ledger.drops import NewDrop
 from service.ledger.models import Base
 from tests.ledgercheck import assert_claims_never_shared
 
@@ -245,6 +246,21 @@ def test_simultaneous_drops_of_one_content_queue_it_once(url: str) -> None:
         for each in ledgers:
             each.close()
     assert sorted(states) == sorted([FileState.QUEUED] + [FileState.DUPLICATE] * 5)
+
+
+def test_a_batch_of_drops_dedupes_inside_itself_and_notes_its_paths(ledger: Ledger) -> None:
+    old = drop(ledger, "old.jsonl", "old")
+    batch = [
+        NewDrop(name=n, path=f"/inbox/{n}", sha256=sha(c), size=1, format="text", n_examples=1)
+        for n, c in (("a.jsonl", "x"), ("b.jsonl", "x"), ("c.jsonl", "old"))
+    ]
+    a, b, c = ledger.record_drops(batch)
+    assert a.state is FileState.QUEUED
+    assert (b.duplicate_of, c.duplicate_of) == (a.id, old.id)
+    assert b.error == f"same content as file #{a.id} (a.jsonl), still queued"
+    ledger.set_paths({r.id: f"/inbox/accepted/{r.id:06d}-{r.name}" for r in (a, b, c)})
+    assert [r.name for r in ledger.files_in("/inbox")] == ["old.jsonl"]
+    assert ledger.get_file(b.id).path == f"/inbox/accepted/{b.id:06d}-b.jsonl"
 
 
 def test_claim_next_skips_a_row_another_transaction_holds(ledger: Ledger) -> None:
