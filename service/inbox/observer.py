@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,6 +38,8 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
+
+from service.inbox.arrivals import Arrivals
 
 log = logging.getLogger(__name__)
 
@@ -146,3 +149,41 @@ def _native_watch(folder: Path, handler: FileSystemEventHandler) -> BaseObserver
 def _watch(observer: BaseObserver, folder: Path, handler: FileSystemEventHandler) -> None:
     observer.schedule(handler, str(folder), recursive=False, event_filter=EVENTS)
     observer.start()
+
+
+def apply_notes(
+    notes: deque[Note], arrivals: Arrivals, *, drop_name: Callable[[Path], str | None]
+) -> None:
+    """Take every note off ``notes`` (the processing thread's side) and tell ``arrivals``
+    what it says about each top-level name (``drop_name``: None for anything else)."""
+
+    def top_level(raw: str) -> str | None:
+        return drop_name(Path(raw)) if raw else None
+
+    def gone(raw: str) -> None:
+        name = top_level(raw)
+        if name is not None:
+            arrivals.forget(name)
+
+    while notes:
+        note = notes.popleft()
+        if note.kind == "moved":
+            gone(note.src)
+            name = top_level(note.dest)
+            if name is not None:
+                arrivals.renamed(name, note.at)
+            continue
+        if note.kind == "deleted":
+            gone(note.src)
+            continue
+        name = top_level(note.src)
+        if name is None:
+            continue
+        if note.is_directory:
+            # No close event ever comes for a folder: it is taken once its listing (its
+            # mtime) has been still for the settle time.
+            arrivals.found(name, note.at)
+        elif note.kind == "closed":
+            arrivals.closed(name, note.at)
+        else:
+            arrivals.written(name, note.at)

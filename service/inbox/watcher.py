@@ -39,7 +39,15 @@ from service.inbox.filing import Batch, BatchLimits
 from service.inbox.intake import FileChangedError, Intake, Verdict
 from service.inbox.layout import OWN_FOLDERS, InboxLayout, is_ignored
 from service.inbox.names import printable_name
-from service.inbox.observer import LINUX, Note, NoteTaker, is_alive, start_observer, stop_observer
+from service.inbox.observer import (
+    LINUX,
+    Note,
+    NoteTaker,
+    apply_notes,
+    is_alive,
+    start_observer,
+    stop_observer,
+)
 from service.inbox.openfiles import open_for_writing
 from service.ledger.records import FileRecord, FileState
 from trainer.records.events import EventLog
@@ -168,7 +176,7 @@ class InboxWatcher:
         """Take every file that is ready at ``now`` (monotonic clock); return their records."""
         with self._lock:
             now = time.monotonic() if now is None else now
-            self._drain_notes()
+            apply_notes(self._notes, self._arrivals, drop_name=self.layout.drop_name)
             self._observe(now)
             ready = [a for a in self._arrivals.ready(now) if self._held.get(a.name, 0.0) <= now]
             if not ready:
@@ -336,38 +344,6 @@ class InboxWatcher:
             return
         if repaired and self.on_queued is not None:
             self.on_queued()
-
-    def _drain_notes(self) -> None:
-        while self._notes:
-            note = self._notes.popleft()
-            if note.kind == "moved":
-                self._gone(note.src)
-                name = self._top_level_name(note.dest)
-                if name is not None:
-                    self._arrivals.renamed(name, note.at)
-                continue
-            if note.kind == "deleted":
-                self._gone(note.src)
-                continue
-            name = self._top_level_name(note.src)
-            if name is None:
-                continue
-            if note.is_directory:
-                # No close event ever comes for a folder: it is taken once its listing (its
-                # mtime) has been still for the settle time.
-                self._arrivals.found(name, note.at)
-            elif note.kind == "closed":
-                self._arrivals.closed(name, note.at)
-            else:
-                self._arrivals.written(name, note.at)
-
-    def _gone(self, raw: str) -> None:
-        name = self._top_level_name(raw)
-        if name is not None:
-            self._arrivals.forget(name)
-
-    def _top_level_name(self, raw: str) -> str | None:
-        return self.layout.drop_name(Path(raw)) if raw else None
 
     def _observe(self, now: float) -> None:
         for name in self._arrivals.names():
