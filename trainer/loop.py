@@ -37,9 +37,8 @@ from trainer.opening import (
 from trainer.optim import lr_at
 from trainer.parallel import parallelize
 from trainer.parking import holdout_for, park_current
-from trainer.progress import ProgressMeter, Scalars, StepReport
+from trainer.progress import ProgressMeter, Scalars, StepReport, report_progress
 from trainer.readback import Readback, StepRecord
-from trainer.records.events import round_loss
 from trainer.records.state import FileProgress
 from trainer.records.storage import DiskFullError
 from trainer.replay import ReplayPool, SourceFinder
@@ -281,7 +280,14 @@ class Trainer:
         if logged or evaluate or save or not self.steps.deferred:
             self.readback.settle()
         if logged:
-            self._report_progress(current, meter, step=step, lr=self.last_report.lr)
+            report_progress(
+                meter,
+                events=self.events,
+                current=current,
+                step=step,
+                lr=self.last_report.lr,
+                tokens_processed=self.state.tokens_processed,
+            )
         if evaluate:
             current.elapsed_s = meter.elapsed()
             self.checkup.run(current, eta_s=self.last_report.eta_s)
@@ -293,25 +299,6 @@ class Trainer:
     def last_report(self) -> StepReport | None:
         """The newest step read back: its loss, pace and ETA (the worker's heartbeat)."""
         return self.readback.last_report
-
-    def _report_progress(
-        self, current: FileProgress, meter: ProgressMeter, *, step: int, lr: float
-    ) -> None:
-        """The progress line and the ``progress`` event (what the dashboard plots), both of
-        the steps since the file's previous report."""
-        interval = meter.take()
-        log.info(meter.line(interval, step=step, lr=lr))
-        self.events.emit(
-            "progress",
-            step=step,
-            file=current.name,
-            start_step=current.start_step,
-            target_step=current.target_step,
-            loss=round_loss(interval.loss),
-            lr=lr,
-            tokens_per_s=round(interval.tokens_per_s, 1),
-            tokens_processed=self.state.tokens_processed,
-        )
 
     def _complete_file(self, current: FileProgress, meter: ProgressMeter) -> None:
         """The file reached its target: commit its end, then say so (exactly once)."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainer.records.events import EventLog, round_loss
 from trainer.records.state import FileProgress
 
 log = logging.getLogger(__name__)
@@ -217,3 +218,29 @@ class Scalars:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def report_progress(
+    meter: ProgressMeter,
+    *,
+    events: EventLog,
+    current: FileProgress,
+    step: int,
+    lr: float,
+    tokens_processed: int,
+) -> None:
+    """The progress line and the ``progress`` event (what the dashboard plots), both of
+    the steps since the file's previous report."""
+    interval = meter.take()
+    log.info(meter.line(interval, step=step, lr=lr))
+    events.emit(
+        "progress",
+        step=step,
+        file=current.name,
+        start_step=current.start_step,
+        target_step=current.target_step,
+        loss=round_loss(interval.loss),
+        lr=lr,
+        tokens_per_s=round(interval.tokens_per_s, 1),
+        tokens_processed=tokens_processed,
+    )
