@@ -141,8 +141,9 @@ class TrainConfig:
     fixed shape: every micro-batch is padded to ``micro_batch_size`` rows of the model's
     block size, with no targets in the padding, so losses and gradients are unchanged and
     one compilation serves every file. The first step of a process waits for the compiler
-    (tens of seconds; minutes for a large model); later steps run faster on a GPU. In a
-    torchrun group the model trains uncompiled."""
+    (tens of seconds; minutes for a large model); whether later steps gain enough to pay
+    for it depends on the model and device: ``bench/throughput.py --compile`` measures it.
+    In a torchrun group the model trains uncompiled."""
     readback: Readback = "auto"
     """When the host reads a step's loss and gradient norm back from the device: ``step``
     after every step; ``log`` only at log intervals, evaluations, checkpoints and the
