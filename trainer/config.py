@@ -149,7 +149,8 @@ class TrainConfig:
     after every step; ``log`` only at log intervals, evaluations, checkpoints and the
     file's end, so the host never waits for the accelerator in between (a non-finite
     step is still skipped, on the device, and reported when read back); ``auto`` is
-    ``log`` on CUDA in one process, ``step`` elsewhere."""
+    ``log`` on CUDA in one process, ``step`` elsewhere (a torchrun group always reads
+    back every step)."""
     shard_size_mb: float = 5000.0
     """Checkpoint and export weights above this many megabytes are written as shards with
     an index (``model-00001-of-0000N.safetensors``), as ``save_pretrained`` does."""

@@ -67,11 +67,15 @@ def resolve_readback(
     only one that skips a step by a device flag); ``auto`` takes it on CUDA in one
     process, where a sync per step would idle the GPU while the host catches up."""
     fused = all(g.get("fused") for g in optimizer.param_groups)
+    if readback == "auto":
+        return "log" if device.type == "cuda" and fused and group.world_size == 1 else "step"
+    if readback == "log" and group.world_size > 1:
+        # Rank 0 decides for the group at every step boundary (ARCHITECTURE.md).
+        log.warning("train.readback = log is for one process; a group reads back every step")
+        return "step"
     if readback == "log" and not fused:
         log.warning("train.readback = log needs the fused AdamW; reading back every step")
         return "step"
-    if readback == "auto":
-        return "log" if device.type == "cuda" and fused and group.world_size == 1 else "step"
     return readback
 
 

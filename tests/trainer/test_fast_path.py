@@ -16,8 +16,9 @@ from test_loop import NaNAt
 
 from trainer.checkpoint import latest_checkpoint
 from trainer.config import RunPaths
+from trainer.distributed import SOLO, Group
 from trainer.loop import FileOutcome
-from trainer.step import UpdateResult, fixed_shape, read_back
+from trainer.step import UpdateResult, fixed_shape, read_back, resolve_readback
 
 # What differs between two runs by nature: clocks, the lineage's random id, the setting.
 VARYING = {
@@ -138,6 +139,22 @@ def test_read_back_takes_every_result_in_order():
     ]
     assert read_back(results) == [(2.5, 1.0, True), (float("inf"), 1.0, False), (3.0, 0.5, True)]
     assert read_back([]) == []
+
+
+def test_readback_is_deferred_only_in_one_process_with_the_fused_adamw():
+    weights = [torch.nn.Parameter(torch.zeros(2))]
+    fused = torch.optim.AdamW(weights, fused=True)
+    plain = torch.optim.AdamW(weights, foreach=True)
+    cpu, pair = torch.device("cpu"), Group(rank=0, world_size=2)
+
+    def resolved(readback, optimizer=fused, group=SOLO):
+        return resolve_readback(readback, device=cpu, optimizer=optimizer, group=group)
+
+    assert resolved("auto") == "step"  # no accelerator to wait for
+    assert resolved("log") == "log"
+    assert resolved("step") == "step"
+    assert resolved("log", optimizer=plain) == "step"  # only fused skips by a device flag
+    assert resolved("log", group=pair) == "step"  # rank 0 decides at every step
 
 
 def test_fixed_shape_pads_rows_and_columns_with_no_targets():
