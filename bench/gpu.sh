@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU benchmark in sequence, in about six minutes on one H200 (each has a time
-# limit; together at most nine minutes), so a short loan of a GPU measures them all.
+# Every GPU benchmark in sequence, in about eight minutes on one H200 (each has a time
+# limit; together at most twelve minutes), so a short loan of a GPU measures them all.
 #
 # Run: bash bench/gpu.sh
 #   PYTHON=/path/to/python  the interpreter (default: .venv/bin/python, else python3); it
@@ -17,11 +17,14 @@
 #   vs-hf-small          traind vs transformers.Trainer, an 11M Llama, bf16
 #   throughput-1b        traind vs a bare loop, a 1.1B Hugging Face Llama, bf16
 #   throughput-124m-compiled   as the first, both sides under torch.compile
-# (checkpoint.py, soak.py and optimizer.py take no --device: they measure the CPU.)
+#   soak-100             100 small files through traind serve (train.device = auto, so
+#                        the GPU): worker RSS and the device's peak allocated memory at
+#                        file 10 against file 100
+# (checkpoint.py and optimizer.py take no --device: they measure the CPU.)
 
 set -u -o pipefail
 
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 if [[ -n "${PYTHON:-}" ]]; then
     py=$PYTHON
 elif [[ -x .venv/bin/python ]]; then
@@ -69,6 +72,8 @@ bench throughput-1b 180 bench/throughput.py --device cuda --presets llama-1b \
     --steps 15 --rounds 1 --micro-batch 4 --grad-accum 2
 bench throughput-124m-compiled 130 bench/throughput.py --device cuda --presets gpt2-124m \
     --steps 30 --rounds 1 --compile
+
+bench soak-100 150 bench/soak.py --files 100 --preset tiny
 
 echo "outputs in $out; $failed benchmark(s) did not finish cleanly"
 exit "$failed"
