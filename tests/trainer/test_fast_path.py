@@ -7,6 +7,7 @@ model follows the eager loss curve over 50 steps.
 
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pytest
@@ -14,10 +15,15 @@ import torch
 from conftest import qa_rows, text_rows, write_jsonl
 from test_loop import NaNAt
 
+from trainer import readback as readback_module
 from trainer.checkpoint import latest_checkpoint
 from trainer.config import RunPaths
 from trainer.distributed import SOLO, Group
 from trainer.loop import FileOutcome
+from trainer.progress import ProgressMeter
+from trainer.readback import StepRecord
+from trainer.records.state import FileProgress
+from trainer.rows import StepRows
 from trainer.step import UpdateResult, fixed_shape, read_back, resolve_readback
 
 # What differs between two runs by nature: clocks, the lineage's random id, the setting.
@@ -224,3 +230,47 @@ def test_a_stop_that_reads_back_a_rewind_commits_its_boundary_once(tmp_path, ope
     saved = [r for r in rows if r["event"] == "checkpoint_saved" and r["step"] == 8]
     assert [r["reason"] for r in saved] == ["rollback"]
     assert [r["step"] for r in rows if r["event"] == "nan_skipped"] == [3, 4, 5]
+
+
+def test_deferred_steps_share_the_time_the_readback_waited(tmp_path, open_trainer, monkeypatch):
+    """On a GPU the host only queues deferred steps and waits at the readback: each step
+    is charged an equal share of the whole, so the pace and ETA stay true."""
+    trainer = open_trainer(readback="log")
+    trainer.train_file(
+        trainer.prepare(write_jsonl(tmp_path / "a.jsonl", text_rows(40))), name="a.jsonl"
+    )
+    real = readback_module.read_back
+
+    def slow(results):
+        time.sleep(0.3)  # the device finishing the queued steps
+        return real(results)
+
+    monkeypatch.setattr(readback_module, "read_back", slow)
+    meter = ProgressMeter(file_name="b", start_step=100, target_step=200, session_start_step=100)
+    progress = FileProgress(
+        name="b",
+        sha256="0" * 64,
+        n_sequences=400,
+        steps_for_file=100,
+        start_step=100,
+        target_step=200,
+    )
+    rows = StepRows.of(trainer.prepare(tmp_path / "a.jsonl"), np.arange(4))
+    for step in (101, 102, 103):
+        trainer.readback.add(
+            StepRecord(
+                step=step,
+                result=None,
+                rows=rows,
+                current=progress,
+                meter=meter,
+                tokens=1000,
+                seconds=0.001,  # queued, not run
+                lr=1e-3,
+            )
+        )
+    trainer.readback.settle()
+    report = trainer.readback.last_report
+    assert report.step == 103
+    assert 0.1 <= report.seconds < 0.2  # (3 x 0.001 + 0.3) / 3
+    assert meter.take().tokens_per_s == pytest.approx(3000 / (3 * report.seconds), rel=1e-6)
