@@ -51,6 +51,8 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/step_cost.py --threads 1
+	$(BIN)/python bench/vs_hf_trainer.py --threads 1
 	$(BIN)/python bench/optimizer.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/checkpoint_memory.py
