@@ -165,13 +165,6 @@ class Intake:
             size=size,
         )
 
-    def commit(self, verdict: Verdict) -> FileRecord | None:
-        """Record ``verdict`` in the ledger, move the file where it belongs, announce it;
-        ``None`` if it was recorded but could not be moved or its path noted (the next
-        rescan finishes it)."""
-        filed = self.filing.file([verdict])
-        return filed.records[0] if filed.records else None
-
     def commit_all(self, verdicts: Sequence[Verdict]) -> Filed:
         """Record ``verdicts`` in one ledger transaction, then move and announce them
         (:meth:`service.inbox.filing.Filing.file`)."""

@@ -34,7 +34,7 @@ def take(intake: Intake, name: str, text: str) -> None:
     path.write_text(text, encoding="utf-8")
     verdict = intake.inspect(path)
     assert verdict is not None
-    intake.commit(verdict)
+    intake.commit_all([verdict])
 
 
 def test_a_queued_file_and_a_duplicate_are_logged_once_each(
