@@ -253,7 +253,7 @@ class Trainer:
         """One optimizer step, then what is due at its boundary: the progress line, an
         evaluation, an interval checkpoint (each reads the steps' losses back first)."""
         self.checkpointer.poll()
-        started = time.monotonic()
+        started, tokens_before = time.monotonic(), self.state.tokens_processed
         result, rows = self._optimizer_step(data, current)
         step = self.state.global_step
         self.readback.add(
@@ -263,7 +263,7 @@ class Trainer:
                 rows=rows,
                 current=current,
                 meter=meter,
-                tokens=rows.own_tokens + rows.replayed_tokens,
+                tokens=self.state.tokens_processed - tokens_before,  # own and replayed
                 seconds=time.monotonic() - started,
                 lr=lr_at(step - 1, self.train),
             )
