@@ -43,9 +43,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from vs_hf_trainer import SIZES as LLAMA_SIZES
 
 from trainer.cache import tokenize_file
 from trainer.config import LineageSpec, RunPaths, TrainConfig
@@ -62,18 +64,17 @@ PRESET_OVERRIDES = {
     "gpt-750m": {"vocab_size": 50304},
 }
 
+
+def llama_shape(size: str) -> dict[str, Any]:
+    """A Llama shape of ``bench/vs_hf_trainer.py``, as ``LlamaConfig`` fields."""
+    shape = dict(LLAMA_SIZES[size])
+    shape["max_position_embeddings"] = shape.pop("block_size")
+    return shape
+
+
 HF_MODELS = {
-    # TinyLlama-1.1B: grouped-query attention, an untied head, a 32k vocabulary.
-    "llama-1b": dict(
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=22,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-        vocab_size=32000,
-        tie_word_embeddings=False,
-    ),
+    # TinyLlama-1.1B's shape, as bench/vs_hf_trainer.py trains it.
+    "llama-1b": llama_shape("1b"),
 }
 
 DATASHEET_BF16_TFLOPS = (
